@@ -149,20 +149,28 @@ class SimulatedField:
         """(band, y, x) sum of all sources without noise."""
         return self.source_images.sum(axis=0)
 
-    def to_observation(self):
-        """This field as a `deconvjax.Observation` (PSF as an ArrayPSF at the image scale)."""
+    def frame(self, psf=None):
+        """A `deconvjax.Frame` on this field's pixel grid and WCS (model PSF ``psf``)."""
+        from deconvjax.frame import Frame  # lazy: sims must not need the core
+
+        return Frame(self.bands, self.shape, pixel_scale=self.pixel_scale, wcs=self.wcs, psf=psf)
+
+    def to_observation(self, frame=None, **kwargs):
+        """This field as a `deconvjax.Observation`.
+
+        The PSF is an `ArrayPSF` of ``psf_images`` at the image pixel scale (centred on the
+        central pixel); weights are ``1 / variance``. ``frame`` defaults to `frame()`, the
+        field's own grid; other keyword arguments go to `Observation`.
+        """
         from deconvjax.observation import Observation  # lazy: sims must not need the core
         from deconvjax.psf import ArrayPSF
 
-        psf = ArrayPSF(self.psf_images, pixel_scale=self.pixel_scale)
-        return Observation(
-            data=self.images,
-            weights=self.weights,
-            psf=psf,
-            bands=self.bands,
-            wcs=self.wcs,
-            pixel_scale=self.pixel_scale,
-        )
+        if frame is None:
+            frame = self.frame()
+        psf = ArrayPSF(self.psf_images, pixel_scale=self.pixel_scale, center="pixel")
+        return Observation(self.images, frame=frame, psf=psf, weights=self.weights,
+                           bands=self.bands, wcs=self.wcs, pixel_scale=self.pixel_scale,
+                           **kwargs)
 
 
 # ---------------------------------------------------------------------------------------

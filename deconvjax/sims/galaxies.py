@@ -11,8 +11,9 @@ Population model (documented, approximately realistic for an i < 25.3 sample):
   (0.39'' at 22, 0.28'' at 23, 0.20'' at 24, 0.18'' at 25); bulges are 0.3-0.6 times the disk.
 - Morphology: a de Vaucouleurs bulge (Sersic n=4, truncated at 5 half-light radii so its flux
   is fully drawn) plus an exponential disk; bulge-to-total in i uniform in [0, 0.6] with 30% pure
-  disks; a fraction (uniform 0-0.3) of the disk flux in star-forming knots (galsim.RandomKnots,
-  10-50 knots, same half-light radius as the disk).
+  disks; half of the galaxies put a fraction (uniform 0.05-0.3) of their disk flux in
+  star-forming knots (galsim.RandomKnots, 5-30 knots, same half-light radius as the disk).
+  The knot counts are kept modest because each knot costs a full k-space evaluation in GalSim.
 - Colours: bulge with the CWW elliptical template, disk with Sbc or Scd, knots with the Im
   (irregular) template, all redshifted and integrated through the survey bandpasses; the total
   i magnitude fixes the normalisation. Colours are tabulated on a redshift grid once per
@@ -122,7 +123,10 @@ def draw_galaxy_params(
     hlr_bulge = hlr * rng.uniform(0.3, 0.6, size=n)
     emag = np.clip(np.abs(rng.rayleigh(0.25, size=n)), 0.0, 0.7)
     beta = rng.uniform(0.0, np.pi, size=n)
-    knot_frac = rng.uniform(0.0, 0.3, size=n) if knots else np.zeros(n)
+    has_knots = rng.uniform(size=n) < 0.5
+    knot_frac = np.where(has_knots, rng.uniform(0.05, 0.3, size=n), 0.0)
+    if not knots:
+        knot_frac = np.zeros(n)
     return dict(
         mag_i=mag,
         z=z,
@@ -130,7 +134,7 @@ def draw_galaxy_params(
         hlr_bulge=hlr_bulge,
         bulge_frac=bulge_frac,
         knot_frac=knot_frac,
-        n_knots=rng.integers(10, 51, size=n),
+        n_knots=rng.integers(5, 31, size=n),
         disk_sed=rng.integers(0, 2, size=n),
         e1=emag * np.cos(2 * beta),
         e2=emag * np.sin(2 * beta),

@@ -1,0 +1,293 @@
+"""Isolated galaxy stamps for training priors, and a streamable on-disk format.
+
+A stamp set is written as shards in one folder::
+
+    index.json                 bands, pixel scale, size, survey, seed, shard list, units
+    stamps_00000.npy           (n, band, size, size) float32, memory-mappable
+    truth_00000.ecsv           one row per stamp (galaxy parameters and per-band fluxes)
+    psf.npy                    (band, h, w) float32 PSF (absent if stamps are not convolved)
+
+`iter_stamp_batches` streams (batch, band, size, size) arrays from such a folder without loading
+it whole (numpy memory maps), in a deterministic order or shuffled with a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import galsim
+import numpy as np
+from astropy.table import Table, vstack
+
+from .blends import _as_rng, draw_psf_images
+from .galaxies import (
+    draw_galaxy_params,
+    draw_real_params,
+    galaxy_band_fluxes,
+    galaxy_profiles,
+    real_galaxy_band_fluxes,
+    real_galaxy_profiles,
+)
+from .surveys import Survey, get_survey
+
+
+@dataclasses.dataclass
+class StampSet:
+    """Isolated galaxies, each centred on the central pixel of its stamp.
+
+    Attributes:
+        images: (n, band, size, size) float32, electrons (noise-free unless noise was added).
+        truth: astropy Table with one row per stamp.
+        bands: band names.
+        pixel_scale: arcsec per pixel.
+        psf_images: (band, h, w) PSF the stamps were convolved with, or None.
+        noise_sigma: (band,) background noise sigma of the preset (electrons), added or not.
+    """
+
+    images: np.ndarray
+    truth: Table
+    bands: tuple[str, ...]
+    pixel_scale: float
+    psf_images: np.ndarray | None
+    noise_sigma: np.ndarray
+
+
+def simulate_stamps(
+    survey: str | Survey = "lsst",
+    n: int = 100,
+    *,
+    size: int = 64,
+    seed: int | np.random.Generator = 0,
+    bands=None,
+    pixel_scale: float | None = None,
+    convolve_psf: bool = True,
+    add_noise: bool = False,
+    real_fraction: float = 0.0,
+    mag_range=(20.0, 24.0),
+    knots: bool = True,
+    cosmos_path=None,
+    progress: bool = False,
+) -> StampSet:
+    """Draw ``n`` isolated galaxies on ``size`` x ``size`` stamps.
+
+    Args:
+        survey: preset giving bands, fluxes (electrons), PSF and noise.
+        size: stamp side in pixels (e.g. 32 or 64).
+        pixel_scale: arcsec per pixel (default: the preset's). With ``convolve_psf=False`` this
+            gives intrinsic (pixel-integrated only) morphologies at any resolution.
+        convolve_psf: convolve with the preset PSF.
+        add_noise: add the preset's Gaussian background noise.
+        real_fraction: fraction of real COSMOS galaxies (needs the COSMOS folder).
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(size, (int, np.integer)) or size < 4:
+        raise ValueError(f"size: expected an int >= 4, got {size!r}")
+    if n < 0:
+        raise ValueError(f"n: expected >= 0, got {n}")
+    rng, _ = _as_rng(seed)
+    sv = get_survey(survey, bands)
+    scale = sv.pixel_scale if pixel_scale is None else float(pixel_scale)
+    if scale <= 0:
+        raise ValueError(f"pixel_scale: expected > 0, got {pixel_scale}")
+    n_real = int(rng.binomial(n, real_fraction)) if real_fraction > 0 else 0
+    is_real = np.zeros(n, bool)
+    is_real[rng.permutation(n)[:n_real]] = True
+    gal = draw_galaxy_params(rng, n - n_real, mag_range=mag_range, knots=knots)
+    real = draw_real_params(rng, n_real, cosmos_path) if n_real else {}
+    psfs = [sv.psf(b.name) for b in sv.bands]
+    nb = len(sv.bands)
+    out = np.zeros((n, nb, size, size), np.float32)
+    fluxes = np.zeros((n, nb))
+    gi = ri = 0
+    kind_index = np.zeros(n, int)
+    for k in tqdm(range(n), desc="stamps", disable=not progress):
+        if is_real[k]:
+            profs = real_galaxy_profiles(sv, real, ri, cosmos_path)
+            fluxes[k] = real_galaxy_band_fluxes(sv, real, ri)
+            kind_index[k] = ri
+            ri += 1
+        else:
+            profs = galaxy_profiles(sv, gal, gi)
+            fluxes[k] = galaxy_band_fluxes(sv, gal, gi).sum(0)
+            kind_index[k] = gi
+            gi += 1
+        for b in range(nb):
+            obj = galsim.Convolve(profs[b], psfs[b]) if convolve_psf else profs[b]
+            img = obj.drawImage(nx=size, ny=size, scale=scale, method="auto")
+            out[k, b] = img.array
+    sigma = np.array([np.sqrt(sv.background_variance(b.name)) for b in sv.bands])
+    if add_noise:
+        out += (rng.standard_normal(out.shape) * sigma[None, :, None, None]).astype(np.float32)
+    truth = _stamp_truth(sv, is_real, kind_index, gal, real, fluxes)
+    truth.meta.update(pixel_scale=scale, size=size, convolve_psf=convolve_psf,
+                      add_noise=add_noise)
+    psf_images = draw_psf_images(sv) if convolve_psf and pixel_scale is None else None
+    if convolve_psf and pixel_scale is not None:
+        psf_images = _psf_at_scale(sv, scale)
+    return StampSet(out, truth, sv.band_names, scale, psf_images, sigma.astype(np.float32))
+
+
+def _psf_at_scale(sv: Survey, scale: float, size: int = 25) -> np.ndarray:
+    out = np.empty((len(sv.bands), size, size), np.float32)
+    for b, band in enumerate(sv.bands):
+        a = sv.psf(band.name).drawImage(nx=size, ny=size, scale=scale, method="auto").array
+        out[b] = a / a.sum()
+    return out
+
+
+def _stamp_truth(sv, is_real, kind_index, gal, real, fluxes) -> Table:
+    n = len(is_real)
+    t = Table()
+    t["kind"] = np.where(is_real, "real", "galaxy").astype("U6")
+    cols = {c: np.full(n, np.nan) for c in
+            ("mag_i", "z", "hlr", "hlr_bulge", "hlr_disk", "bulge_frac", "e1", "e2")}
+    cosmos_index = np.full(n, -1, np.int64)
+    for k in range(n):
+        i = kind_index[k]
+        if is_real[k]:
+            cols["mag_i"][k], cols["z"][k], cols["hlr"][k] = (
+                real["mag_i"][i], real["z"][i], real["hlr"][i])
+            cosmos_index[k] = real["index"][i]
+        else:
+            bt = gal["bulge_frac"][i]
+            for c in ("mag_i", "z", "hlr_bulge", "hlr_disk", "bulge_frac", "e1", "e2"):
+                cols[c][k] = gal[c][i]
+            cols["hlr"][k] = bt * gal["hlr_bulge"][i] + (1 - bt) * gal["hlr_disk"][i]
+    for c, v in cols.items():
+        t[c] = v
+    t["cosmos_index"] = cosmos_index
+    for b, band in enumerate(sv.bands):
+        t[f"flux_{band.name}"] = fluxes[:, b]
+    t.meta["survey"] = sv.name
+    t.meta["flux_units"] = "electrons over the survey preset exposure"
+    return t
+
+
+# ---------------------------------------------------------------------------------------
+# Shards on disk
+# ---------------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, write_fn):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _save_npy(path: Path, array):
+    def w(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    _atomic_write(path, w)
+
+
+def write_stamp_shards(
+    out_dir,
+    survey: str | Survey = "lsst",
+    n: int = 1000,
+    *,
+    seed: int = 0,
+    shard_size: int = 1000,
+    progress: bool = True,
+    **kwargs,
+) -> Path:
+    """Simulate ``n`` stamps and write them as shards in ``out_dir`` (see module docstring).
+
+    Shard ``k`` depends only on (seed, k), so the same seed gives identical files.
+    Extra keyword arguments go to `simulate_stamps`.
+    """
+    from tqdm.auto import tqdm
+
+    if shard_size < 1:
+        raise ValueError(f"shard_size: expected >= 1, got {shard_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    n_shards = (n + shard_size - 1) // shard_size
+    meta = None
+    for k in tqdm(range(n_shards), desc="stamp shards", disable=not progress):
+        m = min(shard_size, n - k * shard_size)
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), k]))
+        st = simulate_stamps(survey, m, seed=rng, **kwargs)
+        _save_npy(out / f"stamps_{k:05d}.npy", st.images)
+        _atomic_write(out / f"truth_{k:05d}.ecsv",
+                      lambda tmp, st=st: st.truth.write(tmp, format="ascii.ecsv", overwrite=True))
+        shards.append({"images": f"stamps_{k:05d}.npy", "truth": f"truth_{k:05d}.ecsv", "n": m})
+        if meta is None:
+            meta = dict(bands=list(st.bands), pixel_scale=st.pixel_scale,
+                        size=int(st.images.shape[-1]), noise_sigma=st.noise_sigma.tolist(),
+                        survey=get_survey(survey).name, seed=int(seed),
+                        units="electrons over the survey preset exposure",
+                        layout="(n, band, y, x) float32",
+                        options={k2: v for k2, v in kwargs.items()
+                                 if isinstance(v, (int, float, str, bool, type(None)))})
+            if st.psf_images is not None:
+                _save_npy(out / "psf.npy", st.psf_images)
+    index = dict(meta or {}, n=int(n), shards=shards)
+    _atomic_write(out / "index.json",
+                  lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1, sort_keys=True)))
+    return out
+
+
+def read_stamp_index(directory) -> dict:
+    p = Path(directory) / "index.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no stamp index (write one with write_stamp_shards)")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: corrupted stamp index ({e})") from e
+
+
+def iter_stamp_batches(directory, batch_size: int = 64, *, shuffle: bool = False,
+                       seed: int = 0, drop_last: bool = False):
+    """Yield (batch, band, size, size) float32 arrays streamed from a shard folder.
+
+    Shards are memory-mapped, so the folder may be far larger than memory. With
+    ``shuffle=True`` the order of shards and of stamps within each shard is permuted with
+    ``seed`` (deterministic).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    d = Path(directory)
+    index = read_stamp_index(d)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(index["shards"])) if shuffle else range(len(index["shards"]))
+    buf = []
+    nbuf = 0
+    for k in order:
+        path = d / index["shards"][k]["images"]
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable stamp shard ({e})") from e
+        idx = rng.permutation(arr.shape[0]) if shuffle else np.arange(arr.shape[0])
+        for start in range(0, len(idx), batch_size):
+            part = np.asarray(arr[np.sort(idx[start:start + batch_size])] if not shuffle
+                              else arr[idx[start:start + batch_size]], dtype=np.float32)
+            buf.append(part)
+            nbuf += len(part)
+            while nbuf >= batch_size:
+                cat = np.concatenate(buf)
+                yield cat[:batch_size]
+                rest = cat[batch_size:]
+                buf, nbuf = ([rest] if len(rest) else []), len(rest)
+    if nbuf and not drop_last:
+        yield np.concatenate(buf)
+
+
+def read_stamp_truth(directory) -> Table:
+    d = Path(directory)
+    index = read_stamp_index(d)
+    return vstack([Table.read(d / s["truth"], format="ascii.ecsv") for s in index["shards"]])

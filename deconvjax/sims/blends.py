@@ -421,8 +421,8 @@ def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec) -> Table:
                     ("hlr_bulge", "arcsec"), ("hlr_disk", "arcsec")):
         t[c].unit = unit
     for band in survey.bands:
-        t[f"flux_{band.name}"].unit = "electron"
-    t.meta["survey"] = survey.name
+        t[f"flux_{band.name}"].unit = "ct"  # FITS-standard; counts are electrons (gain 1)
+    t.meta["survey_name"] = survey.name
     t.meta["pixel_scale"] = survey.pixel_scale
     t.meta["flux_units"] = "electrons over the survey preset exposure"
     t.meta["positions"] = "(y, x) 0-based pixel centres of this image; ra/dec ICRS degrees"

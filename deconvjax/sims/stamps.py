@@ -163,7 +163,7 @@ def _stamp_truth(sv, is_real, kind_index, gal, real, fluxes) -> Table:
     t["cosmos_index"] = cosmos_index
     for b, band in enumerate(sv.bands):
         t[f"flux_{band.name}"] = fluxes[:, b]
-    t.meta["survey"] = sv.name
+    t.meta["survey_name"] = sv.name
     t.meta["flux_units"] = "electrons over the survey preset exposure"
     return t
 

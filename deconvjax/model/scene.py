@@ -1,0 +1,150 @@
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from .._types import Cube
+from ..frame import Frame
+from .base import stamp_centre
+from .source import Source
+
+
+def _group_key(source: Source):
+    return (type(source.morphology), source.morphology.shape, jax.tree.structure(source))
+
+
+def _render_stamp(source: Source, psf_kernel: Float[Array, "h w"] | None):
+    """One source's ``(band, h, w)`` stamp and the model-frame pixel of its stamp's
+    top-left corner."""
+    shape = source.morphology.shape
+    pixel = jnp.round(source.center)
+    offset = source.center - pixel
+    spectrum_ft = source.morphology.fourier(offset)
+    if psf_kernel is not None:
+        # The kernel is centred on the stamp's centre pixel; roll it to the origin so
+        # the product is a convolution that does not move the source.
+        cy, cx = stamp_centre(shape)
+        spectrum_ft = spectrum_ft * jnp.fft.rfft2(jnp.roll(psf_kernel, (-cy, -cx), axis=(0, 1)))
+    image = jnp.fft.irfft2(spectrum_ft, s=shape)
+    corner = pixel.astype(jnp.int32) - jnp.asarray(stamp_centre(shape), dtype=jnp.int32)
+    return source.spectrum[:, None, None] * image[None], corner
+
+
+class Scene(eqx.Module):
+    """All sources of a field, batched.
+
+    Sources are grouped by kind (morphology type and stamp shape); each group is a
+    single `Source` whose array leaves carry a leading source axis. Rendering vmaps over
+    each group and adds all stamps into the model cube with one scatter-add per group,
+    so the size of the traced program does not depend on the number of sources.
+    Stamps that cross the frame's edge are clipped.
+
+    Scenes of the same structure stack (``jax.tree.map(jnp.stack, ...)``) and render
+    under ``jax.vmap``, which is how many cutouts are processed at once.
+
+    **Arguments:**
+
+    - `frame`: the model `Frame`.
+    - `sources`: a sequence of unbatched `Source`s, or already-batched groups with
+      ``batched=True``.
+
+    **Attributes:**
+
+    - `groups`: tuple of batched `Source`s.
+    - `order`: for each group, the indices of its sources in the sequence given.
+    - `psf_kernels`: for each group, the model PSF sampled on its stamp (``None`` for
+      free-form morphologies, which are already seen through it).
+    - `shape`: ``(band, ny, nx)`` of the model cube.
+    """
+
+    groups: tuple[Source, ...]
+    psf_kernels: tuple[Float[Array, "h w"] | None, ...]
+    order: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    shape: tuple[int, int, int] = eqx.field(static=True)
+
+    def __init__(self, frame: Frame, sources: Sequence[Source], *, batched: bool = False):
+        if not isinstance(frame, Frame):
+            raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
+        if isinstance(sources, Source):
+            sources = [sources]
+        if batched:
+            groups = list(sources)
+            order, start = [], 0
+            for g in groups:
+                n = g.center.shape[0]
+                order.append(tuple(range(start, start + n)))
+                start += n
+        else:
+            keyed: dict = {}
+            for i, src in enumerate(sources):
+                if not isinstance(src, Source):
+                    raise TypeError(f"sources[{i}] must be a Source, got {type(src).__name__}")
+                keyed.setdefault(_group_key(src), []).append(i)
+            groups, order = [], []
+            for idx in keyed.values():
+                members = [sources[i] for i in idx]
+                groups.append(jax.tree.map(lambda *xs: jnp.stack(xs), *members))
+                order.append(tuple(idx))
+        for g in groups:
+            if g.spectrum.shape[-1] != frame.n_bands:
+                raise ValueError(
+                    f"a source spectrum has {g.spectrum.shape[-1]} bands but the frame has "
+                    f"{frame.n_bands} {frame.bands}"
+                )
+        self.groups = tuple(groups)
+        self.order = tuple(order)
+        self.shape = (frame.n_bands, *frame.shape)
+        self.psf_kernels = tuple(
+            jnp.asarray(frame.psf_kernel(g.morphology.shape, pixel_integrated=False), dtype=float)
+            if g.morphology.intrinsic
+            else None
+            for g in groups
+        )
+
+    @property
+    def n_sources(self) -> int:
+        return sum(len(o) for o in self.order)
+
+    def stamps(self) -> tuple[tuple[Float[Array, "source band h w"], Int[Array, "source 2"]], ...]:
+        """Per group: every source's ``(band, h, w)`` stamp and its top-left corner
+        ``(y, x)`` in the model frame."""
+        return tuple(
+            jax.vmap(_render_stamp, in_axes=(0, None))(g, k) for g, k in zip(self.groups, self.psf_kernels)
+        )
+
+    def render(self) -> Cube:
+        """The model cube ``(band, ny, nx)``: the sum of all sources."""
+        _, ny, nx = self.shape
+        model = jnp.zeros(self.shape)
+        for stamps, corners in self.stamps():
+            h, w = stamps.shape[-2:]
+            iy = corners[:, 0, None] + jnp.arange(h)
+            ix = corners[:, 1, None] + jnp.arange(w)
+            # Indices off the frame are sent past its end, where 'drop' discards them
+            # (negative indices would otherwise wrap around).
+            iy = jnp.where((iy >= 0) & (iy < ny), iy, ny)
+            ix = jnp.where((ix >= 0) & (ix < nx), ix, nx)
+            values = jnp.moveaxis(stamps, 1, 0)
+            model = model.at[:, iy[:, :, None], ix[:, None, :]].add(values, mode="drop")
+        return model
+
+    def render_sources(self) -> Float[Array, "source band ny nx"]:
+        """Each source alone in the full frame, in the order the sources were given.
+        Memory grows with the number of sources: meant for catalogs and plots."""
+        _, ny, nx = self.shape
+        per_source = []
+        for stamps, corners in self.stamps():
+            h, w = stamps.shape[-2:]
+
+            def place(stamp, corner):
+                canvas = jnp.zeros((stamp.shape[0], ny + 2 * h, nx + 2 * w))
+                canvas = jax.lax.dynamic_update_slice(canvas, stamp, (0, corner[0] + h, corner[1] + w))
+                return canvas[:, h : h + ny, w : w + nx]
+
+            per_source.append(jax.vmap(place)(stamps, jnp.clip(corners, -h, jnp.array([ny, nx]))))
+        stacked = jnp.concatenate(per_source, axis=0)
+        inverse = np.argsort(np.concatenate([np.asarray(o) for o in self.order]))
+        return stacked[inverse]

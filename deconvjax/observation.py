@@ -1,0 +1,285 @@
+"""Observations and their forward operators."""
+
+import warnings
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy.wcs import WCS
+from jaxtyping import Array, Complex, Float
+
+from ._fft import good_fft_size
+from ._types import Cube
+from .frame import Frame
+from .likelihood import AbstractLikelihood, GaussianLikelihood
+from .psf import AbstractPSF, ArrayPSF, difference_kernel_fft
+from .resample import Method, bin_pixels, interpolate
+from .wcs import affine_grid, pixel_scale_of, warp_grid
+
+
+def _as_cube(arr, name: str) -> np.ndarray:
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be (y, x) or (band, y, x), got shape {arr.shape}")
+    return arr
+
+
+def _weights_from(data, weights, variance, rms) -> np.ndarray:
+    given = [n for n, v in (("weights", weights), ("variance", variance), ("rms", rms)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(
+            "an observation needs its noise: give exactly one of weights (inverse variance), "
+            f"variance or rms; got {given or 'none'}"
+        )
+    name = given[0]
+    value = np.asarray({"weights": weights, "variance": variance, "rms": rms}[name], dtype=np.float64)
+    if value.ndim == 0:
+        value = np.full(data.shape, float(value))
+    value = _as_cube(value, name)
+    if value.shape != data.shape:
+        raise ValueError(f"{name} has shape {value.shape} but data has shape {data.shape}")
+    if np.any(np.isnan(value)):
+        raise ValueError(f"{name} contains NaN")
+    if np.any(value < 0):
+        raise ValueError(f"{name} must be non-negative (0 marks a masked pixel); found negative values")
+    if name == "weights":
+        if np.any(np.isinf(value)):
+            raise ValueError("weights contains inf (zero variance)")
+        return value
+    var = value if name == "variance" else value**2
+    # Zero or infinite variance: no information about that pixel.
+    with np.errstate(divide="ignore"):
+        return np.where((var > 0) & np.isfinite(var), 1.0 / var, 0.0)
+
+
+class Observation(eqx.Module):
+    """Data of a scene seen by one instrument, band set and epoch, together with the
+    linear operator that takes a model cube in the model frame to this data's pixels.
+
+    The operator is built once, here, from the model `Frame`:
+
+    1. **band selection**: the model bands this observation saw;
+    2. **PSF matching**: convolution with the difference kernel between the model PSF
+       and this observation's PSF, precomputed in Fourier space;
+    3. **resampling**: interpolation (bicubic or Lanczos-3) at the model-frame positions
+       of this observation's pixels, from a warp grid computed on the host in float64
+       through both WCSs (distortions included), scaled by each pixel's area;
+    4. **binning**: when this observation's pixels are coarser than the model's, each is
+       split into ``s x s`` sub-pixels that are resampled, then summed (flux is
+       conserved).
+
+    Steps 3-4 are skipped when the observation sits on the model grid. Everything is
+    linear in the model cube, so `adjoint` is a VJP.
+
+    **Arguments:**
+
+    - `data`: ``(band, y, x)`` or ``(y, x)`` image(s), in the flux units of the scene.
+      NaN or inf pixels are masked (weight 0) with a warning.
+    - `frame`: the model `Frame` the scene lives in.
+    - `psf`: this observation's PSF, an `AbstractPSF` or an image (an `ArrayPSF` at this
+      observation's pixel scale). Wider than the model PSF.
+    - `weights` | `variance` | `rms`: the noise, exactly one of them, an array of
+      `data`'s shape or a scalar. Weights are inverse variances; 0 masks a pixel.
+    - `bands`: names of `data`'s bands, a subset of the frame's (default: the frame's).
+    - `wcs`: this observation's celestial WCS; needed when it differs from the frame's
+      grid. Without any WCS, both grids share centre and axes.
+    - `pixel_scale`: arcsec per pixel (default: from the WCS, else the frame's).
+    - `likelihood`: the noise model (default `GaussianLikelihood`).
+    - `interpolation`: ``"bicubic"`` (default) or ``"lanczos3"``.
+    """
+
+    data: Cube
+    weights: Cube
+    kernel_fft: Complex[Array, "band fy fxr"]
+    coords: Float[Array, "sy sx 2"] | None
+    area: Float[Array, "sy sx"] | None
+    likelihood: AbstractLikelihood
+    bands: tuple[str, ...] = eqx.field(static=True)
+    band_index: tuple[int, ...] = eqx.field(static=True)
+    frame_shape: tuple[int, int] = eqx.field(static=True)
+    fft_shape: tuple[int, int] = eqx.field(static=True)
+    subsample: int = eqx.field(static=True)
+    interpolation: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        data,
+        *,
+        frame: Frame,
+        psf: AbstractPSF | np.ndarray,
+        weights=None,
+        variance=None,
+        rms=None,
+        bands: Sequence[str] | None = None,
+        wcs: WCS | None = None,
+        pixel_scale: float | None = None,
+        likelihood: AbstractLikelihood | None = None,
+        interpolation: Method = "bicubic",
+    ):
+        if not isinstance(frame, Frame):
+            raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
+        data = _as_cube(data, "data")
+        weights = _weights_from(data, weights, variance, rms)
+        bad = ~np.isfinite(data)
+        if bad.any():
+            warnings.warn(
+                f"data has {int(bad.sum())} NaN or inf pixels; they are masked (weight 0)",
+                stacklevel=2,
+            )
+            data = np.where(bad, 0.0, data)
+            weights = np.where(bad, 0.0, weights)
+
+        if bands is None:
+            if data.shape[0] != frame.n_bands:
+                raise ValueError(
+                    f"data has {data.shape[0]} bands but the frame has {frame.n_bands} "
+                    f"{frame.bands}; give bands= to say which"
+                )
+            bands = frame.bands
+        bands = tuple(bands)
+        if len(bands) != data.shape[0]:
+            raise ValueError(f"bands names {len(bands)} bands {bands} but data has {data.shape[0]}")
+        missing = [b for b in bands if b not in frame.bands]
+        if missing:
+            raise ValueError(f"bands {missing} are not in the frame's bands {frame.bands}")
+
+        if wcs is not None:
+            if not isinstance(wcs, WCS) or not wcs.has_celestial:
+                raise TypeError(f"wcs must be a celestial astropy.wcs.WCS, got {wcs!r}")
+            wcs = wcs.celestial
+            if pixel_scale is None:
+                pixel_scale = pixel_scale_of(wcs)
+        pixel_scale = frame.pixel_scale if pixel_scale is None else float(pixel_scale)
+        if not pixel_scale > 0:
+            raise ValueError(f"pixel_scale must be positive, got {pixel_scale}")
+
+        if not isinstance(psf, AbstractPSF):
+            psf = ArrayPSF(psf, pixel_scale=pixel_scale)
+        elif isinstance(psf, ArrayPSF) and psf.pixel_scale is None:
+            psf = ArrayPSF(psf.image, pixel_scale=pixel_scale, oversampling=psf.oversampling, center=tuple(psf.center[0]))
+        extent = min(frame.shape) * frame.pixel_scale
+        if 2 * psf.radius() > extent:
+            raise ValueError(
+                f"psf is larger than the model frame: it spans {2 * psf.radius():.3g} arcsec "
+                f"but the frame spans {extent:.3g} arcsec; use a larger frame or a cropped PSF"
+            )
+
+        # PSF matching, in the model frame's pixels.
+        ny, nx = frame.shape
+        kshape = (ny - 1 + ny % 2, nx - 1 + nx % 2)
+        model_kernel = frame.psf_kernel(kshape, pixel_integrated=True)[None]
+        obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=True)
+        fft_shape = (good_fft_size(ny + kshape[0]), good_fft_size(nx + kshape[1]))
+        kernel_fft = difference_kernel_fft(model_kernel, obs_kernel, fft_shape)
+
+        # Geometry.
+        subsample = max(1, int(np.ceil(pixel_scale / frame.pixel_scale - 1e-6)))
+        obs_shape = data.shape[1:]
+        if (wcs is None) != (frame.wcs is None):
+            same_grid = obs_shape == frame.shape and np.isclose(pixel_scale, frame.pixel_scale)
+            if not same_grid:
+                raise ValueError(
+                    "wcs: the observation and the frame must both have a WCS (or neither) "
+                    "unless the observation lies on the frame's pixel grid"
+                )
+            coords = area = None
+        else:
+            if wcs is not None:
+                coords, area = warp_grid(frame.wcs, wcs, obs_shape, subsample)
+            else:
+                coords, area = affine_grid(frame.shape, frame.pixel_scale, obs_shape, pixel_scale, subsample)
+            identity = np.stack(np.meshgrid(np.arange(obs_shape[0]), np.arange(obs_shape[1]), indexing="ij"), -1)
+            if subsample == 1 and obs_shape == frame.shape and np.abs(coords - identity).max() < 1e-6:
+                coords = area = None
+
+        if likelihood is None:
+            likelihood = GaussianLikelihood()
+        if not isinstance(likelihood, AbstractLikelihood):
+            raise TypeError(f"likelihood must be an AbstractLikelihood, got {type(likelihood).__name__}")
+        if interpolation not in ("bicubic", "lanczos3"):
+            raise ValueError(f"interpolation must be 'bicubic' or 'lanczos3', got {interpolation!r}")
+
+        self.data = jnp.asarray(data, dtype=float)
+        self.weights = jnp.asarray(weights, dtype=float)
+        self.kernel_fft = jnp.asarray(kernel_fft, dtype=jnp.complex64)
+        self.coords = None if coords is None else jnp.asarray(coords, dtype=float)
+        self.area = None if area is None else jnp.asarray(area, dtype=float)
+        self.likelihood = likelihood
+        self.bands = bands
+        self.band_index = tuple(frame.bands.index(b) for b in bands)
+        self.frame_shape = frame.shape
+        self.fft_shape = fft_shape
+        self.subsample = subsample
+        self.interpolation = interpolation
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.data.shape
+
+    def __call__(self, model: Cube) -> Cube:
+        """Apply the forward operator: model cube ``(frame band, ny, nx)`` -> this
+        observation's ``(band, y, x)``."""
+        if model.shape[-2:] != self.frame_shape:
+            raise ValueError(f"model has shape {model.shape} but the frame is {self.frame_shape}")
+        ny, nx = self.frame_shape
+        x = model[jnp.asarray(self.band_index)]
+        x = jnp.fft.irfft2(jnp.fft.rfft2(x, s=self.fft_shape) * self.kernel_fft, s=self.fft_shape)[:, :ny, :nx]
+        if self.coords is None:
+            return x
+        x = jax.vmap(interpolate, in_axes=(0, None, None))(x, self.coords, self.interpolation)
+        return bin_pixels(x * self.area, self.subsample)
+
+    def adjoint(self, y: Cube, n_bands: int | None = None) -> Cube:
+        """The transpose of the forward operator: this observation's pixels -> a model
+        cube of ``n_bands`` bands (default: the largest band index used + 1)."""
+        nb = max(self.band_index) + 1 if n_bands is None else n_bands
+        _, vjp = jax.vjp(self.__call__, jnp.zeros((nb, *self.frame_shape)))
+        return vjp(y)[0]
+
+    def log_likelihood(self, model: Cube) -> Float[Array, ""]:
+        """log p(data | model cube), the model cube in the model frame."""
+        return self.likelihood.log_prob(self.data, self(model), self.weights)
+
+    def chi2(self, model: Cube) -> Float[Array, ""]:
+        return self.likelihood.chi2(self.data, self(model), self.weights)
+
+    @property
+    def n_valid(self) -> Array:
+        """The number of unmasked pixels."""
+        return jnp.sum(self.weights > 0)
+
+
+def render_observations(scene, observations: Sequence[Observation]) -> tuple[Cube, ...]:
+    """Render a scene once and push it through every observation's operator."""
+    model = scene.render()
+    return tuple(obs(model) for obs in _as_tuple(observations))
+
+
+def log_likelihood(scene, observations: Sequence[Observation]) -> Float[Array, ""]:
+    """Total log-likelihood of all observations given the scene (rendered once)."""
+    model = scene.render()
+    return sum(obs.log_likelihood(model) for obs in _as_tuple(observations))
+
+
+def chi2_per_dof(scene, observations: Sequence[Observation], n_params: int = 0) -> Float[Array, ""]:
+    """Total chi2 over the unmasked pixels of all observations divided by the degrees
+    of freedom, ``n_valid - n_params``."""
+    model = scene.render()
+    obs = _as_tuple(observations)
+    chi2 = sum(o.chi2(model) for o in obs)
+    dof = sum(o.n_valid for o in obs) - n_params
+    return chi2 / jnp.maximum(dof, 1)
+
+
+def _as_tuple(observations) -> tuple[Observation, ...]:
+    if isinstance(observations, Observation):
+        return (observations,)
+    observations = tuple(observations)
+    for i, o in enumerate(observations):
+        if not isinstance(o, Observation):
+            raise TypeError(f"observations[{i}] must be an Observation, got {type(o).__name__}")
+    return observations

@@ -1,0 +1,97 @@
+"""Host-side geometry: where each observed pixel falls in the model frame.
+
+Everything here runs once, in float64 numpy, when an observation is matched to a model
+frame; the result is handed to the device as float32 arrays. Distortions (SIP, TPV, ...)
+are whatever astropy's ``all_pix2world`` / ``all_world2pix`` implement.
+"""
+
+import numpy as np
+from astropy.wcs import WCS
+
+
+def subpixel_centres(shape: tuple[int, int], subsample: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, x)`` pixel coordinates (float64, shape ``(ny * s, nx * s)`` each) of the
+    centres of the ``s x s`` sub-pixels of every pixel of an image of ``shape``."""
+    ny, nx = shape
+    s = subsample
+    sub = (np.arange(s) + 0.5) / s - 0.5
+    yy = (np.arange(ny)[:, None] + sub[None, :]).reshape(-1)
+    xx = (np.arange(nx)[:, None] + sub[None, :]).reshape(-1)
+    return np.meshgrid(yy, xx, indexing="ij")
+
+
+def pixel_to_pixel(
+    src_wcs: WCS, dst_wcs: WCS, y: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map ``(y, x)`` pixel coordinates of ``src_wcs`` through the sky to pixel
+    coordinates of ``dst_wcs`` (0-based, distortions included)."""
+    world = src_wcs.all_pix2world(np.stack([x.ravel(), y.ravel()], axis=-1), 0)
+    pix = dst_wcs.all_world2pix(world, 0, tolerance=1e-10, maxiter=100)
+    return pix[:, 1].reshape(y.shape), pix[:, 0].reshape(y.shape)
+
+
+def warp_grid(
+    model_wcs: WCS, obs_wcs: WCS, obs_shape: tuple[int, int], subsample: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in the model frame of the sub-pixels of an observation.
+
+    **Returns:** ``coords`` (float64, ``(ny * s, nx * s, 2)``), the model-frame ``(y, x)``
+    of each sub-pixel centre; and ``area`` (float64, ``(ny * s, nx * s)``), the area of each
+    sub-pixel in model pixels, ``|det J| / s**2`` with ``J`` the Jacobian of the map
+    obs pixel -> model pixel, by central differences.
+    """
+    y, x = subpixel_centres(obs_shape, subsample)
+    my, mx = pixel_to_pixel(obs_wcs, model_wcs, y, x)
+    h = 1e-3
+    yp, xp = pixel_to_pixel(obs_wcs, model_wcs, y + h, x)
+    ym, xm = pixel_to_pixel(obs_wcs, model_wcs, y - h, x)
+    dy_dy, dx_dy = (yp - ym) / (2 * h), (xp - xm) / (2 * h)
+    yp, xp = pixel_to_pixel(obs_wcs, model_wcs, y, x + h)
+    ym, xm = pixel_to_pixel(obs_wcs, model_wcs, y, x - h)
+    dy_dx, dx_dx = (yp - ym) / (2 * h), (xp - xm) / (2 * h)
+    area = np.abs(dy_dy * dx_dx - dy_dx * dx_dy) / subsample**2
+    return np.stack([my, mx], axis=-1), area
+
+
+def affine_grid(
+    model_shape: tuple[int, int],
+    model_scale: float,
+    obs_shape: tuple[int, int],
+    obs_scale: float,
+    subsample: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same as `warp_grid` for frames without a WCS: both grids share their centre
+    and axes and differ only in pixel scale."""
+    y, x = subpixel_centres(obs_shape, subsample)
+    ratio = obs_scale / model_scale
+    my = (y - (obs_shape[0] - 1) / 2) * ratio + (model_shape[0] - 1) / 2
+    mx = (x - (obs_shape[1] - 1) / 2) * ratio + (model_shape[1] - 1) / 2
+    area = np.full(y.shape, ratio**2 / subsample**2)
+    return np.stack([my, mx], axis=-1), area
+
+
+def pixel_scale_of(wcs: WCS) -> float:
+    """Mean pixel scale of a celestial WCS, in arcsec per pixel, at its reference pixel."""
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    return float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs.celestial))) * 3600.0)
+
+
+def make_wcs(
+    shape: tuple[int, int],
+    pixel_scale: float,
+    center: tuple[float, float] = (150.1, 2.2),
+    rotation_deg: float = 0.0,
+) -> WCS:
+    """A gnomonic (TAN) WCS for an image of ``shape`` (ny, nx) with square pixels of
+    ``pixel_scale`` arcsec, its centre at sky position ``center`` (RA, Dec in degrees), and
+    the y axis ``rotation_deg`` degrees east of north. Useful for simulations and tests."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = list(center)
+    w.wcs.crpix = [(shape[1] + 1) / 2, (shape[0] + 1) / 2]
+    s = pixel_scale / 3600.0
+    c, t = np.cos(np.radians(rotation_deg)), np.sin(np.radians(rotation_deg))
+    # East to the left (RA increases with -x), north up, then rotated.
+    w.wcs.cd = s * np.array([[-c, t], [t, c]])
+    return w

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
+
+from ._atomic import atomic_write
 
 FORMAT = "deconvjax-observation"
 VERSION = 1
@@ -105,19 +106,12 @@ class ObservationData:
 # ---------------------------------------------------------------------------------------
 
 def _atomic_write_hdul(path, hdul: fits.HDUList):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)
             hdul.writeto(tmp, overwrite=True, output_verify="silentfix")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def _cube(arr, name: str, dtype=np.float32) -> np.ndarray:
@@ -308,16 +302,7 @@ def write_truth(path, table: Table) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".ecsv":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            table.write(tmp, format="ascii.ecsv", overwrite=True)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write(path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
     elif suffix in (".fits", ".fit", ".fts"):
         _atomic_write_hdul(path, fits.HDUList([fits.PrimaryHDU(), _table_to_hdu(table, "TRUTH")]))
     else:
@@ -614,7 +599,8 @@ def read_images(
             for k, p in enumerate(images):
                 with _open(p) as hdul:
                     hh = hdul[0].header if hdu is None else hdul[hdu].header
-                    hh = hh if ("FILTER" in hh or "BAND" in hh or len(hdul) == 1) else hdul[1].header
+                    if "FILTER" not in hh and "BAND" not in hh and len(hdul) > 1:
+                        hh = hdul[1].header
                     bands.append(str(hh.get("FILTER", hh.get("BAND", k))))
             bands = tuple(bands)
     bands = tuple(bands)

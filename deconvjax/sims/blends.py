@@ -245,6 +245,32 @@ class SourceCatalog:
     index: np.ndarray  # index within its kind
 
 
+def _margin(hlr):
+    """Distance (arcsec) from the edge that keeps >= 99% of a source's flux in the field."""
+    return np.maximum(4.0 * np.asarray(hlr), 1.5) + 1.0
+
+
+def _draw_fitting_galaxies(rng, n, extent, mag_range, knots):
+    """Galaxies from the population model, redrawing any too large for the field.
+
+    This truncates the size distribution at ``hlr <= (0.4 * min(extent) - 1) / 4`` arcsec
+    (1.03 arcsec for a 12.8 arcsec field), so that every galaxy fits with its margin.
+    """
+    limit = 0.4 * min(extent)
+    gal = draw_galaxy_params(rng, n, mag_range=mag_range, knots=knots)
+    for _ in range(100):
+        bad = np.flatnonzero(_margin(gal["hlr_disk"]) > limit)
+        if bad.size == 0:
+            return gal
+        new = draw_galaxy_params(rng, bad.size, mag_range=mag_range, knots=knots)
+        for key in gal:
+            gal[key][bad] = new[key]
+    raise ValueError(
+        f"shape: a {extent[0]:.1f} x {extent[1]:.1f} arcsec field is too small for the galaxy "
+        "size distribution; use a larger shape"
+    )
+
+
 def draw_catalog(
     rng: np.random.Generator,
     n_sources: int,
@@ -269,7 +295,8 @@ def draw_catalog(
     for k in ("galaxy", "real", "star"):
         sel = kind == k
         index[sel] = np.arange(sel.sum())
-    gal = draw_galaxy_params(rng, int((kind == "galaxy").sum()), mag_range=mag_range, knots=knots)
+    gal = _draw_fitting_galaxies(rng, int((kind == "galaxy").sum()), extent_arcsec, mag_range,
+                                 knots)
     star = draw_star_params(rng, int((kind == "star").sum()))
     n_real = int((kind == "real").sum())
     real = draw_real_params(rng, n_real, cosmos_path) if n_real else {}
@@ -282,7 +309,7 @@ def draw_catalog(
         elif kind[s] == "real":
             h = real["hlr"][index[s]]
             size[s] = 0.5 if not np.isfinite(h) else h
-    margins = np.maximum(4.0 * size, 1.5) + 1.0
+    margins = _margin(size)
     offsets = place_sources(rng, n_sources, extent_arcsec, margins, min_separation,
                             max_separation)
     return SourceCatalog(kind, offsets, gal, real, star, index)

@@ -55,14 +55,14 @@ def _blackbody_sed(temperature: float) -> galsim.SED:
     return galsim.SED(flam, "nm", "flambda")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ref_mags(template: str) -> np.ndarray:
     ref = reference_bandpass()
     sed0 = _template_sed(template)
     return np.array([sed0.atRedshift(float(z)).calculateMagnitude(ref) for z in _Z_GRID])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _band_colours(band: Band, template: str) -> np.ndarray:
     # Cached per band (not per survey) so surveys sharing a bandpass share the integrals.
     bp = _bandpass(band)
@@ -113,7 +113,9 @@ def draw_galaxy_params(
         raise ValueError(f"n: expected >= 0, got {n}")
     lo, hi = mag_range
     if not lo < hi:
-        raise ValueError(f"mag_range: expected (bright, faint) with bright < faint, got {mag_range}")
+        raise ValueError(
+            f"mag_range: expected (bright, faint) with bright < faint, got {mag_range}"
+        )
     mag = _power_law_mag(rng, n, lo, hi, 0.31)
     z0 = np.clip(0.0417 * mag - 0.744, 0.05, None)
     z = np.clip(rng.gamma(3.0, z0), 0.01, 3.5)  # z^2 exp(-z/z0) is a Gamma(3, z0)
@@ -168,7 +170,7 @@ def galaxy_band_fluxes(survey: Survey, p: dict, i: int) -> np.ndarray:
     return out
 
 
-def galaxy_components(p: dict, i: int) -> tuple[galsim.GSObject, galsim.GSObject, galsim.GSObject | None]:
+def galaxy_components(p: dict, i: int) -> tuple:
     """Unit-flux bulge, disk and knot profiles of galaxy ``i`` (sheared, unconvolved)."""
     shear = galsim.Shear(e1=float(p["e1"][i]), e2=float(p["e2"][i]))
     hb = float(p["hlr_bulge"][i])
@@ -191,7 +193,8 @@ def galaxy_profiles(survey: Survey, p: dict, i: int) -> list[galsim.GSObject]:
     comps = galaxy_components(p, i)
     out = []
     for b in range(len(survey.bands)):
-        parts = [c * float(fluxes[k, b]) for k, c in enumerate(comps) if c is not None and fluxes[k, b] > 0]
+        parts = [c * float(fluxes[k, b]) for k, c in enumerate(comps)
+                 if c is not None and fluxes[k, b] > 0]
         out.append(galsim.Add(parts) if len(parts) > 1 else parts[0])
     return out
 
@@ -255,7 +258,7 @@ def draw_real_params(rng: np.random.Generator, n: int, cosmos_path=None) -> dict
                 rotation=rng.uniform(0.0, 360.0, size=n))
 
 
-def real_galaxy_profiles(survey: Survey, p: dict, i: int, cosmos_path=None) -> list[galsim.GSObject]:
+def real_galaxy_profiles(survey: Survey, p: dict, i: int, cosmos_path=None) -> list:
     cat, _ = cosmos_catalog(None if cosmos_path is None else str(cosmos_path))
     rg = galsim.RealGalaxy(cat, index=int(p["index"][i]))
     rg = rg.rotate(float(p["rotation"][i]) * galsim.degrees)

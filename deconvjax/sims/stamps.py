@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import galsim
 import numpy as np
 from astropy.table import Table, vstack
 
+from ..io._atomic import atomic_write
 from .blends import _as_rng, draw_psf_images
 from .galaxies import (
     draw_galaxy_params,
@@ -172,24 +171,11 @@ def _stamp_truth(sv, is_real, kind_index, gal, real, fluxes) -> Table:
 # Shards on disk
 # ---------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write_fn):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _save_npy(path: Path, array):
     def w(tmp):
         with open(tmp, "wb") as f:
             np.save(f, array)
-    _atomic_write(path, w)
+    atomic_write(path, w)
 
 
 def write_stamp_shards(
@@ -221,7 +207,7 @@ def write_stamp_shards(
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), k]))
         st = simulate_stamps(survey, m, seed=rng, **kwargs)
         _save_npy(out / f"stamps_{k:05d}.npy", st.images)
-        _atomic_write(out / f"truth_{k:05d}.ecsv",
+        atomic_write(out / f"truth_{k:05d}.ecsv",
                       lambda tmp, st=st: st.truth.write(tmp, format="ascii.ecsv", overwrite=True))
         shards.append({"images": f"stamps_{k:05d}.npy", "truth": f"truth_{k:05d}.ecsv", "n": m})
         if meta is None:
@@ -235,7 +221,7 @@ def write_stamp_shards(
             if st.psf_images is not None:
                 _save_npy(out / "psf.npy", st.psf_images)
     index = dict(meta or {}, n=int(n), shards=shards)
-    _atomic_write(out / "index.json",
+    atomic_write(out / "index.json",
                   lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1, sort_keys=True)))
     return out
 

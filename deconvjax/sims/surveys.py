@@ -172,7 +172,7 @@ class Survey:
         return _psf(self, name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bandpass(band: Band) -> galsim.Bandpass:
     if band.bandpass_file is not None:
         bp = galsim.Bandpass(band.bandpass_file, "nm")
@@ -180,14 +180,15 @@ def _bandpass(band: Band) -> galsim.Bandpass:
         lo, hi = band.tophat_nm
         t = band.tophat_throughput
         bp = galsim.Bandpass(
-            galsim.LookupTable([lo - 1.0, lo, hi, hi + 1.0], [0.0, t, t, 0.0], interpolant="linear"),
+            galsim.LookupTable([lo - 1.0, lo, hi, hi + 1.0], [0.0, t, t, 0.0],
+                               interpolant="linear"),
             "nm",
         )
     # Thin the throughput tables: SED integrals become ~10x faster for < 0.1% change.
     return bp.thin(rel_err=1e-4).withZeropoint("AB")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _zeropoint(survey: Survey, name: str) -> float:
     b = survey.band(name)
     if b.zeropoint_override is not None:
@@ -197,7 +198,7 @@ def _zeropoint(survey: Survey, name: str) -> float:
     return 2.5 * math.log10(photons * survey.effective_area * 1e4)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _psf(survey: Survey, name: str) -> galsim.GSObject:
     b = survey.band(name)
     if survey.psf_kind == "kolmogorov":

@@ -414,6 +414,7 @@ def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec) -> Table:
     e1 = np.zeros(n)
     e2 = np.zeros(n)
     cosmos_index = np.full(n, -1, np.int64)
+    temp = np.full(n, np.nan)
     for s in range(n):
         k, i = cat.kind[s], cat.index[s]
         if k == "galaxy":
@@ -429,6 +430,7 @@ def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec) -> Table:
             cosmos_index[s] = r["index"][i]
         else:
             mag[s] = cat.star["mag_i"][i]
+            temp[s] = cat.star["temperature"][i]
     t["mag_i"] = mag
     t["z"] = z
     t["hlr"] = hlr
@@ -438,6 +440,8 @@ def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec) -> Table:
     t["e1"] = e1
     t["e2"] = e2
     t["cosmos_index"] = cosmos_index
+    t["temperature"] = temp
+    t["temperature"].unit = "K"
     blend = blendedness(sources)
     for b, band in enumerate(survey.bands):
         t[f"flux_{band.name}"] = fluxes[:, b]
@@ -509,8 +513,8 @@ def simulate_field(
     Returns:
         A `SimulatedField`; its truth Table has columns id, kind, y, x (pixels of this image),
         ra, dec, mag_i, z, hlr (flux-weighted of bulge and disk, arcsec), hlr_bulge, hlr_disk,
-        bulge_frac, e1, e2, cosmos_index, flux_<band> (electrons), blendedness_<band>, and
-        blendedness (in the reference band).
+        bulge_frac, e1, e2, cosmos_index, temperature (stars' blackbody, K), flux_<band>
+        (electrons), blendedness_<band>, and blendedness (in the reference band).
     """
     rng, seed_int = _as_rng(seed)
     sv = get_survey(survey, bands)

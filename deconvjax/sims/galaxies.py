@@ -249,7 +249,7 @@ def draw_real_params(rng: np.random.Generator, n: int, cosmos_path=None) -> dict
     """Pick ``n`` COSMOS galaxies (with replacement) and random rotations."""
     cat, extra = cosmos_catalog(None if cosmos_path is None else str(cosmos_path))
     idx = rng.integers(0, cat.nobjects, size=n)
-    mags = np.asarray(cat.param_cat["MAG"], dtype=float)[idx]
+    mags = np.asarray(cat.mag, dtype=float)[idx]
     z = (np.asarray(extra["ZPHOT"], dtype=float)[idx] if extra is not None
          else np.full(n, 0.8))
     hlr = (np.asarray(extra["flux_radius"], dtype=float)[idx] * 0.03 if extra is not None

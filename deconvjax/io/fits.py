@@ -220,9 +220,10 @@ def write_observation(
     if (variance is None) == (weights is None):
         raise ValueError("variance, weights: give exactly one of them")
     noise_name = "VAR" if variance is not None else "WHT"
-    noise = _cube(variance if variance is not None else weights, noise_name.lower())
+    arg = "variance" if variance is not None else "weights"
+    noise = _cube(variance if variance is not None else weights, arg)
     if noise.shape != img.shape:
-        raise ValueError(f"{noise_name.lower()}: expected shape {img.shape}, got {noise.shape}")
+        raise ValueError(f"{arg}: expected shape {img.shape}, got {noise.shape}")
     m = np.zeros(img.shape, np.uint8) if mask is None else _cube(mask, "mask", np.uint8)
     if m.shape != img.shape:
         raise ValueError(f"mask: expected shape {img.shape}, got {m.shape}")

@@ -22,7 +22,7 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from ..io._atomic import atomic_write
-from .blends import _as_rng, draw_psf_images
+from .blends import _as_rng
 from .galaxies import (
     draw_galaxy_params,
     draw_real_params,
@@ -36,14 +36,15 @@ from .surveys import Survey, get_survey
 
 @dataclasses.dataclass
 class StampSet:
-    """Isolated galaxies, each centred on the central pixel of its stamp.
+    """Isolated galaxies, each centred on pixel (size // 2, size // 2) of its stamp.
 
     Attributes:
         images: (n, band, size, size) float32, electrons (noise-free unless noise was added).
         truth: astropy Table with one row per stamp.
         bands: band names.
         pixel_scale: arcsec per pixel.
-        psf_images: (band, h, w) PSF the stamps were convolved with, or None.
+        psf_images: (band, h, w) PSF the stamps were convolved with (the preset PSF, or the
+            narrow model PSF when ``convolve_psf=False``), pixel included, unit sum.
         noise_sigma: (band,) background noise sigma of the preset (electrons), added or not.
     """
 
@@ -70,6 +71,7 @@ def simulate_stamps(
     knots: bool = True,
     cosmos_path=None,
     progress: bool = False,
+    model_psf_fwhm: float = 1.0,
 ) -> StampSet:
     """Draw ``n`` isolated galaxies on ``size`` x ``size`` stamps.
 
@@ -78,7 +80,11 @@ def simulate_stamps(
         size: stamp side in pixels (e.g. 32 or 64).
         pixel_scale: arcsec per pixel (default: the preset's). With ``convolve_psf=False`` this
             gives intrinsic (pixel-integrated only) morphologies at any resolution.
-        convolve_psf: convolve with the preset PSF.
+        convolve_psf: convolve with the preset PSF. Without it the stamps are convolved only
+            with a narrow Gaussian of FWHM ``model_psf_fwhm`` pixels (a model PSF in the
+            scarlet sense: it band-limits the point-like knots, keeping FFTs small), which is
+            then returned as ``psf_images``.
+        model_psf_fwhm: FWHM in pixels of that Gaussian.
         add_noise: add the preset's Gaussian background noise.
         real_fraction: fraction of real COSMOS galaxies (needs the COSMOS folder).
     """
@@ -98,7 +104,12 @@ def simulate_stamps(
     is_real[rng.permutation(n)[:n_real]] = True
     gal = draw_galaxy_params(rng, n - n_real, mag_range=mag_range, knots=knots)
     real = draw_real_params(rng, n_real, cosmos_path) if n_real else {}
-    psfs = [sv.psf(b.name) for b in sv.bands]
+    if convolve_psf:
+        psfs = [sv.psf(b.name) for b in sv.bands]
+    else:
+        if not model_psf_fwhm > 0:
+            raise ValueError(f"model_psf_fwhm: expected > 0 pixels, got {model_psf_fwhm}")
+        psfs = [galsim.Gaussian(fwhm=model_psf_fwhm * scale)] * len(sv.bands)
     nb = len(sv.bands)
     out = np.zeros((n, nb, size, size), np.float32)
     fluxes = np.zeros((n, nb))
@@ -116,8 +127,11 @@ def simulate_stamps(
             kind_index[k] = gi
             gi += 1
         for b in range(nb):
-            obj = galsim.Convolve(profs[b], psfs[b]) if convolve_psf else profs[b]
-            img = obj.drawImage(nx=size, ny=size, scale=scale, method="auto")
+            obj = galsim.Convolve(profs[b], psfs[b])
+            # Centre on pixel (size // 2, size // 2), the convention of odd PSF images and
+            # of FFT-centred kernels, rather than between pixels for even sizes.
+            img = obj.drawImage(nx=size, ny=size, scale=scale, method="auto",
+                                use_true_center=False)
             out[k, b] = img.array
     sigma = np.array([np.sqrt(sv.background_variance(b.name)) for b in sv.bands])
     if add_noise:
@@ -125,16 +139,17 @@ def simulate_stamps(
     truth = _stamp_truth(sv, is_real, kind_index, gal, real, fluxes)
     truth.meta.update(pixel_scale=scale, size=size, convolve_psf=convolve_psf,
                       add_noise=add_noise)
-    psf_images = draw_psf_images(sv) if convolve_psf and pixel_scale is None else None
-    if convolve_psf and pixel_scale is not None:
-        psf_images = _psf_at_scale(sv, scale)
+    if not convolve_psf:
+        truth.meta["model_psf_fwhm_pixels"] = float(model_psf_fwhm)
+    psf_images = _psf_at_scale(psfs, scale)
     return StampSet(out, truth, sv.band_names, scale, psf_images, sigma.astype(np.float32))
 
 
-def _psf_at_scale(sv: Survey, scale: float, size: int = 25) -> np.ndarray:
-    out = np.empty((len(sv.bands), size, size), np.float32)
-    for b, band in enumerate(sv.bands):
-        a = sv.psf(band.name).drawImage(nx=size, ny=size, scale=scale, method="auto").array
+def _psf_at_scale(psfs, scale: float, size: int = 25) -> np.ndarray:
+    """(band, size, size) unit-sum PSF images, pixel included, centred on the central pixel."""
+    out = np.empty((len(psfs), size, size), np.float32)
+    for b, psf in enumerate(psfs):
+        a = psf.drawImage(nx=size, ny=size, scale=scale, method="auto").array.astype(np.float64)
         out[b] = a / a.sum()
     return out
 

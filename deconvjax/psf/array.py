@@ -17,21 +17,41 @@ def _centre(image: np.ndarray, how) -> np.ndarray:
             idx = image.reshape(n, -1).argmax(axis=1)
             return np.stack(np.unravel_index(idx, (h, w)), axis=-1).astype(np.float64)
         if how == "centroid":
-            # First moment within a window around the peak, so that noise in the far
-            # wings of real PSF images does not drag the centre.
-            peak = _centre(image, "peak")
+            # First moment within a Gaussian window, re-centred on the moment until it
+            # settles, so that noise in the far wings of real PSF images does not drag
+            # the centre and a window started on one of several equal peak pixels
+            # does not bias it.
             yy, xx = np.mgrid[:h, :w]
+            width = max(2.0, min(h, w) / 8.0)
             out = []
-            for img, (py, px) in zip(image, peak):
-                win = ((yy - py) ** 2 + (xx - px) ** 2) <= max(2.0, min(h, w) / 8.0) ** 2
-                wgt = np.clip(img, 0, None) * win
-                out.append([(wgt * yy).sum() / wgt.sum(), (wgt * xx).sum() / wgt.sum()])
+            for img, (cy, cx) in zip(image, _centre(image, "peak")):
+                for _ in range(20):
+                    wgt = np.clip(img, 0, None) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
+                    cy, cx = (wgt * yy).sum() / wgt.sum(), (wgt * xx).sum() / wgt.sum()
+                out.append([cy, cx])
             return np.asarray(out)
         raise ValueError(f"center must be 'centroid', 'peak', 'pixel' or (y, x), got {how!r}")
     c = np.asarray(how, dtype=np.float64)
     if c.shape != (2,):
         raise ValueError(f"center must be 'centroid', 'peak', 'pixel' or (y, x), got {how!r}")
     return np.tile(c, (n, 1))
+
+
+def _shift_and_cut(img: np.ndarray, cy: float, cx: float, shape: tuple[int, int]) -> np.ndarray:
+    """Move the centre ``(cy, cx)`` of ``img`` onto the centre pixel of a ``shape``
+    kernel: the sub-pixel part by a Fourier phase shift (exact for a band-limited PSF,
+    unlike interpolation), the integer part by cutting or padding."""
+    h, w = img.shape
+    iy, ix = int(round(cy)), int(round(cx))
+    ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    phase = np.exp(-2j * np.pi * (ky * (iy - cy) + kx * (ix - cx)))
+    shifted = np.fft.ifft2(np.fft.fft2(img) * phase).real
+    out = np.zeros(shape)
+    ty, tx = shape[0] // 2, shape[1] // 2
+    y0, x0 = max(0, iy - ty), max(0, ix - tx)
+    y1, x1 = min(h, iy - ty + shape[0]), min(w, ix - tx + shape[1])
+    out[y0 - iy + ty : y1 - iy + ty, x0 - ix + tx : x1 - ix + tx] = shifted[y0:y1, x0:x1]
+    return out
 
 
 class ArrayPSF(AbstractPSF):
@@ -100,9 +120,13 @@ class ArrayPSF(AbstractPSF):
         out = []
         for b in range(n_bands):
             img, (cy, cx) = self.image[b % nb], self.center[b % nb]
+            if abs(ratio - 1.0) < 1e-9:
+                out.append(_shift_and_cut(img, cy, cx, shape))
+                continue
             yy, xx = np.meshgrid(cy + u * ratio, cx + v * ratio, indexing="ij")
             coords = jnp.asarray(np.stack([yy, xx], -1), dtype=jnp.float32)
-            vals = interpolate(jnp.asarray(img, dtype=jnp.float32), coords)
+            # Lanczos-3: PSF shapes set the accuracy of everything downstream.
+            vals = interpolate(jnp.asarray(img, dtype=jnp.float32), coords, "lanczos3")
             out.append(np.asarray(bin_pixels(vals, sub), dtype=np.float64))
         return normalise(np.stack(out))
 

@@ -57,8 +57,9 @@ class AbstractPSF(eqx.Module):
 
     @abc.abstractmethod
     def radius(self) -> float:
-        """A radius in arcsec that holds nearly all of the PSF's flux, used to size
-        kernels and to check that the PSF fits in a frame."""
+        """The radius in arcsec of the PSF's core (90% of the flux for analytic
+        profiles, half the image for array PSFs), used to check that the PSF fits in a
+        frame. Kernels themselves span the whole frame."""
 
 
 def normalise(kernel: np.ndarray, name: str = "psf") -> np.ndarray:

@@ -44,4 +44,5 @@ class GaussianPSF(AbstractPSF):
         return normalise(out)
 
     def radius(self) -> float:
-        return float(5.0 * np.max(self.sigma))
+        # The radius holding 90% of the flux.
+        return float(np.sqrt(2 * np.log(10.0)) * np.max(self.sigma))

@@ -41,10 +41,10 @@ class MoffatPSF(AbstractPSF):
         return normalise(np.stack(out))
 
     def radius(self) -> float:
-        # The radius holding 99.5% of the flux of the widest band, analytically:
-        # 1 - (1 + r^2/alpha^2)^(1 - beta) = 0.995.
+        # The radius holding 90% of the flux of the widest band, analytically:
+        # 1 - (1 + r^2/alpha^2)^(1 - beta) = 0.9.
         out = 0.0
         for f, b in zip(self.fwhm, np.broadcast_to(self.beta, self.fwhm.shape)):
             alpha = f / (2.0 * np.sqrt(2.0 ** (1.0 / b) - 1.0))
-            out = max(out, alpha * np.sqrt(0.005 ** (1.0 / (1.0 - b)) - 1.0))
+            out = max(out, alpha * np.sqrt(0.1 ** (1.0 / (1.0 - b)) - 1.0))
         return float(out)

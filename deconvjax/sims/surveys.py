@@ -188,7 +188,7 @@ def _bandpass(band: Band) -> galsim.Bandpass:
     return bp.thin(rel_err=1e-4).withZeropoint("AB")
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1024)  # bounded: per-epoch variants of a survey are new keys
 def _zeropoint(survey: Survey, name: str) -> float:
     b = survey.band(name)
     if b.zeropoint_override is not None:
@@ -198,7 +198,7 @@ def _zeropoint(survey: Survey, name: str) -> float:
     return 2.5 * math.log10(photons * survey.effective_area * 1e4)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1024)
 def _psf(survey: Survey, name: str) -> galsim.GSObject:
     b = survey.band(name)
     if survey.psf_kind == "kolmogorov":

@@ -105,6 +105,18 @@ def test_corrupted_file_is_named(field, tmp_path):
         read_arrays(tmp_path / "absent.fits")
 
 
+def test_flipped_bits_in_data_are_reported(field, tmp_path):
+    p = write_field(tmp_path / "f.fits", field)
+    with fits.open(p) as hdul:
+        idx = next(i for i, h in enumerate(hdul) if h.name == "SCI" and h.ver == 2)
+        loc = hdul.fileinfo(idx)["datLoc"]
+    raw = bytearray(p.read_bytes())
+    raw[loc + 1000] ^= 0xFF
+    (tmp_path / "flip.fits").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"flip\.fits: HDU 'SCI' \(EXTVER 2\) is corrupted"):
+        read_arrays(tmp_path / "flip.fits")
+
+
 def test_mismatched_shapes_are_named(field, tmp_path):
     p = write_field(tmp_path / "f.fits", field)
     with fits.open(p) as hdul:

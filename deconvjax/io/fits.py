@@ -11,6 +11,9 @@ The deconvjax observation file (``DJFORMAT = 'deconvjax-observation'`` in the pr
 - optional ``TRUTH`` binary table (the truth catalog) and ``SOURCES`` image
   (source, band, y, x) float32 (noise-free image of each source alone).
 
+Every image HDU carries ``DJHASH``, a SHA-256 prefix of its data, checked on reading so that
+flipped bits in a data unit are reported as corruption (FITS CHECKSUM cards would also do, but
+astropy stamps them with the current date, which would break byte-identical files).
 Writes are atomic (temp file then ``os.replace``) and deterministic (no dates), so the same
 simulation seed gives byte-identical files.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -163,6 +167,26 @@ def _find(hdul, path, name: str, ver: int | None = None, required: bool = True):
         return None
 
 
+def _digest(a: np.ndarray) -> str:
+    # Hash the big-endian bytes as stored in the file, whatever the in-memory byte order.
+    a = np.asarray(a)
+    big = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder(">"))
+    return hashlib.sha256(big.tobytes()).hexdigest()[:16]
+
+
+def _image_hdu(data, header=None, name=None, ver=None) -> fits.ImageHDU:
+    h = fits.ImageHDU(data, header=header, name=name, ver=ver)
+    h.header["DJHASH"] = (_digest(h.data), "sha256 prefix of the data (big-endian)")
+    return h
+
+
+def _check_digest(hdu, path):
+    want = hdu.header.get("DJHASH")
+    if want is not None and hdu.data is not None and _digest(hdu.data) != want:
+        ver = "" if hdu.name == "SOURCES" else f" (EXTVER {hdu.ver})"
+        raise ValueError(f"{path}: HDU {hdu.name!r}{ver} is corrupted (data hash mismatch)")
+
+
 def _table_to_hdu(table: Table, name: str) -> fits.BinTableHDU:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -251,12 +275,12 @@ def write_observation(
     hdus = [prim]
     for k, b in enumerate(bands):
         for name, arr in (("SCI", img[k]), (noise_name, noise[k]), ("MASK", m[k])):
-            hh = fits.ImageHDU(arr, header=wh.copy(), name=name, ver=k + 1)
+            hh = _image_hdu(arr, header=wh.copy(), name=name, ver=k + 1)
             hh.header["BAND"] = b
             if name == "SCI":
                 hh.header["BUNIT"] = bunit
             hdus.append(hh)
-        ph = fits.ImageHDU(psf[k], name="PSF", ver=k + 1)
+        ph = _image_hdu(psf[k], name="PSF", ver=k + 1)
         ph.header["BAND"] = b
         if pixel_scale is not None:
             ph.header["PIXSCALE"] = (float(pixel_scale), "arcsec / pixel of the PSF sampling")
@@ -272,7 +296,7 @@ def write_observation(
                 f"source_images: expected (source, {', '.join(map(str, img.shape))}), "
                 f"got {src.shape}"
             )
-        sh = fits.ImageHDU(src, header=wh.copy(), name="SOURCES")
+        sh = _image_hdu(src, header=wh.copy(), name="SOURCES")
         hdus.append(sh)
     path = Path(path)
     _atomic_write_hdul(path, fits.HDUList(hdus))
@@ -416,6 +440,8 @@ def read_arrays(path) -> ObservationData:
                 raise ValueError(
                     f"{path}: PSF of band {b!r} has shape {hp.data.shape}, expected {psf[0].shape}"
                 )
+            for hh in (hs, hn, hm, hp):  # after the shape checks, which say more
+                _check_digest(hh, path)
             sci.append(hs.data)
             noise.append(hn.data)
             mask.append(hm.data)
@@ -430,6 +456,7 @@ def read_arrays(path) -> ObservationData:
         truth = _hdu_to_table(hdul["TRUTH"]) if "TRUTH" in hdul else None
         src = None
         if "SOURCES" in hdul:
+            _check_digest(hdul["SOURCES"], path)
             src = hdul["SOURCES"].data
             src = None if src is None else src.astype(np.float32)  # native byte order
             if src is None or src.ndim != 4 or src.shape[1:] != images.shape:

@@ -197,6 +197,29 @@ def test_real_cosmos_galaxies_drawn_with_their_flux():
                        real_fraction=1.0, star_fraction=0.0)
     assert np.all(f.truth["kind"] == "real") and np.all(f.truth["cosmos_index"] >= 0)
     np.testing.assert_allclose(f.source_images.sum(axis=(2, 3)), _flux_table(f), rtol=0.01)
+    # Truth ellipticities follow the random rotation: compare with adaptive moments of the
+    # drawn galaxies at HST resolution (a slightly different PSF, hence the tolerance).
+    sp, _ = simulate_paired("hst", "lsst", seed=5, ground_shape=(40, 40), n_sources=3,
+                            real_fraction=1.0, star_fraction=0.0, ground_bands=("i",),
+                            min_separation=2.0, source_noise=False)
+    checked = 0
+    for s in range(3):
+        img = galsim.Image(sp.source_images[s, 0].astype(np.float64))
+        guess = galsim.PositionD(sp.truth["x"][s] + 1, sp.truth["y"][s] + 1)
+        try:
+            m = galsim.hsm.FindAdaptiveMom(img, guess_centroid=guess)
+        except galsim.GalSimHSMError:
+            continue
+        if m.moments_sigma < 2.0:  # PSF-sized: its shape is the PSF's, not the galaxy's
+            continue
+        g = complex(m.observed_shape.g1, m.observed_shape.g2)
+        e = complex(sp.truth["e1"][s], sp.truth["e2"][s])
+        assert abs(g) == pytest.approx(abs(e), rel=0.3, abs=0.05)
+        if abs(e) > 0.15:  # position angle, which the rotation sets
+            dphi = np.angle(g / e) / 2
+            assert abs(np.rad2deg(dphi)) < 10
+            checked += 1
+    assert checked >= 1
 
 
 def test_bad_arguments_raise_clear_errors():

@@ -28,6 +28,7 @@ from .galaxies import (
     galaxy_profiles,
     real_galaxy_band_fluxes,
     real_galaxy_profiles,
+    real_galaxy_shapes,
     star_band_fluxes,
 )
 from .surveys import Survey, get_survey
@@ -372,7 +373,7 @@ def render_catalog(
         # Poisson noise of the sources themselves (gain 1), in the Gaussian limit.
         variance += np.clip(noise_free, 0.0, None)
     images = noise_free + rng.standard_normal(noise_free.shape) * np.sqrt(variance)
-    truth = _truth_table(survey, cat, sources, fluxes, px, py, ra, dec)
+    truth = _truth_table(survey, cat, sources, fluxes, px, py, ra, dec, cosmos_path)
     return SimulatedField(
         images=images.astype(np.float32),
         variance=variance.astype(np.float32),
@@ -396,7 +397,7 @@ def blendedness(source_images: np.ndarray) -> np.ndarray:
         return np.where(den > 0, 1.0 - num / den, 0.0)
 
 
-def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec) -> Table:
+def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec, cosmos_path=None) -> Table:
     n = len(cat.kind)
     t = Table()
     t["id"] = np.arange(n, dtype=np.int64)
@@ -426,7 +427,7 @@ def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec) -> Table:
         elif k == "real":
             r = cat.real
             mag[s], z[s], hlr[s] = r["mag_i"][i], r["z"][i], r["hlr"][i]
-            e1[s] = e2[s] = np.nan
+            e1[s], e2[s] = real_galaxy_shapes(r, i, cosmos_path)
             cosmos_index[s] = r["index"][i]
         else:
             mag[s] = cat.star["mag_i"][i]
@@ -457,7 +458,8 @@ def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec) -> Table:
     t.meta["pixel_scale"] = survey.pixel_scale
     t.meta["flux_units"] = "electrons over the survey preset exposure"
     t.meta["positions"] = "(y, x) 0-based pixel centres of this image; ra/dec ICRS degrees"
-    t.meta["ellipticity"] = "e = (1 - q) / (1 + q); e1, e2 of the intrinsic profile"
+    t.meta["ellipticity"] = ("e = (1 - q) / (1 + q); e1, e2 of the intrinsic profile (real "
+                             "galaxies: adaptive moments of the PSF-convolved HST image)")
     return t
 
 

@@ -258,6 +258,25 @@ def draw_real_params(rng: np.random.Generator, n: int, cosmos_path=None) -> dict
                 rotation=rng.uniform(0.0, 360.0, size=n))
 
 
+@functools.lru_cache(maxsize=4096)
+def _cosmos_shape(path: str | None, index: int) -> tuple[float, float]:
+    """Reduced-shear ellipticity (g1, g2) of COSMOS galaxy ``index`` from adaptive moments of
+    its HST image (PSF-convolved; NaN where the moments fail)."""
+    cat, _ = cosmos_catalog(path)
+    try:
+        mom = galsim.hsm.FindAdaptiveMom(cat.getGalImage(index), strict=True)
+    except galsim.GalSimHSMError:
+        return float("nan"), float("nan")
+    return float(mom.observed_shape.g1), float(mom.observed_shape.g2)
+
+
+def real_galaxy_shapes(p: dict, i: int, cosmos_path=None) -> tuple[float, float]:
+    """(e1, e2) of real galaxy ``i`` after its random rotation (ellipticity turns by 2x)."""
+    g1, g2 = _cosmos_shape(None if cosmos_path is None else str(cosmos_path), int(p["index"][i]))
+    a = 2 * np.deg2rad(p["rotation"][i])
+    return g1 * np.cos(a) - g2 * np.sin(a), g1 * np.sin(a) + g2 * np.cos(a)
+
+
 def real_galaxy_profiles(survey: Survey, p: dict, i: int, cosmos_path=None) -> list:
     cat, _ = cosmos_catalog(None if cosmos_path is None else str(cosmos_path))
     rg = galsim.RealGalaxy(cat, index=int(p["index"][i]))

@@ -25,7 +25,9 @@ Where the numbers come from (all approximate, chosen to be representative, not e
   Sirianni et al. 2005). The sky level is set so the per-pixel variance equals the median
   NOISE_VARIANCE of the GalSim COSMOS sample (6.76e-6 (counts/s)^2 per pixel, i.e. drizzled
   noise); the PSF is an obscured Airy (2.4 m, 33% obscuration) at the band's effective
-  wavelength broadened by a 0.03 arcsec-FWHM Gaussian for pixel/jitter/charge diffusion.
+  wavelength broadened by a 0.06 arcsec-FWHM Gaussian (charge diffusion, jitter, drizzle) to a
+  0.09 arcsec FWHM, just above the ~0.085 arcsec of the COSMOS PSF images, so that real COSMOS
+  galaxies (whose own PSF is deconvolved) can be redrawn without amplifying their noise.
 - Euclid VIS (Euclid Collaboration: Scaramella et al. 2022, A&A 662, A112; Cropper et al. 2024):
   0.1 arcsec pixels, 4 x 566 s wide-survey exposures, zodiacal sky about 22.33 mag/arcsec^2,
   4.4 e- read noise, a broad 550-900 nm band (modelled as a top hat with 0.55 mean system
@@ -276,7 +278,7 @@ HST = Survey(
     obscuration=0.33,
     space=True,
     reference_band="F814W",
-    airy_jitter_fwhm=0.03,
+    airy_jitter_fwhm=0.06,
 )
 
 EUCLID = Survey(

@@ -193,3 +193,21 @@ def test_read_observation_gives_core_observation(field, tmp_path):
     obs = read_observation(p)
     assert obs.shape == field.images.shape
     np.testing.assert_array_equal(np.asarray(obs.data), field.images)
+
+
+def test_read_images_multi_extension_pairs(field, tmp_path):
+    """An HST-drizzle-like file: SCI and WHT extensions in one file, FILTER in the primary."""
+    wh = field.wcs.to_header()
+    prim = fits.PrimaryHDU()
+    prim.header["FILTER"] = "F814W"
+    hdul = fits.HDUList([prim, fits.ImageHDU(field.images[0], header=wh, name="SCI"),
+                         fits.ImageHDU(1.0 / field.variance[0], name="WHT")])
+    hdul.writeto(tmp_path / "drz.fits")
+    psf = _write_plain(tmp_path / "psf.fits", field.psf_images[0])
+    d = read_images((tmp_path / "drz.fits", "SCI"), weight=(tmp_path / "drz.fits", "WHT"),
+                    psf=psf)
+    assert d.bands == ("F814W",)
+    np.testing.assert_array_equal(d.images[0], field.images[0])
+    np.testing.assert_allclose(d.variance[0], field.variance[0], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"drz\.fits: missing HDU 'ERR'"):
+        read_images((tmp_path / "drz.fits", "SCI"), rms=(tmp_path / "drz.fits", "ERR"))

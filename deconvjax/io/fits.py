@@ -514,42 +514,63 @@ def read_field(path):
 # Common real layouts
 # ---------------------------------------------------------------------------------------
 
-def _read_plane_or_cube(spec, name: str, hdu) -> tuple[np.ndarray, fits.Header, str]:
-    """Read a path (cube or image) or a list of paths (one image each) into (band, y, x)."""
-    paths = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+def _read_plane_or_cube(spec, name: str, hdu) -> tuple[np.ndarray, list, str]:
+    """Read a path (cube or image) or a list of paths (one image each) into (band, y, x).
+
+    Each path may also be a ``(path, hdu)`` pair, to pick an extension per file (e.g. the
+    ``SCI`` and ``WHT`` extensions of one HST drizzled file).
+    """
+    single = isinstance(spec, (str, os.PathLike)) or (
+        isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], (int, str))
+        and isinstance(spec[0], (str, os.PathLike)) and not isinstance(spec[1], os.PathLike)
+        and not str(spec[1]).lower().endswith((".fits", ".fit", ".fz", ".gz"))
+    )
+    paths = [spec] if single else list(spec)
     if not paths:
         raise ValueError(f"{name}: expected a path or a non-empty list of paths")
     planes = []
-    header = None
-    for p in paths:
-        p = Path(p)
+    headers = []
+    names = []
+    for entry in paths:
+        this_hdu = hdu
+        if isinstance(entry, tuple):
+            if len(entry) != 2:
+                raise ValueError(f"{name}: expected a path or (path, hdu), got {entry!r}")
+            entry, this_hdu = entry
+        p = Path(entry)
+        names.append(p)
+        hdu_ = this_hdu
         with _open(p) as hdul:
-            if hdu is None:
+            if hdu_ is None:
                 h = next((x for x in hdul if x.data is not None and x.is_image
                           and x.data.ndim >= 2), None)
                 if h is None:
                     raise ValueError(f"{p}: missing image HDU (no HDU holds a 2-D or 3-D array)")
             else:
                 try:
-                    h = hdul[hdu]
+                    h = hdul[hdu_]
                 except (KeyError, IndexError):
-                    raise ValueError(f"{p}: missing HDU {hdu!r}") from None
+                    raise ValueError(f"{p}: missing HDU {hdu_!r}") from None
                 if h.data is None:
-                    raise ValueError(f"{p}: HDU {hdu!r} holds no data")
+                    raise ValueError(f"{p}: HDU {hdu_!r} holds no data")
             a = np.asarray(h.data)
             if a.ndim not in (2, 3):
                 raise ValueError(f"{p}: {name} must be (y, x) or (band, y, x), got shape {a.shape}")
             if len(paths) > 1 and a.ndim != 2:
                 raise ValueError(f"{p}: one file per band must hold a (y, x) image, got {a.shape}")
             planes.append(a if a.ndim == 3 else a[None])
-            if header is None:
-                header = h.header.copy()
+            hdr = h.header.copy()
+            # Filter names often live in the primary header of multi-extension files.
+            for key in ("FILTER", "BAND", "FILTER1", "FILTER2"):
+                if key not in hdr and key in hdul[0].header:
+                    hdr[key] = hdul[0].header[key]
+            headers.append(hdr)
     shapes = {pl.shape[1:] for pl in planes}
     if len(shapes) != 1:
-        detail = ", ".join(f"{Path(p).name}: {pl.shape[1:]}" for p, pl in
-                           zip(paths, planes, strict=True))
+        detail = ", ".join(f"{p.name}: {pl.shape[1:]}" for p, pl in
+                           zip(names, planes, strict=True))
         raise ValueError(f"{name}: files have mismatched shapes ({detail})")
-    return np.concatenate(planes).astype(np.float64), header, str(paths[0])
+    return np.concatenate(planes).astype(np.float64), headers, str(names[0])
 
 
 def read_images(
@@ -568,7 +589,8 @@ def read_images(
 
     Args:
         images: one (band, y, x) cube file, a single-band image file, or a list of image files
-            (one per band). The WCS comes from the first image header (celestial axes).
+            (one per band). Any path may be a ``(path, hdu)`` pair to pick its extension.
+            The WCS comes from the first image header (celestial axes).
         psf: the same layouts; a single (h, w) PSF is used for all bands.
         variance | weight | rms: the noise (at most one), same layouts; without any the
             weights are 1.
@@ -577,7 +599,8 @@ def read_images(
         hdu: HDU index or name to read in every file (default: the first with an image).
         psf_pixel_scale: arcsec/pixel of the PSF sampling when different from the images'.
     """
-    img, header, first = _read_plane_or_cube(images, "images", hdu)
+    img, headers, first = _read_plane_or_cube(images, "images", hdu)
+    header = headers[0]
     nb = img.shape[0]
     given = [(n, v) for n, v in (("variance", variance), ("weight", weight), ("rms", rms))
              if v is not None]
@@ -619,18 +642,17 @@ def read_images(
         if not np.all(np.isfinite(psf_arr)):
             raise ValueError(f"{ppath}: psf contains NaN or inf")
     if bands is None:
-        if isinstance(images, (str, os.PathLike)) or nb == 1:
-            key = next((k for k in ("FILTER", "BAND", "FILTER1") if k in header), None)
-            bands = (str(header[key]),) if (key and nb == 1) else tuple(str(i) for i in range(nb))
+        def band_of(h, k):
+            for key in ("FILTER", "BAND", "FILTER1", "FILTER2"):
+                v = str(h.get(key, "")).strip()
+                if v and not v.upper().startswith("CLEAR"):
+                    return v
+            return str(k)
+
+        if len(headers) == nb:  # one file per band (or a single-band image)
+            bands = tuple(band_of(h, k) for k, h in enumerate(headers))
         else:
-            bands = []
-            for k, p in enumerate(images):
-                with _open(p) as hdul:
-                    hh = hdul[0].header if hdu is None else hdul[hdu].header
-                    if "FILTER" not in hh and "BAND" not in hh and len(hdul) > 1:
-                        hh = hdul[1].header
-                    bands.append(str(hh.get("FILTER", hh.get("BAND", k))))
-            bands = tuple(bands)
+            bands = tuple(str(k) for k in range(nb))
     bands = tuple(bands)
     if len(bands) != nb:
         raise ValueError(f"bands: {len(bands)} names {bands} for {nb} image planes in {first}")

@@ -74,6 +74,15 @@ def test_shards_deterministic_and_streamable(tmp_path):
     assert len(list(iter_stamp_batches(d1, batch_size=4, drop_last=True))) == 2
 
 
+@pytest.mark.slow
+def test_parallel_shards_are_identical_to_serial(tmp_path):
+    kw = dict(size=16, bands=("r",), shard_size=3, progress=False)
+    a = write_stamp_shards(tmp_path / "a", "lsst", 7, seed=2, workers=1, **kw)
+    b = write_stamp_shards(tmp_path / "b", "lsst", 7, seed=2, workers=2, **kw)
+    for name in ("index.json", "stamps_00000.npy", "stamps_00002.npy", "truth_00001.ecsv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
 def test_corrupted_shard_is_named(tmp_path):
     d = write_stamp_shards(tmp_path / "s", "lsst", 3, seed=0, size=16, bands=("r",),
                            progress=False)

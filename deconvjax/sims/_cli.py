@@ -45,9 +45,14 @@ def _write_json(path: Path, obj):
               help="Write isolated-galaxy stamp shards for training priors instead of fields.")
 @click.option("--truth-format", type=click.Choice(["ecsv", "fits"]), default="ecsv",
               show_default=True, help="Format of the separate truth-table files.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes for --stamps (shards are identical whatever the count).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Stamps per shard file for --stamps.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def simulate(survey, n_fields, seed, out_dir, size, n_sources, bands, min_sep, max_sep,
-             star_fraction, real_fraction, paired, stamps, truth_format, progress):
+             star_fraction, real_fraction, paired, stamps, truth_format, workers, shard_size,
+             progress):
     """Simulate blended fields with truth and write them as FITS + truth tables.
 
     Each field k goes to OUT/field_{k:05d}.fits (images, variance, mask, PSF per band, WCS,
@@ -66,7 +71,8 @@ def simulate(survey, n_fields, seed, out_dir, size, n_sources, bands, min_sep, m
     try:
         if stamps:
             write_stamp_shards(out_dir, survey, n_fields, seed=seed, size=size, bands=band_list,
-                               real_fraction=real_fraction, progress=progress)
+                               real_fraction=real_fraction, progress=progress,
+                               workers=workers, shard_size=shard_size)
             click.echo(f"wrote {n_fields} stamps to {out_dir}")
             return
         files = []

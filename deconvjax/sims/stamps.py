@@ -193,6 +193,22 @@ def _save_npy(path: Path, array):
     atomic_write(path, w)
 
 
+def _write_shard(out: Path, survey, k: int, m: int, seed: int, kwargs: dict) -> dict:
+    """Simulate and write shard ``k`` (``m`` stamps); top level so worker processes can run it."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), k]))
+    st = simulate_stamps(survey, m, seed=rng, **kwargs)
+    _save_npy(out / f"stamps_{k:05d}.npy", st.images)
+    atomic_write(out / f"truth_{k:05d}.ecsv",
+                 lambda tmp: st.truth.write(tmp, format="ascii.ecsv", overwrite=True))
+    if k == 0 and st.psf_images is not None:
+        _save_npy(out / "psf.npy", st.psf_images)
+    return dict(
+        shard={"images": f"stamps_{k:05d}.npy", "truth": f"truth_{k:05d}.ecsv", "n": m},
+        bands=list(st.bands), pixel_scale=st.pixel_scale, size=int(st.images.shape[-1]),
+        noise_sigma=st.noise_sigma.tolist(),
+    )
+
+
 def write_stamp_shards(
     out_dir,
     survey: str | Survey = "lsst",
@@ -201,43 +217,65 @@ def write_stamp_shards(
     seed: int = 0,
     shard_size: int = 1000,
     progress: bool = True,
+    workers: int = 1,
     **kwargs,
 ) -> Path:
     """Simulate ``n`` stamps and write them as shards in ``out_dir`` (see module docstring).
 
-    Shard ``k`` depends only on (seed, k), so the same seed gives identical files.
-    Extra keyword arguments go to `simulate_stamps`.
+    Shard ``k`` depends only on (seed, k), so the same seed gives identical files whatever
+    ``workers`` is. With ``workers > 1`` shards are made in that many processes (spawned, so
+    they are safe after JAX has started threads in this one). Extra keyword arguments go to
+    `simulate_stamps`.
     """
     from tqdm.auto import tqdm
 
     if shard_size < 1:
         raise ValueError(f"shard_size: expected >= 1, got {shard_size}")
+    if n < 0:
+        raise ValueError(f"n: expected >= 0, got {n}")
+    if not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers: expected an int >= 1, got {workers!r}")
+    sv = get_survey(survey)  # validates the name before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shards = []
     n_shards = (n + shard_size - 1) // shard_size
-    meta = None
-    for k in tqdm(range(n_shards), desc="stamp shards", disable=not progress):
-        m = min(shard_size, n - k * shard_size)
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), k]))
-        st = simulate_stamps(survey, m, seed=rng, **kwargs)
-        _save_npy(out / f"stamps_{k:05d}.npy", st.images)
-        atomic_write(out / f"truth_{k:05d}.ecsv",
-                      lambda tmp, st=st: st.truth.write(tmp, format="ascii.ecsv", overwrite=True))
-        shards.append({"images": f"stamps_{k:05d}.npy", "truth": f"truth_{k:05d}.ecsv", "n": m})
-        if meta is None:
-            meta = dict(bands=list(st.bands), pixel_scale=st.pixel_scale,
-                        size=int(st.images.shape[-1]), noise_sigma=st.noise_sigma.tolist(),
-                        survey=get_survey(survey).name, seed=int(seed),
-                        units="electrons over the survey preset exposure",
-                        layout="(n, band, y, x) float32",
-                        options={k2: v for k2, v in kwargs.items()
-                                 if isinstance(v, (int, float, str, bool, type(None)))})
-            if st.psf_images is not None:
-                _save_npy(out / "psf.npy", st.psf_images)
-    index = dict(meta or {}, n=int(n), shards=shards)
+    jobs = [(k, min(shard_size, n - k * shard_size)) for k in range(n_shards)]
+    results: dict[int, dict] = {}
+    bar = tqdm(total=n, desc="stamps", unit="stamp", disable=not progress)
+    if workers == 1 or n_shards <= 1:
+        for k, m in jobs:
+            results[k] = _write_shard(out, survey, k, m, seed, kwargs)
+            bar.update(m)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futs = {pool.submit(_write_shard, out, survey, k, m, seed, kwargs): (k, m)
+                    for k, m in jobs}
+            for fut in as_completed(futs):
+                k, m = futs[fut]
+                results[k] = fut.result()
+                bar.update(m)
+    bar.close()
+    first = results.get(0, {})
+    index = dict(
+        bands=first.get("bands", list(sv.band_names)),
+        pixel_scale=first.get("pixel_scale", sv.pixel_scale),
+        size=first.get("size", kwargs.get("size", 64)),
+        noise_sigma=first.get("noise_sigma"),
+        survey=sv.name,
+        seed=int(seed),
+        units="electrons over the survey preset exposure",
+        layout="(n, band, y, x) float32",
+        options={k2: v for k2, v in kwargs.items()
+                 if isinstance(v, (int, float, str, bool, type(None)))},
+        n=int(n),
+        shards=[results[k]["shard"] for k in range(n_shards)],
+    )
     atomic_write(out / "index.json",
-                  lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1, sort_keys=True)))
+                 lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1, sort_keys=True)))
     return out
 
 

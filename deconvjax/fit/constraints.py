@@ -1,0 +1,221 @@
+"""Constraints: the maps between a scene's parameters and the unconstrained values the
+optimiser moves, and the projections (symmetry, monotonicity) scarlet users know.
+
+Every parameter of a batched group is optimised in an unconstrained space:
+
+- spectra: ``log`` (positive; Adam steps are then relative flux steps, as scarlet2's
+  ``relative_step``);
+- free-form pixels: ``log`` (positive, the default, as scarlet2's ``constraints.positive``)
+  or the identity followed by a projection onto ``>= 0`` after every step
+  (``pixels="projection"``, scarlet's proximal style);
+- sizes (``sigma``, ``r_e``): ``log``; Sersic ``n``: a logistic map onto ``(n_min, n_max)``;
+- shear ``(g1, g2)``: ``g = g_max tanh(|u|) u / |u|``, so ``|g| < g_max`` always;
+- centres: unconstrained.
+
+Free-form morphologies are renormalised to unit sum after every step, their sum moved into
+the spectrum, so a pixel source's spectrum is its flux per band (as for the parametric
+morphologies, which have unit flux).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..model import GaussianMorphology, PixelMorphology, SersicMorphology, Source
+
+N_MIN, N_MAX = 0.5, 6.0
+G_MAX = 0.9
+_TINY = 1e-30
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    """Constraints and regularisation of free-form (`PixelMorphology`) sources.
+
+    **Arguments:**
+
+    - `pixels`: ``"log"`` (positive by an exponential map, the default) or
+      ``"projection"`` (clipped at 0 after every step; allows exact zeros).
+    - `symmetric`: make each morphology 180-degree symmetric about its centre pixel after
+      every step (scarlet's symmetry constraint).
+    - `monotonic`: make each morphology non-increasing outwards from its centre pixel along
+      rays after every step (scarlet's monotonicity constraint).
+    - `sparsity`: weight of an L1 penalty on each max-normalised morphology (in units of
+      chi2 per pixel): favours compact sources, as scarlet's L1 sparsity.
+    - `normalise`: keep free-form morphologies at unit sum, their sum in the spectrum.
+    """
+
+    pixels: Literal["log", "projection"] = "log"
+    symmetric: bool = False
+    monotonic: bool = False
+    sparsity: float = 0.0
+    normalise: bool = True
+
+    def __post_init__(self):
+        if self.pixels not in ("log", "projection"):
+            raise ValueError(f"pixels must be 'log' or 'projection', got {self.pixels!r}")
+        if not self.sparsity >= 0:
+            raise ValueError(f"sparsity must be >= 0, got {self.sparsity}")
+
+
+# ----------------------------------------------------------------------------------------
+# Elementwise maps
+# ----------------------------------------------------------------------------------------
+
+
+def _log(x, floor):
+    return jnp.log(jnp.maximum(x, floor))
+
+
+def _shear_to_u(g1, g2):
+    g = jnp.sqrt(g1**2 + g2**2)
+    ratio = jnp.minimum(g / G_MAX, 0.999)
+    # arctanh(r) / r, finite at r = 0 (its limit is 1).
+    scale = jnp.where(ratio > 1e-6, jnp.arctanh(ratio) / jnp.maximum(ratio, 1e-6), 1.0) / G_MAX
+    return g1 * scale, g2 * scale
+
+
+def _u_to_shear(u1, u2):
+    r2 = u1**2 + u2**2
+    r = jnp.sqrt(r2 + 1e-24)
+    # tanh(r) / r, finite and smooth at r = 0.
+    scale = jnp.where(r > 1e-4, jnp.tanh(r) / r, 1.0 - r2 / 3.0)
+    return G_MAX * u1 * scale, G_MAX * u2 * scale
+
+
+def _logit_n(n):
+    t = jnp.clip((n - N_MIN) / (N_MAX - N_MIN), 1e-4, 1 - 1e-4)
+    return jnp.log(t) - jnp.log1p(-t)
+
+
+def _sigmoid_n(u):
+    return N_MIN + (N_MAX - N_MIN) * jax.nn.sigmoid(u)
+
+
+def to_unconstrained(group: Source, constraints: Constraints) -> Source:
+    """A batched group's parameters mapped to the optimiser's unconstrained space."""
+    m = group.morphology
+    spec_floor = 1e-12
+    if isinstance(m, PixelMorphology):
+        if constraints.pixels == "log":
+            floor = 1e-8 * jnp.max(m.pixels, axis=(-2, -1), keepdims=True) + _TINY
+            m = eqx.tree_at(lambda x: x.pixels, m, _log(m.pixels, floor))
+    elif isinstance(m, GaussianMorphology):
+        u1, u2 = _shear_to_u(m.g1, m.g2)
+        m = eqx.tree_at(lambda x: (x.sigma, x.g1, x.g2), m, (_log(m.sigma, 1e-3), u1, u2))
+    elif isinstance(m, SersicMorphology):
+        u1, u2 = _shear_to_u(m.g1, m.g2)
+        m = eqx.tree_at(
+            lambda x: (x.n, x.r_e, x.g1, x.g2), m, (_logit_n(m.n), _log(m.r_e, 1e-3), u1, u2)
+        )
+    return eqx.tree_at(lambda s: (s.spectrum, s.morphology), group, (_log(group.spectrum, spec_floor), m))
+
+
+def from_unconstrained(group: Source, constraints: Constraints) -> Source:
+    """The inverse of `to_unconstrained`."""
+    m = group.morphology
+    if isinstance(m, PixelMorphology):
+        if constraints.pixels == "log":
+            # Clipping the exponent keeps a runaway step finite instead of inf.
+            m = eqx.tree_at(lambda x: x.pixels, m, jnp.exp(jnp.clip(m.pixels, -80.0, 80.0)))
+    elif isinstance(m, GaussianMorphology):
+        g1, g2 = _u_to_shear(m.g1, m.g2)
+        m = eqx.tree_at(lambda x: (x.sigma, x.g1, x.g2), m, (jnp.exp(jnp.clip(m.sigma, -7.0, 7.0)), g1, g2))
+    elif isinstance(m, SersicMorphology):
+        g1, g2 = _u_to_shear(m.g1, m.g2)
+        m = eqx.tree_at(
+            lambda x: (x.n, x.r_e, x.g1, x.g2),
+            m,
+            (_sigmoid_n(m.n), jnp.exp(jnp.clip(m.r_e, -7.0, 7.0)), g1, g2),
+        )
+    spectrum = jnp.exp(jnp.clip(group.spectrum, -80.0, 80.0))
+    return eqx.tree_at(lambda s: (s.spectrum, s.morphology), group, (spectrum, m))
+
+
+# ----------------------------------------------------------------------------------------
+# Projections of free-form morphologies (batched: pixels (source, h, w))
+# ----------------------------------------------------------------------------------------
+
+
+def symmetrise(pixels: Float[Array, "source h w"]) -> Float[Array, "source h w"]:
+    """180-degree symmetry about the centre pixel ``(h // 2, w // 2)``: the mean of the
+    image and its rotation. For even sizes the part without a mirror pixel is kept."""
+    h, w = pixels.shape[-2:]
+    cy, cx = h // 2, w // 2
+    ny, nx = min(cy, h - 1 - cy), min(cx, w - 1 - cx)
+    core = pixels[..., cy - ny : cy + ny + 1, cx - nx : cx + nx + 1]
+    core = 0.5 * (core + core[..., ::-1, ::-1])
+    return pixels.at[..., cy - ny : cy + ny + 1, cx - nx : cx + nx + 1].set(core)
+
+
+def _monotonic_plan(shape: tuple[int, int], bin_width: float = 0.5):
+    """For each pixel its 'parent', the pixel one step inwards along the ray to the
+    centre, and a radial bin; parents lie in earlier bins or, rarely, the same one."""
+    h, w = shape
+    cy, cx = h // 2, w // 2
+    yy, xx = np.mgrid[:h, :w]
+    dy, dx = yy - cy, xx - cx
+    r = np.hypot(dy, dx)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        step = np.where(r > 0, 1.0 / r, 0.0)
+    py = np.clip(np.rint(yy - dy * step), 0, h - 1).astype(np.int32)
+    px = np.clip(np.rint(xx - dx * step), 0, w - 1).astype(np.int32)
+    parent = (py * w + px).ravel()
+    bins = np.floor(r / bin_width).astype(np.int32).ravel()
+    return parent, bins, int(bins.max()) + 1
+
+
+def monotonise(pixels: Float[Array, "source h w"]) -> Float[Array, "source h w"]:
+    """Project each image onto 'non-increasing outwards from the centre pixel': moving
+    out ring by ring, a pixel is lowered to its inward neighbour's value where brighter
+    (the nearest-neighbour monotonicity of scarlet). Rings are a static, short loop."""
+    shape = pixels.shape[-2:]
+    parent, bins, n_bins = _monotonic_plan(shape)
+    parent, bins = jnp.asarray(parent), jnp.asarray(bins)
+    flat = pixels.reshape(*pixels.shape[:-2], -1)
+
+    def ring(k, flat):
+        lowered = jnp.minimum(flat, flat[..., parent])
+        return jnp.where(bins == k, lowered, flat)
+
+    flat = jax.lax.fori_loop(1, n_bins, ring, flat)
+    return flat.reshape(pixels.shape)
+
+
+def project(group: Source, constraints: Constraints) -> Source:
+    """Apply positivity (projection mode), symmetry, monotonicity and unit-sum
+    renormalisation to a constrained batched group; other groups pass through."""
+    m = group.morphology
+    if not isinstance(m, PixelMorphology):
+        return group
+    p = m.pixels
+    if constraints.pixels == "projection":
+        p = jnp.maximum(p, 0.0)
+    if constraints.symmetric:
+        p = symmetrise(p)
+    if constraints.monotonic:
+        p = monotonise(p)
+    spectrum = group.spectrum
+    if constraints.normalise:
+        total = jnp.sum(p, axis=(-2, -1))
+        ok = total > _TINY
+        p = jnp.where(ok[:, None, None], p / jnp.where(ok, total, 1.0)[:, None, None], p)
+        spectrum = jnp.where(ok[:, None], spectrum * jnp.where(ok, total, 1.0)[:, None], spectrum)
+    return eqx.tree_at(lambda s: (s.spectrum, s.morphology.pixels), group, (spectrum, p))
+
+
+def sparsity_penalty(group: Source) -> Float[Array, ""]:
+    """Sum over sources of ``sum(pixels) / max(pixels)``: the L1 norm of each
+    max-normalised free-form morphology (its effective number of pixels)."""
+    m = group.morphology
+    if not isinstance(m, PixelMorphology):
+        return jnp.zeros(())
+    p = jnp.maximum(m.pixels, 0.0)
+    return jnp.sum(jnp.sum(p, axis=(-2, -1)) / (jnp.max(p, axis=(-2, -1)) + _TINY))

@@ -1,0 +1,362 @@
+"""Initialisation: detect sources, measure their sizes and shapes from moments, and solve
+for their spectra jointly (a linear least-squares problem given the morphologies), which
+keeps close pairs from claiming each other's light."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.table import Table
+from scipy import ndimage
+
+from ..frame import Frame
+from ..model import GaussianMorphology, PixelMorphology, PointMorphology, Scene, SersicMorphology, Source
+from ..observation import Observation, _as_tuple
+
+Kind = Literal["pixel", "sersic", "gaussian", "point"]
+KINDS = ("pixel", "sersic", "gaussian", "point")
+STAMP_SIZES = (15, 21, 31, 45, 61, 91)
+
+
+def detection_image(data, weights) -> np.ndarray:
+    """The inverse-variance-weighted band sum divided by its noise, ``sum_b w d /
+    sqrt(sum_b w)``: unit noise per pixel for independent noise. ``(y, x)`` float64."""
+    data = np.asarray(data, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if data.ndim == 2:
+        data, weights = data[None], weights[None]
+    if data.shape != weights.shape or data.ndim != 3:
+        raise ValueError(f"data and weights must both be (band, y, x), got {data.shape} and {weights.shape}")
+    wsum = weights.sum(0)
+    num = (weights * data).sum(0)
+    return np.where(wsum > 0, num / np.sqrt(np.where(wsum > 0, wsum, 1.0)), 0.0)
+
+
+def detect(
+    data,
+    weights,
+    *,
+    psf_sigma: float = 1.5,
+    nsigma: float = 5.0,
+    min_distance: int = 2,
+    max_sources: int | None = None,
+) -> np.ndarray:
+    """Find sources as peaks of the matched-filtered detection image.
+
+    The detection image (`detection_image`) is smoothed by a Gaussian of ``psf_sigma``
+    pixels, renormalised to unit noise, and its local maxima (within ``min_distance``
+    pixels) above ``nsigma`` are refined to sub-pixel positions by a parabola through
+    each peak and its neighbours.
+
+    **Returns:** ``(n, 2)`` float64 ``(y, x)`` pixel positions, brightest first.
+    """
+    if not psf_sigma > 0:
+        raise ValueError(f"psf_sigma must be positive, got {psf_sigma}")
+    if int(min_distance) < 1:
+        raise ValueError(f"min_distance must be >= 1, got {min_distance}")
+    det = detection_image(data, weights)
+    sm = ndimage.gaussian_filter(det, psf_sigma, mode="constant")
+    # The filter's noise: a Gaussian kernel's L2 norm is 1 / (2 sqrt(pi) sigma).
+    sm = sm * 2.0 * np.sqrt(np.pi) * psf_sigma
+    size = 2 * int(min_distance) + 1
+    peaks = (sm == ndimage.maximum_filter(sm, size=size, mode="constant", cval=-np.inf)) & (sm > nsigma)
+    ys, xs = np.nonzero(peaks)
+    if len(ys) == 0:
+        return np.zeros((0, 2))
+    order = np.argsort(-sm[ys, xs])
+    ys, xs = ys[order], xs[order]
+    if max_sources is not None:
+        ys, xs = ys[: int(max_sources)], xs[: int(max_sources)]
+    ny, nx = sm.shape
+    out = np.empty((len(ys), 2))
+    for k, (y, x) in enumerate(zip(ys, xs)):
+        out[k] = (y + _vertex(sm, y, x, 0, ny), x + _vertex(sm, y, x, 1, nx))
+    return out
+
+
+def _vertex(img, y, x, axis, n) -> float:
+    i = (y, x)[axis]
+    if i == 0 or i == n - 1:
+        return 0.0
+    lo = img[y - 1, x] if axis == 0 else img[y, x - 1]
+    hi = img[y + 1, x] if axis == 0 else img[y, x + 1]
+    c = img[y, x]
+    den = lo - 2 * c + hi
+    return float(np.clip(0.5 * (lo - hi) / den, -0.5, 0.5)) if den < 0 else 0.0
+
+
+def positions_from(frame: Frame, catalog) -> np.ndarray:
+    """Model-frame ``(y, x)`` positions from a catalog: an ``(n, 2)`` pixel array, a
+    SkyCoord, or a Table with ``y``/``x`` columns or ``ra``/``dec`` (degrees)."""
+    if isinstance(catalog, Table):
+        names = set(catalog.colnames)
+        if {"y", "x"} <= names:
+            pos = np.stack([np.asarray(catalog["y"], float), np.asarray(catalog["x"], float)], axis=1)
+        elif {"ra", "dec"} <= names:
+            pos = frame.positions(SkyCoord(np.asarray(catalog["ra"], float), np.asarray(catalog["dec"], float), unit="deg"))
+        else:
+            raise ValueError(f"catalog must have columns y, x or ra, dec; got {catalog.colnames}")
+    else:
+        pos = frame.positions(catalog)
+    if len(pos) and not np.all(np.isfinite(pos)):
+        raise ValueError("catalog positions contain NaN or inf")
+    return np.asarray(pos, dtype=np.float64).reshape(-1, 2)
+
+
+def _psf_sigma2(psf_kernel: np.ndarray) -> float:
+    """Mean second moment per axis of a (h, w) kernel, pixels^2."""
+    k = np.clip(psf_kernel, 0, None)
+    h, w = k.shape
+    yy, xx = np.mgrid[:h, :w]
+    s = k.sum()
+    cy, cx = (k * yy).sum() / s, (k * xx).sum() / s
+    return float((k * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / s / 2)
+
+
+def _moments(image, weights, positions, window_sigma=3.0, n_iter=4):
+    """Adaptive (Gaussian-weighted) second moments of each source, each on the pixels
+    nearer to it than to any other source (its Voronoi cell), so a close neighbour's
+    light stays out. Returns per source ``(Qyy, Qyx, Qxx)`` of the light itself (the
+    window corrected for, Gaussian-profile approximation) and a success flag."""
+    ny, nx = image.shape
+    yy, xx = np.mgrid[:ny, :nx]
+    n = len(positions)
+    if n == 0:
+        return np.zeros((0, 3)), np.zeros(0, bool)
+    d2 = (yy[None] - positions[:, 0, None, None]) ** 2 + (xx[None] - positions[:, 1, None, None]) ** 2
+    owner = np.argmin(d2, axis=0)
+    img = np.where(weights > 0, np.clip(image, 0, None), 0.0)
+    out = np.zeros((n, 3))
+    ok = np.zeros(n, bool)
+    for s in range(n):
+        cell = owner == s
+        sw = window_sigma
+        q = None
+        for _ in range(n_iter):
+            wgt = np.exp(-0.5 * d2[s] / sw**2) * cell * img
+            tot = wgt.sum()
+            if not tot > 0:
+                break
+            dy = yy - positions[s, 0]
+            dx = xx - positions[s, 1]
+            m = np.array([(wgt * dy * dy).sum(), (wgt * dy * dx).sum(), (wgt * dx * dx).sum()]) / tot
+            # A Gaussian of covariance C seen through a window of sw^2: measured
+            # M = (C^-1 + sw^-2)^-1, so C^-1 = M^-1 - sw^-2 (isotropic window).
+            mat = np.array([[m[0], m[1]], [m[1], m[2]]])
+            try:
+                cinv = np.linalg.inv(mat) - np.eye(2) / sw**2
+                c = np.linalg.inv(cinv)
+                if np.all(np.linalg.eigvalsh(c) > 0):
+                    q = c
+                else:
+                    q = mat
+            except np.linalg.LinAlgError:
+                break
+            sw = float(np.clip(np.sqrt(np.trace(q) / 2) * 1.5, 1.0, 12.0))
+        if q is not None and np.all(np.isfinite(q)):
+            out[s] = (q[0, 0], q[0, 1], q[1, 1])
+            ok[s] = True
+    return out, ok
+
+
+def _shape_from_moments(q, sigma2_sub, max_g=0.5):
+    """Intrinsic round sigma and reduced shear (GalSim convention) from observed moments
+    minus an isotropic PSF second moment."""
+    qyy, qyx, qxx = q[0] - sigma2_sub, q[1], q[2] - sigma2_sub
+    trace = qyy + qxx
+    if not trace > 0.18:  # unresolved: a small round source
+        return 0.3, 0.0, 0.0
+    det = max(qyy * qxx - qyx**2, 1e-6)
+    sigma = det**0.25
+    # Distortion e = (Qxx - Qyy, 2 Qxy) / (Qxx + Qyy) ; g = e / (1 + sqrt(1 - |e|^2)).
+    e1, e2 = (qxx - qyy) / trace, 2 * qyx / trace
+    e = np.hypot(e1, e2)
+    if e >= 1:
+        return float(sigma), 0.0, 0.0
+    g = e / (1 + np.sqrt(1 - e**2))
+    scale = min(g, max_g) / e if e > 0 else 0.0
+    return float(sigma), float(e1 * scale), float(e2 * scale)
+
+
+def _stamp_size(sigma: float, sizes=STAMP_SIZES) -> int:
+    need = 2 * int(np.ceil(6.0 * sigma)) + 1
+    for s in sizes:
+        if s >= need:
+            return s
+    return sizes[-1]
+
+
+def _reference(observations, frame):
+    """The first observation on the model grid, for moments and detection."""
+    for o in observations:
+        if o.coords is None and o.frame_shape == frame.shape:
+            return o
+    return None
+
+
+def _unit_morphologies(frame, kind, sigmas, shears, stamp_size):
+    model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
+    morphs = []
+    for s, (sig, (g1, g2)) in enumerate(zip(sigmas, shears)):
+        k = kind[s]
+        if k == "point":
+            size = stamp_size or _stamp_size(np.sqrt(model_sigma2))
+            morphs.append(PointMorphology(shape=(size, size)))
+            continue
+        size = stamp_size or _stamp_size(np.sqrt(sig**2 + model_sigma2))
+        if k == "gaussian":
+            morphs.append(GaussianMorphology(sig, g1, g2, shape=(size, size)))
+        elif k == "sersic":
+            # A Gaussian's half-light radius is 1.177 sigma; start exponential-like.
+            morphs.append(SersicMorphology(1.0, 1.177 * sig, g1, g2, shape=(size, size)))
+        else:
+            # Free-form pixels live behind the model PSF: a Gaussian of the summed width.
+            wide = np.sqrt(sig**2 + model_sigma2)
+            img = np.asarray(GaussianMorphology(wide, g1, g2, shape=(size, size)).image())
+            img = np.clip(img, 0, None)
+            img = np.maximum(img, 1e-6 * img.max()) if img.max() > 0 else np.full(img.shape, 1.0)
+            morphs.append(PixelMorphology(img / img.sum()))
+    return morphs
+
+
+def solve_spectra(scene: Scene, observations, *, floor: float | None = None) -> np.ndarray:
+    """Least-squares spectra of the scene's sources given their morphologies: the model is
+    linear in the spectra, so each band is an ``n x n`` solve over all observations.
+    Negative solutions are clipped to a small positive ``floor`` (default: 1% of the noise
+    of a PSF-sized aperture). Returns ``(source, band)`` float64, sources in scene order."""
+    observations = _as_tuple(observations)
+    n, nb = scene.n_sources, scene.shape[0]
+    unit = _with_unit_spectra(scene)
+    singles = unit.render_sources()  # (source, band, ny, nx)
+    mat = np.zeros((nb, n, n))
+    rhs = np.zeros((nb, n))
+    noise = np.zeros(nb)
+    for o in observations:
+        ops = jax.vmap(o)(singles)  # (source, obs band, y, x)
+        m, r = _normal_equations_obs(ops, o.data, o.weights)
+        for j, b in enumerate(o.band_index):
+            mat[b] += np.asarray(m[j], dtype=np.float64)
+            rhs[b] += np.asarray(r[j], dtype=np.float64)
+            w = np.asarray(o.weights[j])
+            if np.any(w > 0):
+                noise[b] = max(noise[b], float(np.median(1 / np.sqrt(w[w > 0]))))
+    spectra = np.zeros((n, nb))
+    for b in range(nb):
+        diag = np.diag(mat[b]).copy()
+        ridge = 1e-6 * (diag.max() if diag.size and diag.max() > 0 else 1.0)
+        try:
+            spectra[:, b] = np.linalg.solve(mat[b] + ridge * np.eye(n), rhs[b])
+        except np.linalg.LinAlgError:
+            spectra[:, b] = rhs[b] / np.maximum(diag, ridge)
+    fl = 0.01 * np.maximum(noise, 1e-6) * 10.0 if floor is None else np.full(nb, float(floor))
+    spectra = np.where(np.isfinite(spectra), spectra, 0.0)
+    return np.maximum(spectra, fl[None, :])
+
+
+@jax.jit
+def _normal_equations_obs(a, data, weights):
+    m = jnp.einsum("sbyx,tbyx,byx->bst", a, a, weights)
+    r = jnp.einsum("sbyx,byx->bs", a, weights * data)
+    return m, r
+
+
+def _with_unit_spectra(scene: Scene) -> Scene:
+    import equinox as eqx
+
+    groups = tuple(eqx.tree_at(lambda s: s.spectrum, g, jnp.ones_like(g.spectrum)) for g in scene.groups)
+    return eqx.tree_at(lambda s: s.groups, scene, groups)
+
+
+def init_scene(
+    frame: Frame,
+    observations: Observation | Sequence[Observation],
+    positions=None,
+    *,
+    kind: Kind | Sequence[Kind] = "pixel",
+    stamp_size: int | None = None,
+    nsigma: float = 5.0,
+    min_distance: int = 2,
+    max_sources: int | None = None,
+) -> Scene:
+    """Build an initial scene from the data.
+
+    **Arguments:**
+
+    - `frame`: the model `Frame`.
+    - `observations`: the data (moments and detection use the first observation on the
+      model grid; spectra are solved over all of them).
+    - `positions`: source centres: ``(n, 2)`` model pixels ``(y, x)``, a SkyCoord, or a
+      Table (``y``/``x`` or ``ra``/``dec`` columns). ``None`` detects them (`detect`).
+    - `kind`: ``"pixel"`` (free-form, scarlet style), ``"sersic"``, ``"gaussian"`` or
+      ``"point"``, or one per source: parametric and free-form sources mix in a scene.
+    - `stamp_size`: one odd stamp size for every source (fixes the scene's structure, as
+      batched fits of many cutouts need); default: from each source's size.
+
+    Sizes and shears come from Gaussian-weighted second moments on each source's Voronoi
+    cell of the data, minus the observation's PSF; spectra are the joint least-squares
+    solution given those morphologies (clipped positive).
+    """
+    if not isinstance(frame, Frame):
+        raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
+    observations = _as_tuple(observations)
+    if not observations:
+        raise ValueError("observations must hold at least one Observation")
+    ref = _reference(observations, frame)
+    if ref is None:
+        raise ValueError(
+            "init_scene needs one observation on the model frame's pixel grid (for detection "
+            "and moments); build the frame from that observation"
+        )
+    data = np.asarray(ref.data, dtype=np.float64)
+    weights = np.asarray(ref.weights, dtype=np.float64)
+    if positions is None:
+        positions = detect(data, weights, nsigma=nsigma, min_distance=min_distance, max_sources=max_sources)
+        if len(positions) == 0:
+            raise ValueError("no source detected; lower nsigma or give positions")
+    else:
+        positions = positions_from(frame, positions)
+    n = len(positions)
+    if n == 0:
+        raise ValueError("positions must hold at least one source")
+    ny, nx = frame.shape
+    outside = (positions[:, 0] < -0.5) | (positions[:, 0] > ny - 0.5) | (positions[:, 1] < -0.5) | (positions[:, 1] > nx - 0.5)
+    if outside.any():
+        raise ValueError(f"positions {np.nonzero(outside)[0].tolist()} lie outside the frame of shape {frame.shape}")
+    kinds = [kind] * n if isinstance(kind, str) else list(kind)
+    if len(kinds) != n or any(k not in KINDS for k in kinds):
+        raise ValueError(f"kind must be one of {KINDS} or one per source ({n}), got {kind!r}")
+    if stamp_size is not None and (int(stamp_size) < 3 or int(stamp_size) % 2 == 0):
+        raise ValueError(f"stamp_size must be an odd int >= 3, got {stamp_size}")
+
+    # Moments of the S/N-weighted band sum (a band-independent shape), minus the PSF's.
+    det_num = (weights * data).sum(0)
+    det_w = (weights > 0).any(0).astype(float)
+    q, ok = _moments(det_num / np.maximum(weights.sum(0), 1e-30) * det_w, det_w, positions)
+    psf_k = np.asarray(jnp.fft.irfft2(ref.kernel_fft, s=ref.fft_shape))
+    # The observed PSF = model PSF * difference kernel; its second moment adds.
+    psf_obs2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True)) + _kernel_sigma2(psf_k)
+    sigmas, shears = [], []
+    for s in range(n):
+        if ok[s]:
+            sig, g1, g2 = _shape_from_moments(q[s], psf_obs2)
+        else:
+            sig, g1, g2 = 1.0, 0.0, 0.0
+        sigmas.append(float(np.clip(sig, 0.3, 15.0)))
+        shears.append((g1, g2))
+    morphs = _unit_morphologies(frame, kinds, sigmas, shears, stamp_size)
+    sources = [Source(np.ones(frame.n_bands), m, positions[s]) for s, m in enumerate(morphs)]
+    scene = Scene(frame, sources)
+    spectra = solve_spectra(scene, observations)
+    sources = [Source(spectra[s], m, positions[s]) for s, m in enumerate(morphs)]
+    return Scene(frame, sources)
+
+
+def _kernel_sigma2(k: np.ndarray) -> float:
+    """Second moment per axis of the (wrapped-around) difference kernel, averaged over bands."""
+    k = k if k.ndim == 3 else k[None]
+    return float(np.mean([_psf_sigma2(np.fft.fftshift(kb)) for kb in k]))

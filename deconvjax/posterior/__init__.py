@@ -1,0 +1,13 @@
+"""Posterior sampling with diffusion priors through the forward model: a posterior
+denoiser (MMPS, convolved likelihood, DPS) usable with every diffusion sampler,
+deconvolution from one or several observations, deblending, TARP coverage."""
+
+from .base import AbstractEmbedding as AbstractEmbedding
+from .base import AbstractGuidance as AbstractGuidance
+from .base import PosteriorDenoiser as PosteriorDenoiser
+from .base import ScaledIdentity as ScaledIdentity
+from .base import pcg as pcg
+from .convolved import ConvolvedLikelihood as ConvolvedLikelihood
+from .dps import DPS as DPS
+from .mmps import MMPS as MMPS
+from .sampling import sample_posterior as sample_posterior

@@ -11,3 +11,14 @@ from .optimise import DEFAULT_STEPS as DEFAULT_STEPS
 from .optimise import FitResult as FitResult
 from .optimise import compilation_count as compilation_count
 from .optimise import fit as fit
+from .batch import batch_compilation_count as batch_compilation_count
+from .batch import fit_batch as fit_batch
+from .batch import init_batch as init_batch
+from .batch import stack as stack
+from .batch import unstack as unstack
+from .io import load_scene as load_scene
+from .io import save_scene as save_scene
+from .io import write_results as write_results
+from .measure import catalog as catalog
+from .measure import deblend as deblend
+from .measure import source_fluxes as source_fluxes

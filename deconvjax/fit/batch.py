@@ -1,0 +1,233 @@
+"""Batched fits: many cutouts of one padded shape in one jitted, vmapped call.
+
+Every cutout's scene must have the same structure (the same groups: morphology kinds,
+stamp shapes and numbers of sources), which `init_batch` arranges by padding each cutout
+with absent sources (masked: zero flux, never fitted); missing pixels are weight 0 in the
+observations. The step is the very one `fit` runs, vmapped, and a cutout that has
+converged stops moving while others go on (``lax.while_loop`` under ``vmap``), so each
+result equals the cutout fitted alone.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..frame import Frame
+from ..model import Scene
+from ..observation import Observation, _as_tuple
+from .constraints import Constraints
+from .init import Kind, init_scene
+from .optimise import (
+    FitResult,
+    MorphologyPrior,
+    _check_steps,
+    _final_impl,
+    _group_steps,
+    _init_impl,
+    _n_params,
+    _Problem,
+    _run_impl,
+    _Settings,
+)
+
+
+def stack(trees: Sequence):
+    """Stack pytrees of one structure (scenes, observations) on a new leading axis."""
+    trees = list(trees)
+    if not trees:
+        raise ValueError("nothing to stack: expected a non-empty sequence")
+    try:
+        return jax.tree.map(lambda *x: jnp.stack(x), *trees)
+    except ValueError as err:
+        raise ValueError(
+            "cannot stack: the scenes or observations differ in structure (kinds, stamp shapes, "
+            f"numbers of sources, bands or image shapes): {err}"
+        ) from None
+
+
+def unstack(tree, n: int) -> list:
+    """The inverse of `stack`."""
+    return [jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, tree) for i in range(n)]
+
+
+def init_batch(
+    frame: Frame,
+    observations: Sequence[Observation | Sequence[Observation]],
+    positions: Sequence,
+    *,
+    n_max: int | None = None,
+    kind: Kind = "pixel",
+    stamp_size: int = 21,
+) -> tuple[Scene, np.ndarray]:
+    """Initialise every cutout (`init_scene` with one kind and one stamp size) and pad
+    each to ``n_max`` sources.
+
+    **Returns:** the stacked `Scene` (leading cutout axis) and the ``(cutout, n_max)``
+    bool source mask (False for padding).
+    """
+    if len(observations) != len(positions):
+        raise ValueError(f"observations ({len(observations)}) and positions ({len(positions)}) differ in length")
+    counts = [len(np.atleast_2d(p)) if len(p) else 0 for p in positions]
+    n_max = max(counts) if n_max is None else int(n_max)
+    if max(counts) > n_max:
+        raise ValueError(f"n_max={n_max} but a cutout has {max(counts)} sources")
+    scenes, masks = [], []
+    for obs, pos, n in zip(observations, positions, counts):
+        if n == 0:
+            raise ValueError("every cutout needs at least one source position")
+        sc = init_scene(frame, obs, pos, kind=kind, stamp_size=stamp_size)
+        sources = [jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, sc.groups[0]) for i in range(n)]
+        pad = sources[0]
+        pad = eqx.tree_at(lambda s: s.center, pad, jnp.asarray(np.array(frame.shape, float) / 2))
+        sources = sources + [pad] * (n_max - n)
+        # sc.order maps group rows back to the positions given; one kind gives one group.
+        inverse = np.argsort(np.asarray(sc.order[0]))
+        ordered = [sources[i] for i in inverse] + sources[n:]
+        scenes.append(Scene(frame, ordered))
+        masks.append(np.arange(n_max) < n)
+    return stack(scenes), np.stack(masks)
+
+
+def _batched(fn, in_axes):
+    return eqx.filter_jit(eqx.filter_vmap(fn, in_axes=in_axes))
+
+
+_init_b = _batched(_init_impl, (0, None))
+_run_b = _batched(_run_impl, (0, 0, None, None))
+_final_b = _batched(_final_impl, (0, 0, None))
+_steps_b = eqx.filter_jit(
+    eqx.filter_vmap(
+        lambda groups, steps, constraints: tuple(_group_steps(g, steps, constraints) for g in groups),
+        in_axes=(0, None, None),
+    )
+)
+_nparams_b = eqx.filter_jit(eqx.filter_vmap(_n_params))
+
+
+def batch_compilation_count() -> int:
+    return int(_run_b._cached._cache_size()) + int(_init_b._cached._cache_size())
+
+
+def _shard(tree, n: int):
+    """Place the leading (cutout) axis of every array across the local devices."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return tree
+    if n % len(devices):
+        raise ValueError(f"shard=True needs the number of cutouts ({n}) to divide by the device count ({len(devices)})")
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("cutout",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("cutout"))
+    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+
+
+def fit_batch(
+    scenes: Scene,
+    observations: Observation | Sequence[Observation],
+    *,
+    source_mask=None,
+    max_iter: int = 300,
+    rtol: float = 1e-4,
+    min_iter: int = 10,
+    learning_rate: float = 1.0,
+    learning_rates: Mapping[str, float] | None = None,
+    constraints: Constraints | None = None,
+    fit_centers: bool = True,
+    morphology_prior: MorphologyPrior | None = None,
+    chunk: int = 25,
+    progress: bool = True,
+    shard: bool = False,
+) -> tuple[Scene, FitResult]:
+    """Fit many cutouts at once: `fit` vmapped over a leading cutout axis.
+
+    **Arguments:**
+
+    - `scenes`: a stacked `Scene` (`stack` or `init_batch`).
+    - `observations`: stacked `Observation` (or a tuple of them for joint fits), one per
+      cutout along the leading axis.
+    - `source_mask`: ``(cutout, n_source)`` bool (False for padding), sources in the order
+      of the unstacked scenes (default: all present).
+    - `shard`: spread the cutouts over all local devices (``jax.sharding``).
+    - the rest as `fit`.
+
+    **Returns:** the stacked fitted scenes and a `FitResult` whose fields are arrays over
+    cutouts (``loss_history`` holds ``(step, mean loss)``).
+    """
+    t0 = time.perf_counter()
+    if not isinstance(scenes, Scene):
+        raise TypeError(f"scenes must be a stacked Scene, got {type(scenes).__name__}")
+    observations = _as_tuple(observations)
+    if not observations:
+        raise ValueError("observations must hold at least one Observation")
+    n = scenes.groups[0].center.shape[0]
+    if scenes.groups[0].center.ndim != 3:
+        raise ValueError("scenes must be stacked on a leading cutout axis (see deconvjax.fit.stack)")
+    for i, o in enumerate(observations):
+        if o.data.ndim != 4 or o.data.shape[0] != n:
+            raise ValueError(f"observations[{i}] must be stacked over the {n} cutouts, got data shape {o.data.shape}")
+    constraints = Constraints() if constraints is None else constraints
+    steps = _check_steps(learning_rate, learning_rates)
+    if not fit_centers:
+        steps["center"] = 0.0
+    if source_mask is None:
+        source_mask = np.ones((n, scenes.n_sources), bool)
+    source_mask = np.asarray(source_mask, bool)
+    if source_mask.shape != (n, scenes.n_sources):
+        raise ValueError(f"source_mask must be ({n}, {scenes.n_sources}) bool, got {source_mask.shape}")
+    masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)], dtype=float) for o in scenes.order)
+    settings = _Settings(
+        rtol=jnp.asarray(float(rtol)),
+        min_iter=jnp.asarray(int(min_iter), jnp.int32),
+        sparsity=jnp.asarray(float(constraints.sparsity)),
+        constraints=constraints,
+        prior=morphology_prior,
+    )
+    step_tree = _steps_b(scenes.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
+    problem = _Problem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
+    if shard:
+        problem = _shard(problem, n)
+    state = _init_b(problem, settings)
+    history = [(0, float(jnp.mean(state.loss)))]
+    from tqdm.auto import tqdm
+
+    with tqdm(total=int(max_iter), desc=f"fit {n} cutouts", disable=not progress, leave=False) as bar:
+        step = 0
+        while step < max_iter and not bool(jnp.all(state.done)):
+            until = min(step + int(chunk), int(max_iter))
+            state = _run_b(state, problem, settings, jnp.asarray(until, jnp.int32))
+            new_step = int(jnp.max(state.step))
+            bar.update(new_step - step)
+            history.append((new_step, float(jnp.mean(state.loss))))
+            if new_step == step:
+                break
+            step = new_step
+    groups, loss, chi2, n_valid = _final_b(state, problem, settings)
+    n_params = np.asarray(_nparams_b(step_tree, masks))
+    failed = np.asarray(state.failed)
+    if failed.any():
+        warnings.warn(
+            f"{int(failed.sum())} of {n} cutouts met a non-finite loss or parameter; their last "
+            "finite scenes are returned (FitResult.failed)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    result = FitResult(
+        iterations=np.asarray(state.step),
+        converged=np.asarray(state.done) & ~failed,
+        failed=failed,
+        loss=np.asarray(loss),
+        chi2_per_dof=np.asarray(chi2) / np.maximum(np.asarray(n_valid) - n_params, 1),
+        n_params=n_params.astype(int),
+        loss_history=history,
+        wall_time=time.perf_counter() - t0,
+    )
+    return eqx.tree_at(lambda s: s.groups, scenes, groups), result
+
+
+__all__ = ["batch_compilation_count", "fit_batch", "init_batch", "stack", "unstack"]

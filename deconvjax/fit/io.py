@@ -1,0 +1,164 @@
+"""Saving and loading fitted scenes (equinox leaf serialisation plus JSON metadata) and
+writing fit results as FITS."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from ..frame import Frame
+from ..io._atomic import atomic_write
+from ..model import GaussianMorphology, PixelMorphology, PointMorphology, Scene, SersicMorphology, Source
+from ..observation import _as_tuple
+from ..psf import ArrayPSF, GaussianPSF, MoffatPSF
+from .measure import catalog as make_catalog
+from .measure import deblend
+
+FORMAT = "deconvjax-scene/1"
+
+_MORPHOLOGIES = {
+    "GaussianMorphology": lambda shape: GaussianMorphology(1.0, shape=shape),
+    "SersicMorphology": lambda shape: SersicMorphology(1.0, 1.0, shape=shape),
+    "PointMorphology": lambda shape: PointMorphology(shape=shape),
+    "PixelMorphology": lambda shape: PixelMorphology(np.zeros(shape)),
+}
+
+
+def _psf_to_json(psf) -> dict:
+    if isinstance(psf, GaussianPSF):
+        return {"type": "GaussianPSF", "sigma": np.asarray(psf.sigma).tolist()}
+    if isinstance(psf, MoffatPSF):
+        return {"type": "MoffatPSF", "fwhm": np.asarray(psf.fwhm).tolist(), "beta": np.asarray(psf.beta).tolist()}
+    if isinstance(psf, ArrayPSF):
+        return {
+            "type": "ArrayPSF",
+            "image": np.asarray(psf.image).tolist(),
+            "pixel_scale": psf.pixel_scale,
+            "oversampling": psf.oversampling,
+            "center": np.asarray(psf.center).reshape(-1, 2)[0].tolist(),
+        }
+    raise TypeError(f"cannot save a frame PSF of type {type(psf).__name__}")
+
+
+def _psf_from_json(d: dict):
+    kind = d.get("type")
+    if kind == "GaussianPSF":
+        return GaussianPSF(d["sigma"])
+    if kind == "MoffatPSF":
+        return MoffatPSF(d["fwhm"], d["beta"])
+    if kind == "ArrayPSF":
+        return ArrayPSF(np.asarray(d["image"]), pixel_scale=d["pixel_scale"], oversampling=d["oversampling"], center=tuple(d["center"]))
+    raise ValueError(f"unknown frame PSF type {kind!r} in scene metadata")
+
+
+def frame_to_json(frame: Frame) -> dict:
+    return {
+        "bands": list(frame.bands),
+        "shape": list(frame.shape),
+        "pixel_scale": frame.pixel_scale,
+        "wcs": None if frame.wcs is None else frame.wcs.to_header_string(),
+        "psf": _psf_to_json(frame.psf),
+    }
+
+
+def frame_from_json(d: dict) -> Frame:
+    wcs = None if d.get("wcs") is None else WCS(fits.Header.fromstring(d["wcs"]))
+    return Frame(d["bands"], tuple(d["shape"]), pixel_scale=d["pixel_scale"], wcs=wcs, psf=_psf_from_json(d["psf"]))
+
+
+def _result_to_json(result) -> dict | None:
+    if result is None:
+        return None
+    out = {}
+    for k, v in dataclasses.asdict(result).items():
+        v = np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v
+        out[k] = v
+    return out
+
+
+def save_scene(path, scene: Scene, frame: Frame, result=None) -> tuple[Path, Path]:
+    """Write ``<path>.eqx`` (the scene's groups, `eqx.tree_serialise_leaves`) and
+    ``<path>.json`` (frame, group structure, source order, fit result). Atomic."""
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
+    if not isinstance(frame, Frame):
+        raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
+    path = Path(path)
+    if path.suffix in (".eqx", ".json"):
+        path = path.with_suffix("")
+    groups = []
+    for g, o in zip(scene.groups, scene.order):
+        name = type(g.morphology).__name__
+        if name not in _MORPHOLOGIES:
+            raise TypeError(f"cannot save a morphology of type {name}")
+        groups.append({"morphology": name, "shape": list(g.morphology.shape), "order": list(o)})
+    meta = {"format": FORMAT, "frame": frame_to_json(frame), "groups": groups, "result": _result_to_json(result)}
+    leaves = atomic_write(path.with_suffix(".eqx"), lambda tmp: eqx.tree_serialise_leaves(tmp, scene.groups))
+    info = atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    return leaves, info
+
+
+def load_scene(path) -> tuple[Scene, Frame, dict]:
+    """Read a scene written by `save_scene`: ``(scene, frame, metadata)``."""
+    path = Path(path)
+    if path.suffix in (".eqx", ".json"):
+        path = path.with_suffix("")
+    for suffix in (".eqx", ".json"):
+        if not path.with_suffix(suffix).exists():
+            raise ValueError(f"path: {path.with_suffix(suffix)} does not exist")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"path: {path}.json is not a deconvjax scene (format {meta.get('format')!r})")
+    frame = frame_from_json(meta["frame"])
+    skeleton = []
+    for g in meta["groups"]:
+        n = len(g["order"])
+        one = Source(np.ones(frame.n_bands), _MORPHOLOGIES[g["morphology"]](tuple(g["shape"])), np.zeros(2))
+        skeleton.append(jax.tree.map(lambda x: jnp.stack([x] * n), one))
+    groups = eqx.tree_deserialise_leaves(path.with_suffix(".eqx"), tuple(skeleton))
+    # Rebuild from sources in their original order: Scene regroups them identically.
+    n_total = sum(len(g["order"]) for g in meta["groups"])
+    sources: list = [None] * n_total
+    for g, info in zip(groups, meta["groups"]):
+        for row, idx in enumerate(info["order"]):
+            sources[idx] = jax.tree.map(lambda x: x[row] if eqx.is_array(x) else x, g)
+    return Scene(frame, sources), frame, meta
+
+
+def write_results(path, scene: Scene, frame: Frame, observations, result=None, table: Table | None = None) -> Path:
+    """One FITS file of a fit: ``MODEL`` (model cube in the model frame, with its WCS),
+    ``SOURCES`` (each source alone, model frame), per observation ``RESIDUAL`` (data
+    minus model, observation pixels) and ``DEBLEND`` (each source's share of the data),
+    and ``CATALOG`` (the measurement table). Atomic."""
+    observations = _as_tuple(observations)
+    if table is None:
+        table = make_catalog(scene, frame, observations)
+    header = frame.wcs.to_header() if frame.wcs is not None else fits.Header()
+    prim = fits.PrimaryHDU()
+    prim.header["DJFORMAT"] = ("deconvjax-fit/1", "deconvjax fit results")
+    prim.header["BANDS"] = ",".join(frame.bands)
+    if result is not None:
+        for key, name in (("NITER", "iterations"), ("CONVERGD", "converged"), ("FAILED", "failed"), ("LOSS", "loss"), ("CHI2DOF", "chi2_per_dof")):
+            value = np.asarray(getattr(result, name))
+            if value.ndim == 0:
+                prim.header[key] = value.item()
+    model = np.asarray(scene.render(), dtype=np.float32)
+    hdus = [prim, fits.ImageHDU(model, header=header.copy(), name="MODEL")]
+    hdus.append(fits.ImageHDU(np.asarray(scene.render_sources(), dtype=np.float32), header=header.copy(), name="SOURCES"))
+    for k, o in enumerate(observations):
+        res = np.asarray((o.data - o(jnp.asarray(model))) * (o.weights > 0), dtype=np.float32)
+        hdus.append(fits.ImageHDU(res, name="RESIDUAL", ver=k + 1))
+        hdus.append(fits.ImageHDU(np.asarray(deblend(scene, o), dtype=np.float32), name="DEBLEND", ver=k + 1))
+    hdus.append(fits.BinTableHDU(table, name="CATALOG"))
+    path = Path(path)
+    atomic_write(path, lambda tmp: fits.HDUList(hdus).writeto(tmp, overwrite=True))
+    return path

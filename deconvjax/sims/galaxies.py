@@ -170,14 +170,14 @@ def galaxy_band_fluxes(survey: Survey, p: dict, i: int) -> np.ndarray:
     return out
 
 
-def galaxy_components(p: dict, i: int) -> tuple:
+def galaxy_components(p: dict, i: int, with_knots: bool = True) -> tuple:
     """Unit-flux bulge, disk and knot profiles of galaxy ``i`` (sheared, unconvolved)."""
     shear = galsim.Shear(e1=float(p["e1"][i]), e2=float(p["e2"][i]))
     hb = float(p["hlr_bulge"][i])
     bulge = galsim.DeVaucouleurs(half_light_radius=hb, trunc=5 * hb, flux_untruncated=False)
     disk = galsim.Exponential(half_light_radius=float(p["hlr_disk"][i]))
     knots = None
-    if p["knot_frac"][i] > 0:
+    if with_knots and p["knot_frac"][i] > 0:
         knots = galsim.RandomKnots(
             int(p["n_knots"][i]),
             half_light_radius=float(p["hlr_disk"][i]),
@@ -185,6 +185,21 @@ def galaxy_components(p: dict, i: int) -> tuple:
             rng=galsim.BaseDeviate(int(p["knot_seed"][i])),
         ).shear(shear)
     return bulge.shear(shear), disk.shear(shear), knots
+
+
+def knot_positions(p: dict, i: int) -> np.ndarray:
+    """(n_knots, 2) knot (x, y) offsets in arcsec of galaxy ``i`` after its shear; the same
+    points `galaxy_components` draws (unit total flux, equal per knot)."""
+    if p["knot_frac"][i] <= 0:
+        return np.zeros((0, 2))
+    knots = galsim.RandomKnots(
+        int(p["n_knots"][i]),
+        half_light_radius=float(p["hlr_disk"][i]),
+        flux=1.0,
+        rng=galsim.BaseDeviate(int(p["knot_seed"][i])),
+    )
+    shear = galsim.Shear(e1=float(p["e1"][i]), e2=float(p["e2"][i]))
+    return np.asarray(knots.points) @ shear.getMatrix().T
 
 
 def galaxy_profiles(survey: Survey, p: dict, i: int) -> list[galsim.GSObject]:

@@ -124,8 +124,8 @@ def test_cli_paired_and_stamps(tmp_path):
 
 
 def test_fast_knot_path_matches_galsim_drawing():
-    """Stamps draw knots with a band-shared FFT; the result must equal GalSim drawing the
-    whole galaxy (bulge + disk + RandomKnots) convolved with each band's PSF."""
+    """Multi-band stamps are drawn with band-shared FFTs; the result must equal GalSim drawing
+    the whole galaxy (bulge + disk + RandomKnots) convolved with each band's PSF."""
     import galsim
 
     from deconvjax.sims import get_survey
@@ -143,4 +143,6 @@ def test_fast_knot_path_matches_galsim_drawing():
         for b, band in enumerate(sv.bands):
             ref = galsim.Convolve(profs[b], sv.psf(band.name)).drawImage(
                 nx=48, ny=48, scale=sv.pixel_scale, method="auto", use_true_center=False).array
-            np.testing.assert_allclose(st.images[k, b], ref, atol=2e-5 * ref.max())
+            # Only the FFT period (wing folding, < 1e-4 of the peak) may differ.
+            np.testing.assert_allclose(st.images[k, b], ref, atol=1e-4 * ref.max())
+            assert st.images[k, b].sum() == pytest.approx(ref.sum(), rel=5e-4)

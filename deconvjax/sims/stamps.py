@@ -22,13 +22,21 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from ..io._atomic import atomic_write
-from ._fastdraw import draw_points, points_fft_size, psf_kimage
+from ._fastdraw import (
+    draw_components,
+    good_fft_size,
+    kimage,
+    points_fft_size,
+    points_kimage,
+    psf_kimage,
+)
 from .blends import _as_rng
 from .galaxies import (
     draw_galaxy_params,
     draw_real_params,
     galaxy_band_fluxes,
     galaxy_components,
+    galaxy_profiles,
     knot_positions,
     real_galaxy_band_fluxes,
     real_galaxy_profiles,
@@ -118,6 +126,7 @@ def simulate_stamps(
     psf_k: dict[int, list[np.ndarray]] = {}
     psf_radius = 4.0 * max(b.psf_fwhm for b in sv.bands) if convolve_psf else 4.0 * (
         model_psf_fwhm * scale)
+    widest = int(np.argmax([b.psf_fwhm for b in sv.bands])) if convolve_psf else 0
     fluxes = np.zeros((n, nb))
     gi = ri = 0
     kind_index = np.zeros(n, int)
@@ -127,29 +136,43 @@ def simulate_stamps(
             fluxes[k] = real_galaxy_band_fluxes(sv, real, ri)
             kind_index[k] = ri
             ri += 1
+        elif nb == 1:  # nothing to share between bands: GalSim directly
+            profs = galaxy_profiles(sv, gal, gi)
+            fluxes[k] = galaxy_band_fluxes(sv, gal, gi).sum(0)
+            kind_index[k] = gi
+            gi += 1
         else:
-            # Smooth parts with GalSim; knots with the band-shared fast path (_fastdraw),
-            # which matches GalSim's drawing of the same knots to ~1e-7 (tested).
+            # Band-shared FFT drawing (_fastdraw): each component's k-image once, one
+            # inverse FFT per band; matches GalSim drawing the same galaxy (tested).
             comp_flux = galaxy_band_fluxes(sv, gal, gi)  # (bulge/disk/knots, band)
             bulge, disk, _ = galaxy_components(gal, gi, with_knots=False)
-            profs = [bulge * float(comp_flux[0, b]) + disk * float(comp_flux[1, b])
-                     for b in range(nb)]
             pos = knot_positions(gal, gi)
+            n0 = galsim.Convolve(bulge + disk, psfs[widest]).getGoodImageSize(scale)
+            n_fft = good_fft_size(max(n0, 2 * size))  # room for the PSF wings to fall off
             if len(pos):
-                n_fft = points_fft_size(pos, size, scale, psf_radius)
-                if n_fft not in psf_k:
-                    psf_k[n_fft] = [psf_kimage(ps, n_fft, scale) for ps in psfs]
-                out[k] = draw_points(pos, comp_flux[2], psf_k[n_fft], size, scale, n_fft)
+                n_fft = max(n_fft, points_fft_size(pos, size, scale, psf_radius))
+            if n_fft not in psf_k:
+                psf_k[n_fft] = [psf_kimage(ps, n_fft, scale) for ps in psfs]
+            comps, weights = [], []
+            for j, obj in enumerate((bulge, disk)):
+                if np.any(comp_flux[j] > 0):
+                    comps.append(kimage(obj, n_fft, scale))
+                    weights.append(comp_flux[j])
+            if len(pos):
+                comps.append(points_kimage(pos, n_fft, scale))
+                weights.append(comp_flux[2])
+            out[k] = draw_components(comps, np.array(weights), psf_k[n_fft], size, n_fft)
             fluxes[k] = comp_flux.sum(0)
             kind_index[k] = gi
             gi += 1
+            continue
         for b in range(nb):
             obj = galsim.Convolve(profs[b], psfs[b])
             # Centre on pixel (size // 2, size // 2), the convention of odd PSF images and
             # of FFT-centred kernels, rather than between pixels for even sizes.
             img = obj.drawImage(nx=size, ny=size, scale=scale, method="auto",
                                 use_true_center=False)
-            out[k, b] += img.array
+            out[k, b] = img.array
     sigma = np.array([np.sqrt(sv.background_variance(b.name)) for b in sv.bands])
     if add_noise:
         out += (rng.standard_normal(out.shape) * sigma[None, :, None, None]).astype(np.float32)

@@ -211,3 +211,29 @@ def test_read_images_multi_extension_pairs(field, tmp_path):
     np.testing.assert_allclose(d.variance[0], field.variance[0], rtol=1e-6)
     with pytest.raises(ValueError, match=r"drz\.fits: missing HDU 'ERR'"):
         read_images((tmp_path / "drz.fits", "SCI"), rms=(tmp_path / "drz.fits", "ERR"))
+
+
+def test_sip_distorted_wcs_round_trips(tmp_path):
+    """A real header with SIP distortion (shipped with astropy) survives write and read."""
+    import warnings
+    from pathlib import Path
+
+    import astropy
+    from astropy.wcs import WCS
+
+    raw = (Path(astropy.__file__).parent / "wcs/tests/data/irac_sip.hdr").read_text()
+    hdr = fits.Header.fromstring(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wcs = WCS(hdr)
+    assert wcs.sip is not None
+    img = np.arange(2 * 30 * 40, dtype=np.float32).reshape(2, 30, 40)
+    psf = np.zeros((2, 5, 5), np.float32)
+    psf[:, 2, 2] = 1
+    p = write_observation(tmp_path / "sip.fits", img, psf_images=psf, bands=("a", "b"),
+                          variance=np.ones_like(img), wcs=wcs)
+    d = read_arrays(p)
+    assert d.wcs.sip is not None
+    pix = np.array([[0.0, 0.0], [250.5, 100.25], [10.0, 200.0]])
+    np.testing.assert_allclose(d.wcs.all_pix2world(pix, 0), wcs.all_pix2world(pix, 0),
+                               rtol=0, atol=1e-12)

@@ -235,7 +235,9 @@ class SourceCatalog:
         kind: (n,) "galaxy", "real" or "star".
         offsets: (n, 2) (dy, dx) arcsec from the field centre along north and west (the
             +y and +x axes of the north-up, east-left image).
-        params: per-kind parameter dicts and the index of each source within its kind.
+        gal, real, star: parameter dicts of the parametric galaxies, real COSMOS galaxies
+            and stars (arrays over the sources of that kind; see `deconvjax.sims.galaxies`).
+        index: (n,) index of each source within its kind's dict.
     """
 
     kind: np.ndarray
@@ -243,7 +245,7 @@ class SourceCatalog:
     gal: dict
     real: dict
     star: dict
-    index: np.ndarray  # index within its kind
+    index: np.ndarray
 
 
 def _margin(hlr):

@@ -54,7 +54,7 @@ def test_truth_table_round_trip(field, tmp_path, suffix):
 
 
 def test_same_seed_gives_identical_files(tmp_path):
-    kw = dict(seed=3, shape=(32, 32), n_sources=2, bands=("i",))
+    kw = dict(seed=3, shape=(40, 40), n_sources=2, bands=("i",))
     a = write_field(tmp_path / "a.fits", sims.simulate_field("lsst", **kw))
     b = write_field(tmp_path / "b.fits", sims.simulate_field("lsst", **kw))
     c = write_field(tmp_path / "c.fits", sims.simulate_field("lsst", **{**kw, "seed": 4}))

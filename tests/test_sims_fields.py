@@ -199,7 +199,7 @@ def test_real_cosmos_galaxies_drawn_with_their_flux():
     np.testing.assert_allclose(f.source_images.sum(axis=(2, 3)), _flux_table(f), rtol=0.01)
     # Truth ellipticities follow the random rotation: compare with adaptive moments of the
     # drawn galaxies at HST resolution (a slightly different PSF, hence the tolerance).
-    sp, _ = simulate_paired("hst", "lsst", seed=5, ground_shape=(40, 40), n_sources=3,
+    sp, _ = simulate_paired("hst", "lsst", seed=5, ground_shape=(48, 48), n_sources=3,
                             real_fraction=1.0, star_fraction=0.0, ground_bands=("i",),
                             min_separation=2.0, source_noise=False)
     checked = 0

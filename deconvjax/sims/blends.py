@@ -248,21 +248,23 @@ class SourceCatalog:
     index: np.ndarray
 
 
-def _margin(hlr):
-    """Distance (arcsec) from the edge that keeps >= 99% of a source's flux in the field."""
-    return np.maximum(4.0 * np.asarray(hlr), 1.5) + 1.0
+def _margin(hlr, psf_fwhm: float):
+    """Distance (arcsec) from the edge that keeps >= 99% of a source's flux in the field:
+    4 half-light radii for the galaxy plus 3 PSF FWHM for the wings (Kolmogorov wings fall
+    slowly), and at least 0.5 arcsec."""
+    return np.maximum(4.0 * np.asarray(hlr) + 3.0 * psf_fwhm, 0.5)
 
 
-def _draw_fitting_galaxies(rng, n, extent, mag_range, knots):
+def _draw_fitting_galaxies(rng, n, extent, mag_range, knots, psf_fwhm):
     """Galaxies from the population model, redrawing any too large for the field.
 
-    This truncates the size distribution at ``hlr <= (0.4 * min(extent) - 1) / 4`` arcsec
-    (1.03 arcsec for a 12.8 arcsec field), so that every galaxy fits with its margin.
+    This truncates the size distribution where ``_margin(hlr) > 0.4 * min(extent)`` (for
+    LSST and a 12.8 arcsec field: hlr > 0.7 arcsec), so every galaxy fits with its margin.
     """
     limit = 0.4 * min(extent)
     gal = draw_galaxy_params(rng, n, mag_range=mag_range, knots=knots)
     for _ in range(100):
-        bad = np.flatnonzero(_margin(gal["hlr_disk"]) > limit)
+        bad = np.flatnonzero(_margin(gal["hlr_disk"], psf_fwhm) > limit)
         if bad.size == 0:
             return gal
         new = draw_galaxy_params(rng, bad.size, mag_range=mag_range, knots=knots)
@@ -286,7 +288,11 @@ def draw_catalog(
     mag_range=(20.0, 25.0),
     cosmos_path=None,
     knots: bool = True,
+    psf_fwhm: float = 0.9,
 ) -> SourceCatalog:
+    """Draw an intrinsic catalog of ``n_sources`` blended sources in a field of
+    ``extent_arcsec`` (dy, dx); ``psf_fwhm`` (arcsec, the widest PSF that will observe it)
+    sets how far from the edges sources stay."""
     if n_sources < 1:
         raise ValueError(f"n_sources: expected >= 1, got {n_sources}")
     if not 0 <= star_fraction <= 1 or not 0 <= real_fraction <= 1:
@@ -299,20 +305,18 @@ def draw_catalog(
         sel = kind == k
         index[sel] = np.arange(sel.sum())
     gal = _draw_fitting_galaxies(rng, int((kind == "galaxy").sum()), extent_arcsec, mag_range,
-                                 knots)
+                                 knots, psf_fwhm)
     star = draw_star_params(rng, int((kind == "star").sum()))
     n_real = int((kind == "real").sum())
     real = draw_real_params(rng, n_real, cosmos_path) if n_real else {}
-    # Margin: keep >= 99% of each source inside: 4 half-light radii of the disk or 3 arcsec
-    # for the PSF wings, whichever is larger (the field must then be >= ~7 arcsec across).
-    size = np.zeros(n_sources)
+    size = np.zeros(n_sources)  # stars: 0, the PSF term of the margin covers them
     for s in range(n_sources):
         if kind[s] == "galaxy":
             size[s] = gal["hlr_disk"][index[s]]
         elif kind[s] == "real":
             h = real["hlr"][index[s]]
             size[s] = 0.5 if not np.isfinite(h) else h
-    margins = _margin(size)
+    margins = _margin(size, psf_fwhm)
     offsets = place_sources(rng, n_sources, extent_arcsec, margins, min_separation,
                             max_separation)
     return SourceCatalog(kind, offsets, gal, real, star, index)
@@ -527,7 +531,8 @@ def simulate_field(
     cat = draw_catalog(rng, n_sources, extent, star_fraction=star_fraction,
                        real_fraction=real_fraction, min_separation=min_separation,
                        max_separation=max_separation, mag_range=mag_range,
-                       cosmos_path=cosmos_path, knots=knots)
+                       cosmos_path=cosmos_path, knots=knots,
+                       psf_fwhm=max(b.psf_fwhm for b in sv.bands))
     return render_catalog(rng, sv, cat, (ny, nx), center, source_noise=source_noise,
                           psf_size=psf_size, cosmos_path=cosmos_path, seed=seed_int)
 

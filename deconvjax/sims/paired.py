@@ -90,7 +90,8 @@ def simulate_paired(
     cat = draw_catalog(rng, n_sources, extent, star_fraction=star_fraction,
                        real_fraction=real_fraction, min_separation=min_separation,
                        max_separation=max_separation, mag_range=mag_range,
-                       cosmos_path=cosmos_path, knots=knots)
+                       cosmos_path=cosmos_path, knots=knots,
+                       psf_fwhm=max(b.psf_fwhm for b in (*sp.bands, *gr.bands)))
     # Independent noise streams per view, both fixed by the seed.
     r_space, r_ground = rng.spawn(2)
     fs = render_catalog(r_space, sp, cat, sshape, center, source_noise=source_noise,
@@ -134,10 +135,12 @@ def simulate_epochs(
     sv = get_survey(survey, bands)
     ny, nx = _check_shape(shape)
     extent = (ny * sv.pixel_scale, nx * sv.pixel_scale)
+    worst = float(np.exp(2.0 * seeing_scatter))  # a 2-sigma bad-seeing epoch
     cat = draw_catalog(rng, n_sources, extent, star_fraction=star_fraction,
                        real_fraction=real_fraction, min_separation=min_separation,
                        max_separation=max_separation, mag_range=mag_range,
-                       cosmos_path=cosmos_path, knots=knots)
+                       cosmos_path=cosmos_path, knots=knots,
+                       psf_fwhm=worst * max(b.psf_fwhm for b in sv.bands))
     factors = np.exp(seeing_scatter * rng.standard_normal((n_epochs, len(sv.bands))))
     if sv.space:
         factors = np.ones_like(factors)  # space PSFs are stable

@@ -248,23 +248,23 @@ class SourceCatalog:
     index: np.ndarray
 
 
-def _margin(hlr, psf_fwhm: float):
-    """Distance (arcsec) from the edge that keeps >= 99% of a source's flux in the field:
-    4 half-light radii for the galaxy plus 3 PSF FWHM for the wings (Kolmogorov wings fall
-    slowly), and at least 0.5 arcsec."""
-    return np.maximum(4.0 * np.asarray(hlr) + 3.0 * psf_fwhm, 0.5)
+def _margin(hlr, psf_margin: float):
+    """Distance (arcsec) from the edges that keeps >= 99% of a source's flux in the field:
+    4 half-light radii of the galaxy and the PSF's own margin (`Survey.psf_margin`), added in
+    quadrature as the widths of a convolution roughly do."""
+    return np.hypot(4.0 * np.asarray(hlr), psf_margin)
 
 
-def _draw_fitting_galaxies(rng, n, extent, mag_range, knots, psf_fwhm):
+def _draw_fitting_galaxies(rng, n, extent, mag_range, knots, psf_margin):
     """Galaxies from the population model, redrawing any too large for the field.
 
     This truncates the size distribution where ``_margin(hlr) > 0.4 * min(extent)`` (for
-    LSST and a 12.8 arcsec field: hlr > 0.7 arcsec), so every galaxy fits with its margin.
+    LSST and a 12.8 arcsec field: hlr > 0.9 arcsec), so every galaxy fits with its margin.
     """
     limit = 0.4 * min(extent)
     gal = draw_galaxy_params(rng, n, mag_range=mag_range, knots=knots)
     for _ in range(100):
-        bad = np.flatnonzero(_margin(gal["hlr_disk"], psf_fwhm) > limit)
+        bad = np.flatnonzero(_margin(gal["hlr_disk"], psf_margin) > limit)
         if bad.size == 0:
             return gal
         new = draw_galaxy_params(rng, bad.size, mag_range=mag_range, knots=knots)
@@ -288,11 +288,11 @@ def draw_catalog(
     mag_range=(20.0, 25.0),
     cosmos_path=None,
     knots: bool = True,
-    psf_fwhm: float = 0.9,
+    psf_margin: float = 3.0,
 ) -> SourceCatalog:
     """Draw an intrinsic catalog of ``n_sources`` blended sources in a field of
-    ``extent_arcsec`` (dy, dx); ``psf_fwhm`` (arcsec, the widest PSF that will observe it)
-    sets how far from the edges sources stay."""
+    ``extent_arcsec`` (dy, dx); ``psf_margin`` (arcsec, `Survey.psf_margin` of the widest PSF
+    that will observe it) sets, with each source's size, how far from the edges it stays."""
     if n_sources < 1:
         raise ValueError(f"n_sources: expected >= 1, got {n_sources}")
     if not 0 <= star_fraction <= 1 or not 0 <= real_fraction <= 1:
@@ -305,7 +305,7 @@ def draw_catalog(
         sel = kind == k
         index[sel] = np.arange(sel.sum())
     gal = _draw_fitting_galaxies(rng, int((kind == "galaxy").sum()), extent_arcsec, mag_range,
-                                 knots, psf_fwhm)
+                                 knots, psf_margin)
     star = draw_star_params(rng, int((kind == "star").sum()))
     n_real = int((kind == "real").sum())
     real = draw_real_params(rng, n_real, cosmos_path) if n_real else {}
@@ -316,7 +316,7 @@ def draw_catalog(
         elif kind[s] == "real":
             h = real["hlr"][index[s]]
             size[s] = 0.5 if not np.isfinite(h) else h
-    margins = _margin(size, psf_fwhm)
+    margins = _margin(size, psf_margin)
     offsets = place_sources(rng, n_sources, extent_arcsec, margins, min_separation,
                             max_separation)
     return SourceCatalog(kind, offsets, gal, real, star, index)
@@ -532,7 +532,7 @@ def simulate_field(
                        real_fraction=real_fraction, min_separation=min_separation,
                        max_separation=max_separation, mag_range=mag_range,
                        cosmos_path=cosmos_path, knots=knots,
-                       psf_fwhm=max(b.psf_fwhm for b in sv.bands))
+                       psf_margin=sv.psf_margin())
     return render_catalog(rng, sv, cat, (ny, nx), center, source_noise=source_noise,
                           psf_size=psf_size, cosmos_path=cosmos_path, seed=seed_int)
 

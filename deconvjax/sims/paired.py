@@ -91,7 +91,7 @@ def simulate_paired(
                        real_fraction=real_fraction, min_separation=min_separation,
                        max_separation=max_separation, mag_range=mag_range,
                        cosmos_path=cosmos_path, knots=knots,
-                       psf_fwhm=max(b.psf_fwhm for b in (*sp.bands, *gr.bands)))
+                       psf_margin=max(sp.psf_margin(), gr.psf_margin()))
     # Independent noise streams per view, both fixed by the seed.
     r_space, r_ground = rng.spawn(2)
     fs = render_catalog(r_space, sp, cat, sshape, center, source_noise=source_noise,
@@ -140,7 +140,7 @@ def simulate_epochs(
                        real_fraction=real_fraction, min_separation=min_separation,
                        max_separation=max_separation, mag_range=mag_range,
                        cosmos_path=cosmos_path, knots=knots,
-                       psf_fwhm=worst * max(b.psf_fwhm for b in sv.bands))
+                       psf_margin=worst * sv.psf_margin())
     factors = np.exp(seeing_scatter * rng.standard_normal((n_epochs, len(sv.bands))))
     if sv.space:
         factors = np.ones_like(factors)  # space PSFs are stable

@@ -35,7 +35,8 @@ def _write_json(path: Path, obj):
               help="Minimum separation between neighbours (arcsec).")
 @click.option("--max-sep", type=float, default=2.5, show_default=True,
               help="Maximum separation to the nearest placed neighbour (arcsec).")
-@click.option("--star-fraction", type=float, default=0.1, show_default=True)
+@click.option("--star-fraction", type=float, default=0.1, show_default=True,
+              help="Probability that a source is a star.")
 @click.option("--real-fraction", type=float, default=0.0, show_default=True,
               help="Fraction of real COSMOS galaxies (needs ../shared/data/cosmos or "
                    "$DECONVJAX_COSMOS).")
@@ -88,6 +89,8 @@ def simulate(survey, n_fields, seed, out_dir, size, n_sources, bands, min_sep, m
                                      ground_bands=band_list, **common)
                 for view in (pf.ground, pf.space):
                     view.seed = seed
+                    view.truth.meta["field_index"] = k
+                    view.truth.meta["seed"] = int(seed)
                     suffix = "" if view is pf.ground else f"_{paired}"
                     fp = write_field(out_dir / f"field_{k:05d}{suffix}.fits", view)
                     tp = write_truth(out_dir / f"truth_{k:05d}{suffix}.{truth_format}",

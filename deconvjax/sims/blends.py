@@ -548,6 +548,9 @@ def simulate_fields(survey="lsst", n_fields: int = 10, *, seed: int = 0, progres
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), k]))
         f = simulate_field(survey, seed=rng, **kwargs)
         f.seed = int(seed)
+        # Field k is reproduced by simulate_field(seed=default_rng(SeedSequence([seed, k]))).
+        f.truth.meta["field_index"] = k
+        f.truth.meta["seed"] = int(seed)
         yield f
 
 

@@ -121,6 +121,15 @@ def test_cli_paired_and_stamps(tmp_path):
                                       "--out", str(tmp_path / "st")])
     assert r.exit_code == 0, r.output
     assert read_stamp_index(tmp_path / "st")["n"] == 5
+    r = CliRunner().invoke(simulate, ["--stamps", "--fits-cubes", "--n-fields", "3", "--size",
+                                      "16", "--bands", "g,r", "--no-progress",
+                                      "--out", str(tmp_path / "fc")])
+    assert r.exit_code == 0, r.output
+    from astropy.io import fits
+
+    cube = fits.getdata(tmp_path / "fc" / "stamps_00000.fits")
+    np.testing.assert_array_equal(cube, np.load(tmp_path / "fc" / "stamps_00000.npy"))
+    assert cube.shape == (3, 2, 16, 16)
 
 
 def test_fast_knot_path_matches_galsim_drawing():

@@ -50,10 +50,13 @@ def _write_json(path: Path, obj):
               help="Processes for --stamps (shards are identical whatever the count).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Stamps per shard file for --stamps.")
+@click.option("--fits-cubes", is_flag=True,
+              help="With --stamps, also write each shard as a FITS (n, band, y, x) cube (the "
+                   "layout `deconvjax train-prior --data DIR` reads).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def simulate(survey, n_fields, seed, out_dir, size, n_sources, bands, min_sep, max_sep,
              star_fraction, real_fraction, paired, stamps, truth_format, workers, shard_size,
-             progress):
+             fits_cubes, progress):
     """Simulate blended fields with truth and write them as FITS + truth tables.
 
     Each field k goes to OUT/field_{k:05d}.fits (images, variance, mask, PSF per band, WCS,
@@ -73,7 +76,7 @@ def simulate(survey, n_fields, seed, out_dir, size, n_sources, bands, min_sep, m
         if stamps:
             write_stamp_shards(out_dir, survey, n_fields, seed=seed, size=size, bands=band_list,
                                real_fraction=real_fraction, progress=progress,
-                               workers=workers, shard_size=shard_size)
+                               workers=workers, shard_size=shard_size, fits_cubes=fits_cubes)
             click.echo(f"wrote {n_fields} stamps to {out_dir}")
             return
         files = []

@@ -4,6 +4,7 @@ A stamp set is written as shards in one folder::
 
     index.json                 bands, pixel scale, size, survey, seed, shard list, units
     stamps_00000.npy           (n, band, size, size) float32, memory-mappable
+    stamps_00000.fits          the same as a FITS cube (only with ``fits_cubes=True``)
     truth_00000.ecsv           one row per stamp (galaxy parameters and per-band fluxes)
     psf.npy                    (band, h, w) float32 PSF (absent if stamps are not convolved)
 
@@ -233,11 +234,21 @@ def _save_npy(path: Path, array):
     atomic_write(path, w)
 
 
-def _write_shard(out: Path, survey, k: int, m: int, seed: int, kwargs: dict) -> dict:
+def _write_shard(out: Path, survey, k: int, m: int, seed: int, kwargs: dict,
+                 fits_cubes: bool = False) -> dict:
     """Simulate and write shard ``k`` (``m`` stamps); top level so worker processes can run it."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), k]))
     st = simulate_stamps(survey, m, seed=rng, **kwargs)
     _save_npy(out / f"stamps_{k:05d}.npy", st.images)
+    if fits_cubes:
+        from astropy.io import fits
+
+        hdu = fits.PrimaryHDU(st.images)
+        hdu.header["BUNIT"] = ("ct", "electrons over the survey preset exposure")
+        hdu.header["PIXSCALE"] = (st.pixel_scale, "arcsec / pixel")
+        for j, b in enumerate(st.bands):
+            hdu.header[f"BAND{j + 1}"] = b
+        atomic_write(out / f"stamps_{k:05d}.fits", lambda tmp: hdu.writeto(tmp, overwrite=True))
     atomic_write(out / f"truth_{k:05d}.ecsv",
                  lambda tmp: st.truth.write(tmp, format="ascii.ecsv", overwrite=True))
     if k == 0 and st.psf_images is not None:
@@ -258,13 +269,16 @@ def write_stamp_shards(
     shard_size: int = 1000,
     progress: bool = True,
     workers: int = 1,
+    fits_cubes: bool = False,
     **kwargs,
 ) -> Path:
     """Simulate ``n`` stamps and write them as shards in ``out_dir`` (see module docstring).
 
     Shard ``k`` depends only on (seed, k), so the same seed gives identical files whatever
     ``workers`` is. With ``workers > 1`` shards are made in that many processes (spawned, so
-    they are safe after JAX has started threads in this one). Extra keyword arguments go to
+    they are safe after JAX has started threads in this one). With ``fits_cubes`` each shard
+    is also written as a FITS (n, band, y, x) cube ``stamps_XXXXX.fits``, the folder layout
+    `deconvjax.diffusion.data.load_training_images` reads. Extra keyword arguments go to
     `simulate_stamps`.
     """
     from tqdm.auto import tqdm
@@ -284,7 +298,7 @@ def write_stamp_shards(
     bar = tqdm(total=n, desc="stamps", unit="stamp", disable=not progress)
     if workers == 1 or n_shards <= 1:
         for k, m in jobs:
-            results[k] = _write_shard(out, survey, k, m, seed, kwargs)
+            results[k] = _write_shard(out, survey, k, m, seed, kwargs, fits_cubes)
             bar.update(m)
     else:
         import multiprocessing
@@ -292,7 +306,7 @@ def write_stamp_shards(
 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs = {pool.submit(_write_shard, out, survey, k, m, seed, kwargs): (k, m)
+            futs = {pool.submit(_write_shard, out, survey, k, m, seed, kwargs, fits_cubes): (k, m)
                     for k, m in jobs}
             for fut in as_completed(futs):
                 k, m = futs[fut]

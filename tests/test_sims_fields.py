@@ -283,3 +283,21 @@ def test_paired_views_are_consistent_through_the_core_operator():
     nf = gr.noise_free
     assert pred.sum() == pytest.approx(nf.sum(), rel=0.01)
     assert np.abs(pred - nf).max() < 0.1 * nf.max()
+
+
+def test_hst_correlated_noise_keeps_variance_and_correlates_neighbours():
+    sv = get_survey("hst")
+    kw = dict(seed=6, shape=(200, 200), n_sources=1, star_fraction=1.0)
+    white = simulate_field(sv, **kw)
+    corr = simulate_field(sv, correlated_noise=True, **kw)
+    np.testing.assert_array_equal(white.noise_free, corr.noise_free)
+    bkg = sv.background_variance("F814W")
+    for f, rho_range in ((white, (-0.03, 0.03)), (corr, (0.3, 0.7))):
+        blank = f.noise_free[0] < 0.01 * np.sqrt(bkg)
+        n = (f.images[0] - f.noise_free[0]) * blank
+        assert np.var(n[blank]) == pytest.approx(bkg, rel=0.05)
+        both = blank[:, :-1] & blank[:, 1:]
+        rho = np.corrcoef(n[:, :-1][both], n[:, 1:][both])[0, 1]
+        assert rho_range[0] < rho < rho_range[1]
+    with pytest.raises(ValueError, match="correlated_noise"):
+        simulate_field("lsst", correlated_noise=True)

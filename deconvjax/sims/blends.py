@@ -344,6 +344,7 @@ def render_catalog(
     psf_size: int | None = None,
     cosmos_path=None,
     seed: int = -1,
+    correlated_noise: bool = False,
 ) -> SimulatedField:
     """Draw ``cat`` as seen by ``survey`` in a field of ``shape`` centred on ``center``."""
     ny, nx = shape
@@ -378,7 +379,26 @@ def render_catalog(
     if source_noise:
         # Poisson noise of the sources themselves (gain 1), in the Gaussian limit.
         variance += np.clip(noise_free, 0.0, None)
-    images = noise_free + rng.standard_normal(noise_free.shape) * np.sqrt(variance)
+    if correlated_noise:
+        # Background noise with the correlation of drizzled HST ACS F814W images (GalSim's
+        # COSMOS correlation function, the one in ../shared/data/cosmos), at the preset's
+        # per-pixel variance; the sources' Poisson part stays white.
+        if not np.isclose(survey.pixel_scale, 0.03):
+            raise ValueError(
+                "correlated_noise: only for 0.03 arcsec pixels (the COSMOS ACS correlation "
+                f"function), not {survey.name!r} at {survey.pixel_scale} arcsec"
+            )
+        images = noise_free.copy()
+        for b in range(nb):
+            cn = galsim.getCOSMOSNoise(rng=galsim.BaseDeviate(int(rng.integers(1, 2**31 - 1))),
+                                       variance=float(bkg[b]))
+            img = galsim.ImageD(nx, ny, scale=survey.pixel_scale)
+            img.addNoise(cn)
+            images[b] += img.array
+        extra = variance - bkg[:, None, None]
+        images += rng.standard_normal(noise_free.shape) * np.sqrt(extra)
+    else:
+        images = noise_free + rng.standard_normal(noise_free.shape) * np.sqrt(variance)
     truth = _truth_table(survey, cat, sources, fluxes, px, py, ra, dec, cosmos_path)
     return SimulatedField(
         images=images.astype(np.float32),
@@ -501,6 +521,7 @@ def simulate_field(
     knots: bool = True,
     psf_size: int | None = None,
     cosmos_path=None,
+    correlated_noise: bool = False,
 ) -> SimulatedField:
     """Simulate one blended field for a survey preset.
 
@@ -517,6 +538,9 @@ def simulate_field(
         center: (RA, Dec) degrees of the field centre.
         source_noise: add the sources' own Poisson noise to the background noise.
         psf_size: odd size of the PSF images (default from the seeing).
+        correlated_noise: HST preset only: background noise correlated like drizzled ACS
+            images (GalSim's COSMOS noise correlation function), same per-pixel variance;
+            ``variance`` then holds its diagonal only.
 
     Returns:
         A `SimulatedField`; its truth Table has columns id, kind, y, x (pixels of this image),
@@ -534,7 +558,8 @@ def simulate_field(
                        cosmos_path=cosmos_path, knots=knots,
                        psf_margin=sv.psf_margin())
     return render_catalog(rng, sv, cat, (ny, nx), center, source_noise=source_noise,
-                          psf_size=psf_size, cosmos_path=cosmos_path, seed=seed_int)
+                          psf_size=psf_size, cosmos_path=cosmos_path, seed=seed_int,
+                          correlated_noise=correlated_noise)
 
 
 def simulate_fields(survey="lsst", n_fields: int = 10, *, seed: int = 0, progress: bool = True,

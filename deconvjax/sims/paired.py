@@ -71,6 +71,7 @@ def simulate_paired(
     source_noise: bool = True,
     knots: bool = True,
     cosmos_path=None,
+    correlated_noise: bool = False,
 ) -> PairedField:
     """Simulate a field in a space survey and a ground survey with consistent WCS.
 
@@ -79,6 +80,7 @@ def simulate_paired(
         seed: int or numpy Generator; the same seed gives the same pair.
         ground_shape: (ny, nx) pixels of the ground image; the space image covers the same
             sky, ``round(ground_shape * ground_scale / space_scale)`` pixels.
+        correlated_noise: HST space view with drizzle-correlated background noise.
         Other arguments as in `deconvjax.sims.simulate_field`.
     """
     rng, seed_int = _as_rng(seed)
@@ -95,7 +97,8 @@ def simulate_paired(
     # Independent noise streams per view, both fixed by the seed.
     r_space, r_ground = rng.spawn(2)
     fs = render_catalog(r_space, sp, cat, sshape, center, source_noise=source_noise,
-                        cosmos_path=cosmos_path, seed=seed_int)
+                        cosmos_path=cosmos_path, seed=seed_int,
+                        correlated_noise=correlated_noise)
     fg = render_catalog(r_ground, gr, cat, (gy, gx), center, source_noise=source_noise,
                         cosmos_path=cosmos_path, seed=seed_int)
     return PairedField(space=fs, ground=fg)

@@ -1,26 +1,48 @@
 """deconvjax: differentiable forward modelling of astronomical images in JAX."""
 
-from . import likelihood as likelihood, model as model, psf as psf
+from . import likelihood as likelihood
+from . import model as model
+from . import psf as psf
 from .frame import Frame as Frame
 from .likelihood import (
     CorrelatedGaussianLikelihood as CorrelatedGaussianLikelihood,
+)
+from .likelihood import (
     GaussianLikelihood as GaussianLikelihood,
 )
 from .model import (
     GaussianMorphology as GaussianMorphology,
+)
+from .model import (
     PixelMorphology as PixelMorphology,
+)
+from .model import (
     PointMorphology as PointMorphology,
+)
+from .model import (
     Scene as Scene,
+)
+from .model import (
     SersicMorphology as SersicMorphology,
+)
+from .model import (
     Source as Source,
 )
 from .observation import (
     Observation as Observation,
+)
+from .observation import (
     chi2_per_dof as chi2_per_dof,
+)
+from .observation import (
     log_likelihood as log_likelihood,
+)
+from .observation import (
     render_observations as render_observations,
 )
-from .psf import ArrayPSF as ArrayPSF, GaussianPSF as GaussianPSF, MoffatPSF as MoffatPSF
+from .psf import ArrayPSF as ArrayPSF
+from .psf import GaussianPSF as GaussianPSF
+from .psf import MoffatPSF as MoffatPSF
 from .wcs import make_wcs as make_wcs
 
 __version__ = "0.1.0"

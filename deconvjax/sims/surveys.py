@@ -11,11 +11,12 @@ regions.
 
 Where the numbers come from (all approximate, chosen to be representative, not exact):
 
-- LSST: ten-year depth, airmass 1.2 exposure times, sky brightness and zenith seeing of the
-  WeakLensingDeblending / BlendingToolKit `LSST` survey (Ivezic et al. 2019, ApJ 873, 111,
-  Table 2; LSST SMTN-002). Zero points are computed from the GalSim-shipped LSST total
-  throughput curves and the 32.4 m^2 effective area, which reproduces that package's
-  zero points (e.g. 43.70 e-/s at r = 24) to 4 digits.
+- LSST: ten-year total exposure per band (u 1680 s ... r, i 5520 s), dark-sky brightness and
+  zenith seeing FWHM of the WeakLensingDeblending / BlendingToolKit `LSST` survey (Ivezic et
+  al. 2019, ApJ 873, 111, Table 2; LSST SMTN-002); 8.8 e- read noise per 15 s snap. Zero
+  points are computed from the GalSim-shipped LSST total throughput curves (which include a
+  standard atmosphere at airmass 1.2) and the 32.4 m^2 effective area; this reproduces that
+  package's zero points (e.g. 43.70 e-/s at r = 24) to 3 digits (tested).
 - HSC: HSC-SSP Wide depth (Aihara et al. 2018, PASJ 70, S4 and S8): exposure 10 min in g, r and
   20 min in i, z, y; median seeing and sky brightness as in BlendingToolKit's `HSC` survey;
   52.8 m^2 area. GalSim ships no HSC throughputs, so the LSST g r i z y curves stand in for the
@@ -31,8 +32,9 @@ Where the numbers come from (all approximate, chosen to be representative, not e
 - Euclid VIS (Euclid Collaboration: Scaramella et al. 2022, A&A 662, A112; Cropper et al. 2024):
   0.1 arcsec pixels, 4 x 566 s wide-survey exposures, zodiacal sky about 22.33 mag/arcsec^2,
   4.4 e- read noise, a broad 550-900 nm band (modelled as a top hat with 0.55 mean system
-  throughput), 1.2 m obscured aperture; PSF an obscured Airy at 725 nm broadened to the VIS
-  design FWHM of about 0.16 arcsec.
+  throughput, which gives a zero point of 25.5 AB for 1 e-/s), 1.2 m obscured aperture; PSF
+  an obscured Airy at the band's effective wavelength broadened by a 0.1 arcsec Gaussian to
+  the VIS design FWHM of about 0.16 arcsec.
 """
 
 from __future__ import annotations

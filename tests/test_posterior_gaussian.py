@@ -88,7 +88,7 @@ def problem():
     return prior, observations, mean, post
 
 
-def _run(prior, observations, method, sampler="pf_ode", n=256, seed=1, **kw):
+def _run(prior, observations, method, sampler="pf_ode", n=128, seed=1, **kw):
     den = PosteriorDenoiser(prior, observations, method=method)
     samples, _ = sample_posterior(jr.key(seed), den, VESDE(1e-3, 100.0), n, method=sampler, **kw)
     return np.asarray(samples)

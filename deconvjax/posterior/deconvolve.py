@@ -1,0 +1,142 @@
+"""Deconvolution of one galaxy from one or several observations jointly: posterior
+samples, their mean and standard deviation, and data-space residuals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ..diffusion.prior import ScorePrior
+from ..diffusion.sde import AbstractSDE
+from ..frame import Frame
+from ..observation import Observation
+from ..psf import AbstractPSF, GaussianPSF
+from .base import AbstractGuidance, PosteriorDenoiser
+from .sampling import sample_posterior
+
+__all__ = ["PosteriorResult", "deconvolve", "make_observations"]
+
+
+class PosteriorResult(eqx.Module):
+    """Posterior samples of the model cube, in the observations' flux units.
+
+    - `samples`: ``(n, band, ny, nx)``;
+    - `mean`, `std`: pixelwise posterior mean and standard deviation;
+    - `residuals`: per observation, ``data - A mean`` (``(band, y, x)``);
+    - `chi2_per_pixel`: per sample, the total chi2 over all observations divided by the
+      number of valid pixels (about 1 for calibrated samples on data the prior describes);
+    - `nfe`: denoiser evaluations per trajectory.
+    """
+
+    samples: Float[Array, "n band ny nx"]
+    mean: Float[Array, "band ny nx"]
+    std: Float[Array, "band ny nx"]
+    residuals: tuple[Float[Array, "band y x"], ...]
+    chi2_per_pixel: Float[Array, " n"]
+    nfe: Int[Array, ""]
+
+
+def deconvolve(
+    key: PRNGKeyArray,
+    prior,
+    observations: Observation | Sequence[Observation],
+    *,
+    n_samples: int = 64,
+    sde: AbstractSDE | None = None,
+    method: AbstractGuidance | None = None,
+    sampler: str = "pf_ode",
+    batch_size: int | None = None,
+    progress: bool = False,
+    **sample_kwargs,
+) -> PosteriorResult:
+    """Posterior samples of the model cube given any set of observations of one galaxy.
+
+    Args:
+        key: PRNG key.
+        prior: a `ScorePrior` (its SDE and flux scale are used), or any unbatched VE
+            denoiser together with ``sde``. Its image shape must be the model frame's
+            ``(band, ny, nx)``.
+        observations: `Observation`s on one model `Frame`: several dithered exposures,
+            epochs, or a ground and a space view are combined in the likelihood.
+        n_samples: number of posterior samples.
+        sde: the diffusion SDE (default: the prior's).
+        method: guidance (default `MMPS()`).
+        sampler: ``"pf_ode"`` (default) or any method of `deconvjax.diffusion.sample`.
+    """
+    if sde is None:
+        if not isinstance(prior, ScorePrior):
+            raise ValueError("sde: give the SDE when the prior is a bare denoiser")
+        sde = prior.sde
+    post = PosteriorDenoiser(prior, observations, method=method)
+    x, nfe = sample_posterior(key, post, sde, n_samples, method=sampler, batch_size=batch_size,
+                              progress=progress, **sample_kwargs)
+    return summarise(post, x, nfe)
+
+
+def summarise(post: PosteriorDenoiser, x: Array, nfe) -> PosteriorResult:
+    """Samples of the prior variable -> a `PosteriorResult` in model-cube units."""
+    return _summarise(post, x, jnp.asarray(nfe))
+
+
+@eqx.filter_jit
+def _summarise(post, x, nfe):
+    models = jax.vmap(post.model)(x)
+    mean = models.mean(0)
+    std = models.std(0, ddof=1) if models.shape[0] > 1 else jnp.zeros_like(mean)
+    residuals = tuple(o.data - o(mean) for o in post.observations)
+    chi2 = jax.vmap(post.chi2)(x) / post.n_valid
+    return PosteriorResult(models, mean, std, residuals, chi2, nfe)
+
+
+def make_observations(
+    images: Sequence[np.ndarray],
+    psfs: Sequence[np.ndarray | AbstractPSF],
+    *,
+    variances: Sequence[np.ndarray | float] | None = None,
+    shape: tuple[int, int] | None = None,
+    model_psf: AbstractPSF | None = None,
+    bands: Sequence[str] | None = None,
+) -> tuple[Frame, tuple[Observation, ...]]:
+    """A model frame and `Observation`s from plain arrays on a common pixel grid.
+
+    ``images``: ``(y, x)`` or ``(band, y, x)`` arrays; ``psfs``: one PSF image (or
+    `AbstractPSF`) each, no larger than the frame; ``variances``: the noise of each image
+    (array or scalar, required: observations without noise information are refused).
+    ``shape``: model frame ``(ny, nx)`` (default: the first image's). ``model_psf``: the
+    frame's PSF (default a Gaussian of sigma 0.5 pixel: the prior's images are taken to
+    be at (close to) the model resolution).
+    """
+    images = [np.asarray(im, np.float64) for im in images]
+    if not images:
+        raise ValueError("images: expected at least one image")
+    if len(psfs) != len(images):
+        raise ValueError(f"psfs: expected one PSF per image ({len(images)}), got {len(psfs)}")
+    if variances is None or any(v is None for v in variances):
+        raise ValueError("variances: every observation needs its noise (a variance map or "
+                         "scalar per image); none was given")
+    if len(variances) != len(images):
+        raise ValueError(f"variances: expected one per image ({len(images)}), got {len(variances)}")
+    first = images[0] if images[0].ndim == 3 else images[0][None]
+    shape = tuple(first.shape[-2:]) if shape is None else tuple(shape)
+    nb = first.shape[0]
+    bands = tuple(bands) if bands is not None else tuple(f"b{i}" for i in range(nb))
+    frame = Frame(bands, shape, psf=GaussianPSF(0.5) if model_psf is None else model_psf)
+    obs = []
+    for i, (im, psf, var) in enumerate(zip(images, psfs, variances)):
+        if not isinstance(psf, AbstractPSF):
+            p = np.asarray(psf, np.float64)
+            if p.shape[-1] > shape[1] or p.shape[-2] > shape[0]:
+                raise ValueError(
+                    f"psfs[{i}]: a PSF image of shape {p.shape[-2:]} is larger than the "
+                    f"prior's / model frame's {shape}; crop the PSF or use a larger prior"
+                )
+        if np.asarray(im).shape[-2:] != shape:
+            raise ValueError(f"images[{i}]: shape {np.asarray(im).shape[-2:]} differs from the "
+                             f"model frame {shape} (the prior's image size)")
+        obs.append(Observation(im, frame=frame, psf=psf, variance=var))
+    return frame, tuple(obs)

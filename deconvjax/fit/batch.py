@@ -28,7 +28,6 @@ from .optimise import (
     FitResult,
     MorphologyPrior,
     _check_steps,
-    _final_impl,
     _group_steps,
     _init_impl,
     _n_params,
@@ -101,7 +100,6 @@ def _batched(fn, in_axes):
 
 _init_b = _batched(_init_impl, (0, None))
 _run_b = _batched(_run_impl, (0, 0, None, None))
-_final_b = _batched(_final_impl, (0, 0, None))
 _steps_b = eqx.filter_jit(
     eqx.filter_vmap(
         lambda groups, steps, constraints: tuple(_group_steps(g, steps, constraints) for g in groups),
@@ -193,21 +191,20 @@ def fit_batch(
     if shard:
         problem = _shard(problem, n)
     state = _init_b(problem, settings)
-    history = [(0, float(jnp.mean(state.loss)))]
+    history = []
     from tqdm.auto import tqdm
 
     with tqdm(total=int(max_iter), desc=f"fit {n} cutouts", disable=not progress, leave=False) as bar:
         step = 0
-        while step < max_iter and not bool(jnp.all(state.done)):
+        while True:
             until = min(step + int(chunk), int(max_iter))
-            state = _run_b(state, problem, settings, jnp.asarray(until, jnp.int32))
+            state, (groups, loss, chi2, n_valid) = _run_b(state, problem, settings, jnp.asarray(until, jnp.int32))
             new_step = int(jnp.max(state.step))
             bar.update(new_step - step)
-            history.append((new_step, float(jnp.mean(state.loss))))
-            if new_step == step:
+            history.append((new_step, float(jnp.mean(loss))))
+            if bool(jnp.all(state.done)) or new_step >= max_iter or new_step == step:
                 break
             step = new_step
-    groups, loss, chi2, n_valid = _final_b(state, problem, settings)
     n_params = np.asarray(_nparams_b(step_tree, masks))
     failed = np.asarray(state.failed)
     if failed.any():

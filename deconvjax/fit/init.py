@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -231,14 +232,11 @@ def solve_spectra(scene: Scene, observations, *, floor: float | None = None) -> 
     of a PSF-sized aperture). Returns ``(source, band)`` float64, sources in scene order."""
     observations = _as_tuple(observations)
     n, nb = scene.n_sources, scene.shape[0]
-    unit = _with_unit_spectra(scene)
-    singles = unit.render_sources()  # (source, band, ny, nx)
     mat = np.zeros((nb, n, n))
     rhs = np.zeros((nb, n))
     noise = np.zeros(nb)
     for o in observations:
-        ops = jax.vmap(o)(singles)  # (source, obs band, y, x)
-        m, r = _normal_equations_obs(ops, o.data, o.weights)
+        m, r = _normal_equations(scene, o)
         for j, b in enumerate(o.band_index):
             mat[b] += np.asarray(m[j], dtype=np.float64)
             rhs[b] += np.asarray(r[j], dtype=np.float64)
@@ -258,18 +256,16 @@ def solve_spectra(scene: Scene, observations, *, floor: float | None = None) -> 
     return np.maximum(spectra, fl[None, :])
 
 
-@jax.jit
-def _normal_equations_obs(a, data, weights):
-    m = jnp.einsum("sbyx,tbyx,byx->bst", a, a, weights)
-    r = jnp.einsum("sbyx,byx->bs", a, weights * data)
-    return m, r
-
-
-def _with_unit_spectra(scene: Scene) -> Scene:
-    import equinox as eqx
-
+@eqx.filter_jit
+def _normal_equations(scene: Scene, obs: Observation):
+    """Per observation band, ``M = A^T W A`` and ``r = A^T W d``, ``A`` the sources with
+    unit spectra seen through the observation."""
     groups = tuple(eqx.tree_at(lambda s: s.spectrum, g, jnp.ones_like(g.spectrum)) for g in scene.groups)
-    return eqx.tree_at(lambda s: s.groups, scene, groups)
+    unit = eqx.tree_at(lambda s: s.groups, scene, groups)
+    a = jax.vmap(obs)(unit.render_sources())  # (source, obs band, y, x)
+    m = jnp.einsum("sbyx,tbyx,byx->bst", a, a, obs.weights)
+    r = jnp.einsum("sbyx,byx->bs", a, obs.weights * obs.data)
+    return m, r
 
 
 def init_scene(

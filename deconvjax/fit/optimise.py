@@ -208,17 +208,17 @@ _ADAM = optax.scale_by_adam()
 
 
 def _init_impl(problem: _Problem, settings: _Settings) -> _State:
+    # The initial loss is left to the first step (which checks it is finite): computing
+    # it here would compile the model a second time.
     u = tuple(to_unconstrained(g, settings.constraints) for g in problem.scene.groups)
-    loss = _loss(u, problem, settings)
-    ok = jnp.isfinite(loss) & _finite(u)
     return _State(
         u=u,
         opt_state=_ADAM.init(u),
         step=jnp.zeros((), jnp.int32),
-        loss=loss,
-        rel_change=jnp.asarray(jnp.inf),
-        done=~ok,
-        failed=~ok,
+        loss=jnp.asarray(jnp.nan, dtype=jnp.float32),
+        rel_change=jnp.asarray(jnp.inf, dtype=jnp.float32),
+        done=jnp.asarray(False),
+        failed=jnp.asarray(False),
     )
 
 
@@ -251,26 +251,25 @@ def _step(state: _State, problem: _Problem, settings: _Settings) -> _State:
     )
 
 
-def _run_impl(state: _State, problem: _Problem, settings: _Settings, until: Int[Array, ""]) -> _State:
+def _run_impl(state: _State, problem: _Problem, settings: _Settings, until: Int[Array, ""]):
+    """Up to ``until`` steps; also returns the constrained groups, loss, chi2 and number
+    of valid pixels at the state reached (one compiled function serves both)."""
+
     def cond(s):
         return (~s.done) & (s.step < until)
 
-    return jax.lax.while_loop(cond, lambda s: _step(s, problem, settings), state)
-
-
-def _final_impl(state: _State, problem: _Problem, settings: _Settings):
+    state = jax.lax.while_loop(cond, lambda s: _step(s, problem, settings), state)
     groups = _constrained(state.u, settings, problem.masks)
     loss = _loss(state.u, problem, settings)
     scene = eqx.tree_at(lambda s: s.groups, problem.scene, groups)
     model = scene.render()
     chi2 = sum(obs.chi2(model) for obs in problem.observations)
     n_valid = sum(obs.n_valid for obs in problem.observations)
-    return groups, loss, chi2, n_valid
+    return state, (groups, loss, chi2, n_valid)
 
 
 _init = eqx.filter_jit(_init_impl)
 _run = eqx.filter_jit(_run_impl)
-_final = eqx.filter_jit(_final_impl)
 _steps_of = eqx.filter_jit(
     lambda groups, steps, constraints: tuple(_group_steps(g, steps, constraints) for g in groups)
 )
@@ -384,22 +383,21 @@ def fit(
     step_tree = _steps_of(scene.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
     problem = _Problem(scene=scene, observations=observations, masks=masks, steps=step_tree)
     state = _init(problem, settings)
-    history = [(0, float(state.loss))]
+    history = []
     from tqdm.auto import tqdm
 
     with tqdm(total=int(max_iter), desc="fit", disable=not progress, leave=False) as bar:
         step = 0
-        while step < max_iter and not bool(state.done):
+        while True:
             until = min(step + int(chunk), int(max_iter))
-            state = _run(state, problem, settings, jnp.asarray(until, jnp.int32))
-            new_step, loss = int(state.step), float(state.loss)
+            state, (groups, loss, chi2, n_valid) = _run(state, problem, settings, jnp.asarray(until, jnp.int32))
+            new_step = int(state.step)
             bar.update(new_step - step)
-            bar.set_postfix(loss=f"{loss:.6g}", change=f"{float(state.rel_change):.2e}")
-            history.append((new_step, loss))
-            if new_step == step:  # a failed first step: nothing moved
+            bar.set_postfix(loss=f"{float(loss):.6g}", change=f"{float(state.rel_change):.2e}")
+            history.append((new_step, float(loss)))
+            if bool(state.done) or new_step >= max_iter or new_step == step:
                 break
             step = new_step
-    groups, loss, chi2, n_valid = _final(state, problem, settings)
     n_params = int(_n_params(step_tree, masks))
     failed = bool(state.failed)
     if failed:

@@ -32,7 +32,9 @@ def lupton_rgb(cube, *, stretch: float | None = None, Q: float = 8.0, minimum: f
         positive = rgb[rgb > 0]
         stretch = float(np.percentile(positive, 99.5)) / 2.0 if positive.size else 1.0
         stretch = stretch if stretch > 0 else 1.0
-    return make_lupton_rgb(rgb[0], rgb[1], rgb[2], minimum=minimum, stretch=stretch, Q=Q)
+    # astropy divides by the summed intensity, which is 0 on empty pixels (mapped to 0).
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return make_lupton_rgb(rgb[0], rgb[1], rgb[2], minimum=minimum, stretch=stretch, Q=Q)
 
 
 def plot_scene(

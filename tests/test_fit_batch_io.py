@@ -1,0 +1,120 @@
+"""Batched fits, saving and loading, and the `fit` command on FITS files."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from click.testing import CliRunner
+
+import deconvjax.sims as sims
+from deconvjax.fit import (
+    catalog,
+    fit,
+    fit_batch,
+    init_batch,
+    init_scene,
+    load_scene,
+    save_scene,
+    source_fluxes,
+    stack,
+    unstack,
+)
+from deconvjax.fit._cli import fit_command
+from deconvjax.fit.batch import batch_compilation_count
+from deconvjax.io import write_field
+
+
+@pytest.fixture(scope="module")
+def fields():
+    return list(sims.simulate_fields("lsst", 4, seed=7, shape=(40, 40), n_sources=2, bands=("g", "r"), progress=False))
+
+
+def test_batched_fit_equals_individual_fits(fields):
+    frame = fields[0].frame()
+    obs = [f.to_observation(frame) for f in fields]
+    # Cutouts with 1 and 2 sources, padded to 2, and a masked corner in one of them.
+    pos = [np.stack([f.truth["y"], f.truth["x"]], 1)[: 1 + i % 2] for i, f in enumerate(fields)]
+    fields[2].mask[:, :6, :6] = True
+    obs[2] = fields[2].to_observation(frame)
+    assert float(obs[2].n_valid) == 2 * (40 * 40 - 36)
+    scenes, mask = init_batch(frame, obs, pos, n_max=2, stamp_size=21)
+    assert mask.tolist() == [[True, False], [True, True], [True, False], [True, True]]
+    fitted, result = fit_batch(scenes, stack(obs), source_mask=mask, max_iter=60, rtol=1e-3, progress=False)
+    count = batch_compilation_count()
+    singles = unstack(scenes, len(fields))
+    for i in range(len(fields)):
+        one, r1 = fit(singles[i], obs[i], source_mask=mask[i], max_iter=60, rtol=1e-3, progress=False)
+        assert r1.iterations == result.iterations[i]
+        a = np.asarray(one.render())
+        b = np.asarray(unstack(fitted, len(fields))[i].render())
+        np.testing.assert_allclose(b, a, atol=1e-4 * np.abs(a).max())
+        np.testing.assert_allclose(result.chi2_per_dof[i], r1.chi2_per_dof, rtol=1e-4)
+        # Padding sources keep zero flux.
+        flux = source_fluxes(unstack(fitted, len(fields))[i])
+        assert np.all(flux[~mask[i]] == 0)
+    # New data of the same shapes: no recompilation.
+    fit_batch(scenes, stack(obs[::-1]), source_mask=mask[::-1], max_iter=10, progress=False)
+    assert batch_compilation_count() == count
+
+
+def test_save_load_round_trip(fields, tmp_path):
+    f = fields[1]
+    frame = f.frame()
+    obs = f.to_observation(frame)
+    pos = np.stack([f.truth["y"], f.truth["x"]], 1)
+    scene = init_scene(frame, obs, pos, kind=["point", "pixel"])
+    save_scene(tmp_path / "s", scene, frame)
+    back, frame2, meta = load_scene(tmp_path / "s.json")
+    assert frame2.bands == frame.bands and frame2.shape == frame.shape
+    np.testing.assert_allclose(frame2.wcs.wcs.crval, frame.wcs.wcs.crval)
+    np.testing.assert_array_equal(np.asarray(back.render()), np.asarray(scene.render()))
+    t1, t2 = catalog(scene, frame), catalog(back, frame2)
+    np.testing.assert_allclose(np.asarray(t1["flux_g"]), np.asarray(t2["flux_g"]))
+    assert list(t1["kind"]) == ["point", "pixel"]
+
+
+def test_cli_fit_on_fits_files(fields, tmp_path):
+    f = fields[0]
+    # One image per band with its own header, PSFs and variance maps as separate files.
+    header = f.wcs.to_header()
+    paths = {}
+    for k, b in enumerate(f.bands):
+        for name, arr in (("img", f.images[k]), ("psf", f.psf_images[k]), ("var", f.variance[k])):
+            p = tmp_path / f"{name}_{b}.fits"
+            h = header.copy() if name != "psf" else fits.Header()
+            h["FILTER"] = b
+            fits.PrimaryHDU(arr, header=h).writeto(p)
+            paths[name, b] = p
+    cat = Table({"ra": np.asarray(f.truth["ra"]), "dec": np.asarray(f.truth["dec"])})
+    cat.write(tmp_path / "cat.ecsv")
+    out = tmp_path / "out"
+    args = [str(paths["img", b]) for b in f.bands]
+    for b in f.bands:
+        args += ["--psf", str(paths["psf", b])]
+    for b in f.bands:
+        args += ["--variance", str(paths["var", b])]
+    args += ["--catalog", str(tmp_path / "cat.ecsv"), "--out", str(out), "--max-iter", "40", "--no-progress"]
+    res = CliRunner().invoke(fit_command, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for name in ("model.fits", "residual.fits", "sources.fits", "catalog.ecsv", "results.fits", "panel.png", "scene.json"):
+        assert (out / name).exists(), name
+    table = Table.read(out / "catalog.ecsv")
+    assert len(table) == len(f.truth)
+    # Fitted centres land on the catalog's sky positions (same WCS both ways).
+    np.testing.assert_allclose(table["y"], f.truth["y"], atol=1.0)
+    truth_total = sum(np.sum(f.truth[f"flux_{b}"]) for b in f.bands)
+    fitted_total = sum(np.sum(table[f"flux_{b}"]) for b in f.bands)
+    assert abs(fitted_total / truth_total - 1) < 0.2
+    with fits.open(out / "sources.fits") as h:
+        assert h[0].data.shape == (len(f.truth), 2, 40, 40)
+    # A deconvjax observation file is read whole, without --psf.
+    write_field(tmp_path / "field.fits", f)
+    res = CliRunner().invoke(fit_command, [str(tmp_path / "field.fits"), "--out", str(tmp_path / "o2"), "--max-iter", "5", "--no-progress"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    # Bad input is named.
+    res = CliRunner().invoke(fit_command, [str(paths["img", "g"]), "--out", str(tmp_path / "o3")])
+    assert res.exit_code != 0 and "--psf" in res.output

@@ -132,7 +132,8 @@ def test_cli_paired_and_stamps(tmp_path):
     assert cube.shape == (3, 2, 16, 16)
 
 
-def test_fast_knot_path_matches_galsim_drawing():
+@pytest.mark.parametrize("survey, bands", [("lsst", ("u", "i")), ("hst", None), ("euclid", None)])
+def test_fast_knot_path_matches_galsim_drawing(survey, bands):
     """Multi-band stamps are drawn with band-shared FFTs; the result must equal GalSim drawing
     the whole galaxy (bulge + disk + RandomKnots) convolved with each band's PSF."""
     import galsim
@@ -140,7 +141,7 @@ def test_fast_knot_path_matches_galsim_drawing():
     from deconvjax.sims import get_survey
     from deconvjax.sims.galaxies import draw_galaxy_params, galaxy_profiles
 
-    sv = get_survey("lsst", ("u", "i"))
+    sv = get_survey(survey, bands)
     st = simulate_stamps(sv, 6, size=48, seed=np.random.default_rng(4), mag_range=(21.0, 23.0))
     rng = np.random.default_rng(4)
     rng.permutation(6)  # simulate_stamps first picks which stamps are real galaxies

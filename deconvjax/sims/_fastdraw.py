@@ -87,7 +87,11 @@ def points_kimage(positions: np.ndarray, n_fft: int, scale: float) -> np.ndarray
     kx = 2 * np.pi * np.fft.rfftfreq(n_fft, d=scale)
     ey = np.exp(-1j * np.outer(ky, positions[:, 1]))
     ex = np.exp(-1j * np.outer(positions[:, 0], kx))
-    return (ey[:, :, None] * ex[None]).mean(axis=1)
+    if n_fft <= 256:
+        return (ey[:, :, None] * ex[None]).mean(axis=1)
+    # Larger grids: einsum's loop avoids the (ny, n, nx) temporary (BLAS is avoided on
+    # purpose, see draw_points).
+    return np.einsum("yn,nx->yx", ey, ex) / len(positions)
 
 
 def draw_components(

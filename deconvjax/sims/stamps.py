@@ -44,6 +44,10 @@ from .galaxies import (
 )
 from .surveys import Survey, get_survey
 
+# Above this FFT size (fine space pixels, Airy wings) GalSim draws stamps directly: the shared
+# path's dense knot sum (size^2 x knots) would cost more than it saves.
+_MAX_SHARED_FFT = 512
+
 
 @dataclasses.dataclass
 class StampSet:
@@ -128,6 +132,9 @@ def simulate_stamps(
     psf_radius = 4.0 * max(b.psf_fwhm for b in sv.bands) if convolve_psf else 4.0 * (
         model_psf_fwhm * scale)
     widest = int(np.argmax([b.psf_fwhm for b in sv.bands])) if convolve_psf else 0
+    # A PSF keeping > 1e-3 of its transform at the pixel Nyquist frequency (Euclid VIS) makes
+    # aliasing visible; the ground and HST presets are below 3e-4.
+    undersampled = any(abs(ps.kValue(np.pi / scale, 0.0)) > 1e-3 for ps in psfs)
     fluxes = np.zeros((n, nb))
     gi = ri = 0
     kind_index = np.zeros(n, int)
@@ -137,14 +144,7 @@ def simulate_stamps(
             fluxes[k] = real_galaxy_band_fluxes(sv, real, ri)
             kind_index[k] = ri
             ri += 1
-        elif nb == 1:  # nothing to share between bands: GalSim directly
-            profs = galaxy_profiles(sv, gal, gi)
-            fluxes[k] = galaxy_band_fluxes(sv, gal, gi).sum(0)
-            kind_index[k] = gi
-            gi += 1
         else:
-            # Band-shared FFT drawing (_fastdraw): each component's k-image once, one
-            # inverse FFT per band; matches GalSim drawing the same galaxy (tested).
             comp_flux = galaxy_band_fluxes(sv, gal, gi)  # (bulge/disk/knots, band)
             bulge, disk, _ = galaxy_components(gal, gi, with_knots=False)
             pos = knot_positions(gal, gi)
@@ -152,21 +152,30 @@ def simulate_stamps(
             n_fft = good_fft_size(max(n0, 2 * size))  # room for the PSF wings to fall off
             if len(pos):
                 n_fft = max(n_fft, points_fft_size(pos, size, scale, psf_radius))
-            if n_fft not in psf_k:
-                psf_k[n_fft] = [psf_kimage(ps, n_fft, scale) for ps in psfs]
-            comps, weights = [], []
-            for j, obj in enumerate((bulge, disk)):
-                if np.any(comp_flux[j] > 0):
-                    comps.append(kimage(obj, n_fft, scale))
-                    weights.append(comp_flux[j])
-            if len(pos):
-                comps.append(points_kimage(pos, n_fft, scale))
-                weights.append(comp_flux[2])
-            out[k] = draw_components(comps, np.array(weights), psf_k[n_fft], size, n_fft)
             fluxes[k] = comp_flux.sum(0)
             kind_index[k] = gi
             gi += 1
-            continue
+            if n_fft > _MAX_SHARED_FFT or undersampled:
+                # Large grids (fine space pixels, Airy wings): the shared path's dense knot
+                # sum gets costly. Undersampled PSFs (Euclid VIS): the image must alias the
+                # k-space power beyond Nyquist, which GalSim's drawFFT does (it wraps the
+                # k-image) and the shared path does not. GalSim draws these directly.
+                profs = galaxy_profiles(sv, gal, gi - 1)
+            else:
+                # Band-shared FFT drawing (_fastdraw): each component's k-image once, one
+                # inverse FFT per band; matches GalSim drawing the same galaxy (tested).
+                if n_fft not in psf_k:
+                    psf_k[n_fft] = [psf_kimage(ps, n_fft, scale) for ps in psfs]
+                comps, weights = [], []
+                for j, obj in enumerate((bulge, disk)):
+                    if np.any(comp_flux[j] > 0):
+                        comps.append(kimage(obj, n_fft, scale))
+                        weights.append(comp_flux[j])
+                if len(pos):
+                    comps.append(points_kimage(pos, n_fft, scale))
+                    weights.append(comp_flux[2])
+                out[k] = draw_components(comps, np.array(weights), psf_k[n_fft], size, n_fft)
+                continue
         for b in range(nb):
             obj = galsim.Convolve(profs[b], psfs[b])
             # Centre on pixel (size // 2, size // 2), the convention of odd PSF images and

@@ -4,12 +4,14 @@ Peer: a bare GalSim loop drawing the same kind of profile (de Vaucouleurs bulge 
 disk convolved with the band's Kolmogorov PSF, no knots, no colours or bookkeeping), so the
 ratio shows what the population model, SED colours and knots cost on top of GalSim itself.
 
-Run: JAX_PLATFORMS=cpu python benchmarks/sims.py [--n 300]
-The last line printed is a JSON object with the figures.
+Run: JAX_PLATFORMS=cpu OPENBLAS_NUM_THREADS=1 python benchmarks/sims.py [--n 300]
+The last line printed is a JSON object with the figures (and the machine's load average, as
+the figures scale inversely with it on a shared machine).
 """
 
 import argparse
 import json
+import os
 import time
 
 import galsim
@@ -77,6 +79,9 @@ def main():
     fps = args.fields / (time.perf_counter() - t0)
     out["fields_per_s_lsst_ugrizy_64_4src"] = round(fps, 2)
     print(f"blended fields (LSST ugrizy 64x64, 4 sources): {fps:.2f} fields/s")
+    # Shared machines: the load average says how far these figures are from an idle one.
+    out["load_average_1min"] = round(os.getloadavg()[0], 2)
+    out["cpu_count"] = os.cpu_count()
     print(json.dumps(out))
 
 

@@ -24,3 +24,5 @@ from .train import flux_scale_of as flux_scale_of
 from .train import train_prior as train_prior
 from .unet import UNet as UNet
 from .unet import UNetDenoiser as UNetDenoiser
+from .regulariser import prior_score as prior_score
+from .regulariser import prior_score_penalty as prior_score_penalty

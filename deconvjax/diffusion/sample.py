@@ -86,7 +86,6 @@ def _solve_chunk(key, denoiser, sde, x1, method, steps, solver, rtol, atol, max_
             solver = dfx.Heun() if solver is None else solver
             controller = dfx.ConstantStepSize()
             dt0 = (t1 - t0) / steps
-            max_steps = steps + 1
     elif method in ("sde", "sde_shark"):
         if solver is None:
             solver = dfx.Euler() if method == "sde" else dfx.ShARK()
@@ -99,7 +98,6 @@ def _solve_chunk(key, denoiser, sde, x1, method, steps, solver, rtol, atol, max_
         term = dfx.MultiTerm(drift, diff)
         controller = dfx.ConstantStepSize()
         dt0 = (t1 - t0) / steps
-        max_steps = steps + 1
         # Samples are not differentiated through the Brownian path; ForwardMode is the
         # adjoint diffrax allows with UnsafeBrownianPath (cheaper than a virtual tree).
         adjoint = dfx.ForwardMode()
@@ -203,8 +201,12 @@ def sample(
     for i, start in enumerate(range(0, n_samples, batch_size)):
         x1 = x_init[start:start + batch_size]
         k = jr.fold_in(k_path, i)
-        x, nfe = _run(k, denoiser, sde, x1, method, int(steps), solver, rtol, atol,
-                      int(max_steps), dt_min, snr, bool(progress), bool(final_denoise))
+        # steps, tolerances and snr are passed as arrays so that changing them does not
+        # recompile (only "pc" needs a static step count, its scan length).
+        st = int(steps) if method == "pc" else jnp.asarray(steps, jnp.float32)
+        x, nfe = _run(k, denoiser, sde, x1, method, st, solver, jnp.asarray(rtol),
+                      jnp.asarray(atol), max(int(max_steps), int(steps) + 1), dt_min,
+                      jnp.asarray(snr), bool(progress), bool(final_denoise))
         outs.append(x)
         nfes.append(nfe)
     return jnp.concatenate(outs, axis=0), jnp.max(jnp.stack(nfes))

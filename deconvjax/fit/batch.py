@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..frame import Frame
-from ..model import Scene
+from ..model import Scene, Source
 from ..observation import Observation, _as_tuple
 from .constraints import Constraints
-from .init import Kind, init_scene
+from .init import Kind, _normal_equations_impl, _reference, _solve, initial_morphologies, positions_from
 from .optimise import (
     FitResult,
     MorphologyPrior,
@@ -77,21 +77,51 @@ def init_batch(
     n_max = max(counts) if n_max is None else int(n_max)
     if max(counts) > n_max:
         raise ValueError(f"n_max={n_max} but a cutout has {max(counts)} sources")
+    kinds = [kind] * n_max
     scenes, masks = [], []
     for obs, pos, n in zip(observations, positions, counts):
         if n == 0:
             raise ValueError("every cutout needs at least one source position")
-        sc = init_scene(frame, obs, pos, kind=kind, stamp_size=stamp_size)
-        sources = [jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, sc.groups[0]) for i in range(n)]
-        pad = sources[0]
-        pad = eqx.tree_at(lambda s: s.center, pad, jnp.asarray(np.array(frame.shape, float) / 2))
-        sources = sources + [pad] * (n_max - n)
-        # sc.order maps group rows back to the positions given; one kind gives one group.
-        inverse = np.argsort(np.asarray(sc.order[0]))
-        ordered = [sources[i] for i in inverse] + sources[n:]
-        scenes.append(Scene(frame, ordered))
+        obs = _as_tuple(obs)
+        ref = _reference(obs, frame)
+        if ref is None:
+            raise ValueError("every cutout needs an observation on the model frame's grid")
+        pos = positions_from(frame, pos)
+        pad = np.tile(np.array(frame.shape, float) / 2, (n_max - n, 1))
+        pos = np.concatenate([pos, pad])
+        morphs = initial_morphologies(frame, ref, pos[:n], kinds[:n], stamp_size)
+        morphs = morphs + [morphs[0]] * (n_max - n)
+        scenes.append(Scene(frame, [Source(np.ones(frame.n_bands), m, p) for m, p in zip(morphs, pos)]))
         masks.append(np.arange(n_max) < n)
-    return stack(scenes), np.stack(masks)
+    stacked = stack(scenes)
+    masks = np.stack(masks)
+    obs_stacked = stack([_as_tuple(o) for o in observations])
+    mat = np.zeros((len(scenes), frame.n_bands, n_max, n_max))
+    rhs = np.zeros((len(scenes), frame.n_bands, n_max))
+    noise = np.zeros((len(scenes), frame.n_bands))
+    for o in obs_stacked:
+        m, r = _normal_equations_b(stacked, o)
+        m, r = np.asarray(m, dtype=np.float64), np.asarray(r, dtype=np.float64)
+        w = np.asarray(o.weights)
+        for j, b in enumerate(o.band_index):
+            mat[:, b] += m[:, j]
+            rhs[:, b] += r[:, j]
+            for c in range(len(scenes)):
+                wc = w[c, j]
+                if np.any(wc > 0):
+                    noise[c, b] = max(noise[c, b], float(np.median(1 / np.sqrt(wc[wc > 0]))))
+    spectra = np.zeros((len(scenes), n_max, frame.n_bands))
+    for c in range(len(scenes)):
+        keep = masks[c]
+        sub = _solve(mat[c][:, keep][:, :, keep], rhs[c][:, keep], noise[c])
+        spectra[c][keep] = sub
+        spectra[c][~keep] = sub.min(axis=0)
+    # One kind and one stamp size: a single group whose rows are the sources in order.
+    stacked = eqx.tree_at(lambda s: s.groups[0].spectrum, stacked, jnp.asarray(spectra, dtype=float))
+    return stacked, masks
+
+
+_normal_equations_b = eqx.filter_jit(eqx.filter_vmap(_normal_equations_impl))
 
 
 def _batched(fn, in_axes):

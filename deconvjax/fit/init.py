@@ -200,6 +200,20 @@ def _reference(observations, frame):
     return None
 
 
+def _gaussian_image(shape, sigma, g1, g2) -> np.ndarray:
+    """A sheared Gaussian sampled at the pixel centres of a stamp (centre pixel h//2, w//2),
+    in numpy: initialisation needs no device round trip per source."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    dy, dx = yy - h // 2, xx - w // 2
+    norm = 1.0 / np.sqrt(max(1.0 - g1**2 - g2**2, 1e-6))
+    s = norm * np.array([[1.0 - g1, g2], [g2, 1.0 + g1]])
+    cov = sigma**2 * (s @ s)
+    inv = np.linalg.inv(cov)
+    q = inv[0, 0] * dy**2 + 2 * inv[0, 1] * dy * dx + inv[1, 1] * dx**2
+    return np.exp(-0.5 * q)
+
+
 def _unit_morphologies(frame, kind, sigmas, shears, stamp_size):
     model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
     morphs = []
@@ -218,8 +232,7 @@ def _unit_morphologies(frame, kind, sigmas, shears, stamp_size):
         else:
             # Free-form pixels live behind the model PSF: a Gaussian of the summed width.
             wide = np.sqrt(sig**2 + model_sigma2)
-            img = np.asarray(GaussianMorphology(wide, g1, g2, shape=(size, size)).image())
-            img = np.clip(img, 0, None)
+            img = _gaussian_image((size, size), wide, g1, g2)
             img = np.maximum(img, 1e-6 * img.max()) if img.max() > 0 else np.full(img.shape, 1.0)
             morphs.append(PixelMorphology(img / img.sum()))
     return morphs
@@ -228,8 +241,8 @@ def _unit_morphologies(frame, kind, sigmas, shears, stamp_size):
 def solve_spectra(scene: Scene, observations, *, floor: float | None = None) -> np.ndarray:
     """Least-squares spectra of the scene's sources given their morphologies: the model is
     linear in the spectra, so each band is an ``n x n`` solve over all observations.
-    Negative solutions are clipped to a small positive ``floor`` (default: 1% of the noise
-    of a PSF-sized aperture). Returns ``(source, band)`` float64, sources in scene order."""
+    Negative solutions are clipped to a small positive ``floor`` (default: a tenth of the
+    median per-pixel noise). Returns ``(source, band)`` float64, sources in scene order."""
     observations = _as_tuple(observations)
     n, nb = scene.n_sources, scene.shape[0]
     mat = np.zeros((nb, n, n))
@@ -243,6 +256,12 @@ def solve_spectra(scene: Scene, observations, *, floor: float | None = None) -> 
             w = np.asarray(o.weights[j])
             if np.any(w > 0):
                 noise[b] = max(noise[b], float(np.median(1 / np.sqrt(w[w > 0]))))
+    return _solve(mat, rhs, noise, floor)
+
+
+def _solve(mat, rhs, noise, floor=None) -> np.ndarray:
+    """Solve the per-band normal equations ``(band, n, n)``; clip to a positive floor."""
+    nb, n, _ = mat.shape
     spectra = np.zeros((n, nb))
     for b in range(nb):
         diag = np.diag(mat[b]).copy()
@@ -251,13 +270,12 @@ def solve_spectra(scene: Scene, observations, *, floor: float | None = None) -> 
             spectra[:, b] = np.linalg.solve(mat[b] + ridge * np.eye(n), rhs[b])
         except np.linalg.LinAlgError:
             spectra[:, b] = rhs[b] / np.maximum(diag, ridge)
-    fl = 0.01 * np.maximum(noise, 1e-6) * 10.0 if floor is None else np.full(nb, float(floor))
+    fl = 0.1 * np.maximum(noise, 1e-6) if floor is None else np.full(nb, float(floor))
     spectra = np.where(np.isfinite(spectra), spectra, 0.0)
     return np.maximum(spectra, fl[None, :])
 
 
-@eqx.filter_jit
-def _normal_equations(scene: Scene, obs: Observation):
+def _normal_equations_impl(scene: Scene, obs: Observation):
     """Per observation band, ``M = A^T W A`` and ``r = A^T W d``, ``A`` the sources with
     unit spectra seen through the observation."""
     groups = tuple(eqx.tree_at(lambda s: s.spectrum, g, jnp.ones_like(g.spectrum)) for g in scene.groups)
@@ -266,6 +284,9 @@ def _normal_equations(scene: Scene, obs: Observation):
     m = jnp.einsum("sbyx,tbyx,byx->bst", a, a, obs.weights)
     r = jnp.einsum("sbyx,byx->bs", a, obs.weights * obs.data)
     return m, r
+
+
+_normal_equations = eqx.filter_jit(_normal_equations_impl)
 
 
 def init_scene(
@@ -329,12 +350,25 @@ def init_scene(
     if stamp_size is not None and (int(stamp_size) < 3 or int(stamp_size) % 2 == 0):
         raise ValueError(f"stamp_size must be an odd int >= 3, got {stamp_size}")
 
-    # Moments of the S/N-weighted band sum (a band-independent shape), minus the PSF's.
+    morphs = initial_morphologies(frame, ref, positions, kinds, stamp_size)
+    sources = [Source(np.ones(frame.n_bands), m, positions[s]) for s, m in enumerate(morphs)]
+    spectra = solve_spectra(Scene(frame, sources), observations)
+    sources = [Source(spectra[s], m, positions[s]) for s, m in enumerate(morphs)]
+    return Scene(frame, sources)
+
+
+def initial_morphologies(frame: Frame, ref: Observation, positions: np.ndarray, kinds, stamp_size=None) -> list:
+    """Unit-flux morphologies from moments of ``ref`` (an observation on the model grid):
+    Gaussian-weighted moments of the S/N-weighted band sum on each source's Voronoi cell,
+    minus the PSF's second moments."""
+    data = np.asarray(ref.data, dtype=np.float64)
+    weights = np.asarray(ref.weights, dtype=np.float64)
+    n = len(positions)
     det_num = (weights * data).sum(0)
     det_w = (weights > 0).any(0).astype(float)
     q, ok = _moments(det_num / np.maximum(weights.sum(0), 1e-30) * det_w, det_w, positions)
-    psf_k = np.asarray(jnp.fft.irfft2(ref.kernel_fft, s=ref.fft_shape))
-    # The observed PSF = model PSF * difference kernel; its second moment adds.
+    psf_k = np.fft.irfft2(np.asarray(ref.kernel_fft), s=ref.fft_shape)
+    # The observed PSF = model PSF * difference kernel; their second moments add.
     psf_obs2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True)) + _kernel_sigma2(psf_k)
     sigmas, shears = [], []
     for s in range(n):
@@ -344,12 +378,7 @@ def init_scene(
             sig, g1, g2 = 1.0, 0.0, 0.0
         sigmas.append(float(np.clip(sig, 0.3, 15.0)))
         shears.append((g1, g2))
-    morphs = _unit_morphologies(frame, kinds, sigmas, shears, stamp_size)
-    sources = [Source(np.ones(frame.n_bands), m, positions[s]) for s, m in enumerate(morphs)]
-    scene = Scene(frame, sources)
-    spectra = solve_spectra(scene, observations)
-    sources = [Source(spectra[s], m, positions[s]) for s, m in enumerate(morphs)]
-    return Scene(frame, sources)
+    return _unit_morphologies(frame, kinds, sigmas, shears, stamp_size)
 
 
 def _kernel_sigma2(k: np.ndarray) -> float:

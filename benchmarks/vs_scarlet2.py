@@ -1,0 +1,249 @@
+"""deconvjax.fit side by side with scarlet2 0.5.1, in one run, on the same simulated
+LSST-like blends fitted from the same (true) centres.
+
+Parts:
+
+1. accuracy: ``--n-blends`` blends of 2 to 6 galaxies (g, r, i, 64x64, realistic noise);
+   the median relative flux error per source per band of both tools (scarlet2 on the
+   first ``--s2-blends`` of them, deconvjax on the same ones and on all);
+2. speed on a 3-band 128x128 field with 5, 20 and 50 sources: full fit wall time
+   (compile included) and time per iteration;
+3. throughput: ``--n-cutouts`` cutouts of 64x64 with 1 to 4 sources: deconvjax in one
+   batched call (init, compile and fit included) against scarlet2 fitting them one by one
+   (measured on ``--s2-cutouts`` of them and scaled to all).
+
+Both tools fit free-form, positive morphologies and positive spectra with Adam: scarlet2
+as in its quick-start (``from_gaussian_moments``, spectrum ``relative_step(0.05)``,
+morphology step 0.1), deconvjax with its defaults. Both run ``--max-iter`` steps at most
+with a relative-change tolerance of 1e-4.
+
+The last line printed is a JSON object with ``speedup_per_iter_50``,
+``speedup_256_cutouts`` and ``flux_error_ratio`` (deconvjax's median flux error over
+scarlet2's on the same blends). Run ``--quick`` for a small smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+
+BANDS = ("g", "r", "i")
+
+
+# ----------------------------------------------------------------------------------------
+# Simulations
+# ----------------------------------------------------------------------------------------
+
+
+def simulate(n, seed, shape, n_min, n_max, progress=False):
+    import deconvjax.sims as sims
+
+    out = []
+    for k in range(n):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, k]))
+        n_src = n_min + k % (n_max - n_min + 1)
+        out.append(
+            sims.simulate_field(
+                "lsst", seed=rng, shape=shape, n_sources=n_src, bands=BANDS, star_fraction=0.0,
+                mag_range=(20.0, 24.5),
+            )
+        )
+    return out
+
+
+def truth_positions(field):
+    return np.stack([np.asarray(field.truth["y"]), np.asarray(field.truth["x"])], axis=1)
+
+
+def truth_fluxes(field):
+    return np.stack([np.asarray(field.truth[f"flux_{b}"]) for b in BANDS], axis=1)
+
+
+def rel_errors(fitted, truth):
+    return (np.abs(fitted - truth) / truth).ravel()
+
+
+# ----------------------------------------------------------------------------------------
+# scarlet2
+# ----------------------------------------------------------------------------------------
+
+
+def scarlet2_fit(field, max_iter, e_rel=1e-4, per_iter=False):
+    """Fit one field with scarlet2 from the true centres; returns (fluxes, seconds, per-step
+    times)."""
+    from functools import partial
+
+    import jax.numpy as jnp
+    from numpyro.distributions import constraints
+    from scarlet2 import init
+    from scarlet2.frame import Frame
+    from scarlet2.module import Parameter, Parameters, relative_step
+    from scarlet2.observation import Observation
+    from scarlet2.psf import ArrayPSF
+    from scarlet2.scene import Scene
+    from scarlet2.source import Source
+
+    t0 = time.perf_counter()
+    obs = Observation(
+        jnp.asarray(field.images), jnp.asarray(field.weights), psf=ArrayPSF(jnp.asarray(field.psf_images)),
+        channels=list(BANDS),
+    )
+    frame = Frame.from_observations(obs)
+    with Scene(frame) as scene:
+        for c in truth_positions(field):
+            c = jnp.asarray(c)
+            try:
+                spectrum, morph = init.from_gaussian_moments(obs, c, min_corr=0.99)
+            except ValueError:
+                spectrum = init.pixel_spectrum(obs, c)
+                morph = init.compact_morphology()
+            Source(c, spectrum, morph)
+    with Parameters(scene):
+        for i in range(len(scene.sources)):
+            Parameter(scene.sources[i].spectrum, name=f"spectrum:{i}", constraint=constraints.positive,
+                      stepsize=partial(relative_step, factor=0.05))
+            Parameter(scene.sources[i].morphology, name=f"morph:{i}", constraint=constraints.positive, stepsize=0.1)
+    stamps = []
+
+    def callback(scene_, convergence, loss):
+        loss.block_until_ready()
+        stamps.append(time.perf_counter())
+
+    fitted = scene.fit(obs, max_iter=max_iter, e_rel=e_rel, progress_bar=False, callback=callback if per_iter else None)
+    fluxes = np.stack([np.asarray(s()).sum(axis=(-2, -1)) for s in fitted.sources])
+    return fluxes, time.perf_counter() - t0, np.diff(stamps)
+
+
+# ----------------------------------------------------------------------------------------
+# deconvjax
+# ----------------------------------------------------------------------------------------
+
+
+def dj_fit_one(field, max_iter, rtol=1e-4, stamp_size=None, chunk=None):
+    from deconvjax.fit import fit, init_scene, source_fluxes
+
+    t0 = time.perf_counter()
+    frame = field.frame()
+    obs = field.to_observation(frame)
+    scene = init_scene(frame, obs, truth_positions(field), kind="pixel", stamp_size=stamp_size)
+    fitted, result = fit(scene, obs, max_iter=max_iter, rtol=rtol, progress=False, chunk=chunk or max_iter)
+    return source_fluxes(fitted), time.perf_counter() - t0, result, (scene, obs)
+
+
+def dj_fit_batch(fields, max_iter, stamp_size, n_max, rtol=1e-4):
+    from deconvjax.fit import fit_batch, init_batch, source_fluxes, stack, unstack
+
+    t0 = time.perf_counter()
+    frame = fields[0].frame()
+    obs = [f.to_observation(frame) for f in fields]
+    scenes, mask = init_batch(frame, obs, [truth_positions(f) for f in fields], n_max=n_max, stamp_size=stamp_size)
+    fitted, result = fit_batch(scenes, stack(obs), source_mask=mask, max_iter=max_iter, rtol=rtol, progress=False,
+                               chunk=max_iter)
+    wall = time.perf_counter() - t0
+    fluxes = [source_fluxes(s)[m] for s, m in zip(unstack(fitted, len(fields)), mask)]
+    return fluxes, wall, result
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-blends", type=int, default=100)
+    p.add_argument("--s2-blends", type=int, default=100, help="blends scarlet2 fits (the first ones)")
+    p.add_argument("--sources", default="5,20,50", help="source counts of the 128x128 speed fields")
+    p.add_argument("--n-cutouts", type=int, default=256)
+    p.add_argument("--s2-cutouts", type=int, default=6, help="cutouts scarlet2 fits (time scaled to all)")
+    p.add_argument("--max-iter", type=int, default=200)
+    p.add_argument("--stamp-size", type=int, default=31)
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--skip", default="", help="comma list of parts to skip: accuracy,speed,cutouts")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.n_blends, a.s2_blends, a.sources, a.n_cutouts, a.s2_cutouts, a.max_iter = 6, 3, "5", 16, 2, 50
+    skip = set(filter(None, a.skip.split(",")))
+    warnings.filterwarnings("ignore")
+    from scarlet2.validation_utils import set_validation
+    from tqdm.auto import tqdm
+
+    set_validation(False)
+    out: dict = {"max_iter": a.max_iter, "n_blends": a.n_blends}
+
+    # 1. accuracy --------------------------------------------------------------------------
+    if "accuracy" not in skip:
+        t = time.perf_counter()
+        blends = simulate(a.n_blends, a.seed, (64, 64), 2, 6)
+        print(f"simulated {len(blends)} blends in {time.perf_counter() - t:.1f} s")
+        dj_fluxes, dj_wall, dj_res = dj_fit_batch(blends, a.max_iter, a.stamp_size, 6)
+        dj_err = [rel_errors(f, truth_fluxes(b)) for f, b in zip(dj_fluxes, blends)]
+        n2 = min(a.s2_blends, a.n_blends)
+        s2_err, s2_wall = [], 0.0
+        for b in tqdm(blends[:n2], desc="scarlet2 blends"):
+            f, w, _ = scarlet2_fit(b, a.max_iter)
+            s2_wall += w
+            s2_err.append(rel_errors(f, truth_fluxes(b)))
+        med_dj_all = float(np.median(np.concatenate(dj_err)))
+        med_dj = float(np.median(np.concatenate(dj_err[:n2])))
+        med_s2 = float(np.median(np.concatenate(s2_err)))
+        mean_dj = float(np.mean(np.concatenate(dj_err[:n2])))
+        mean_s2 = float(np.mean(np.concatenate(s2_err)))
+        print(f"[accuracy] median |flux error| per source per band on {n2} blends: "
+              f"deconvjax {med_dj:.4f}  scarlet2 {med_s2:.4f}  (deconvjax on all {a.n_blends}: {med_dj_all:.4f})")
+        print(f"[accuracy] mean: deconvjax {mean_dj:.4f}  scarlet2 {mean_s2:.4f}; wall: deconvjax {dj_wall:.1f} s "
+              f"(all {a.n_blends}, batched), scarlet2 {s2_wall:.1f} s ({n2}, one by one); deconvjax iterations "
+              f"median {int(np.median(dj_res.iterations))}, converged {int(np.sum(dj_res.converged))}/{a.n_blends}")
+        out.update(flux_error_deconvjax=med_dj, flux_error_scarlet2=med_s2, flux_error_deconvjax_all=med_dj_all,
+                   flux_error_ratio=med_dj / med_s2, accuracy_blends_scarlet2=n2)
+
+    # 2. speed on 128x128 fields -----------------------------------------------------------
+    if "speed" not in skip:
+        for n_src in [int(s) for s in a.sources.split(",")]:
+            field = simulate(1, a.seed + 1000 + n_src, (128, 128), n_src, n_src)[0]
+            _, dj_full, res, (scene, obs) = dj_fit_one(field, a.max_iter, stamp_size=a.stamp_size)
+            from deconvjax.fit import fit
+
+            n_it = 100
+            t = time.perf_counter()
+            fit(scene, obs, max_iter=n_it, rtol=0.0, min_iter=n_it, progress=False, chunk=n_it)
+            dj_iter = (time.perf_counter() - t) / n_it
+            _, s2_full, s2_steps = scarlet2_fit(field, min(a.max_iter, 30), e_rel=0.0, per_iter=True)
+            s2_iter = float(np.median(s2_steps[2:])) if len(s2_steps) > 3 else float("nan")
+            print(f"[speed {n_src:2d} sources] full fit (compile included): deconvjax {dj_full:.1f} s "
+                  f"({res.iterations} steps), scarlet2 {s2_full:.1f} s (30 steps); per iteration: deconvjax "
+                  f"{dj_iter * 1e3:.2f} ms, scarlet2 {s2_iter * 1e3:.2f} ms, speedup {s2_iter / dj_iter:.1f}x")
+            out[f"time_full_deconvjax_{n_src}"] = dj_full
+            out[f"time_full_scarlet2_30steps_{n_src}"] = s2_full
+            out[f"time_per_iter_deconvjax_{n_src}"] = dj_iter
+            out[f"time_per_iter_scarlet2_{n_src}"] = s2_iter
+            out[f"speedup_per_iter_{n_src}"] = s2_iter / dj_iter
+
+    # 3. throughput on many cutouts --------------------------------------------------------
+    if "cutouts" not in skip:
+        t = time.perf_counter()
+        cutouts = simulate(a.n_cutouts, a.seed + 7, (64, 64), 1, 4)
+        print(f"simulated {len(cutouts)} cutouts in {time.perf_counter() - t:.1f} s")
+        _, dj_wall, res = dj_fit_batch(cutouts, a.max_iter, a.stamp_size, 4)
+        n2 = min(a.s2_cutouts, a.n_cutouts)
+        s2_times = [scarlet2_fit(c, a.max_iter)[1] for c in tqdm(cutouts[:n2], desc="scarlet2 cutouts")]
+        s2_total = float(np.mean(s2_times)) * a.n_cutouts
+        print(f"[cutouts] {a.n_cutouts} cutouts of 64x64, 1-4 sources: deconvjax {dj_wall:.1f} s end to end "
+              f"(one batched call; {a.n_cutouts / dj_wall:.1f} cutouts/s), scarlet2 {np.mean(s2_times):.2f} s "
+              f"per cutout -> {s2_total:.0f} s for all (scaled from {n2}); speedup {s2_total / dj_wall:.1f}x")
+        out.update(time_cutouts_deconvjax=dj_wall, time_cutouts_scarlet2=s2_total, n_cutouts=a.n_cutouts,
+                   scarlet2_cutouts_measured=n2)
+        out[f"speedup_{a.n_cutouts}_cutouts"] = s2_total / dj_wall
+        if a.n_cutouts != 256:
+            out["speedup_256_cutouts"] = s2_total / dj_wall
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -56,6 +56,32 @@ def _weights_from(data, weights, variance, rms) -> np.ndarray:
         return np.where((var > 0) & np.isfinite(var), 1.0 / var, 0.0)
 
 
+def _light_box(kernel: np.ndarray, tail: float) -> tuple[int, int]:
+    """The smallest odd ``(h, w)`` box, centred like `kernel` ``(band, H, W)``, outside of
+    which every band has at most a fraction ``tail`` of its absolute light."""
+    _, big_h, big_w = kernel.shape
+    a = np.abs(kernel) / np.abs(kernel).sum(axis=(-2, -1), keepdims=True)
+    cy, cx = big_h // 2, big_w // 2
+    yy, xx = np.mgrid[:big_h, :big_w]
+    # Chebyshev radius of each pixel from the centre: the box of half-width r is r' <= r.
+    r = np.maximum(np.abs(yy - cy), np.abs(xx - cx))
+    for half in range(1, max(cy, cx) + 1):
+        if np.all(a[:, r > half].sum(axis=-1) <= tail):
+            return (min(2 * half + 1, big_h), min(2 * half + 1, big_w))
+    return big_h, big_w
+
+
+def _padding_ladder(box: tuple[int, int], frame_shape: tuple[int, int]) -> tuple[int, int]:
+    out = []
+    for b, n in zip(box, frame_shape):
+        for frac in (8, 4, 2, 1):
+            side = n // frac - 1 + (n // frac) % 2  # odd, at most n // frac
+            if side >= b:
+                break
+        out.append(max(side, 1))
+    return tuple(out)
+
+
 class Observation(eqx.Module):
     """Data of a scene seen by one instrument, band set and epoch, together with the
     linear operator that takes a model cube in the model frame to this data's pixels.
@@ -168,11 +194,16 @@ class Observation(eqx.Module):
                 f"but the frame spans {extent:.3g} arcsec; use a larger frame or a cropped PSF"
             )
 
-        # PSF matching, in the model frame's pixels.
+        # PSF matching, in the model frame's pixels. Kernels are rendered over the whole
+        # frame, then cut to the box that holds all but 1e-6 of their light, rounded up to
+        # 1/8, 1/4, 1/2 or all of the frame: the FFTs are padded by that box only, and
+        # observations whose PSFs are of similar size share one compiled program.
         ny, nx = frame.shape
         kshape = (ny - 1 + ny % 2, nx - 1 + nx % 2)
-        model_kernel = frame.psf_kernel(kshape, pixel_integrated=True)[None]
         obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=True)
+        kshape = _padding_ladder(_light_box(obs_kernel, 1e-6), frame.shape)
+        obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=True)
+        model_kernel = frame.psf_kernel(kshape, pixel_integrated=True)[None]
         fft_shape = (good_fft_size(ny + kshape[0]), good_fft_size(nx + kshape[1]))
         kernel_fft = difference_kernel_fft(model_kernel, obs_kernel, fft_shape)
 

@@ -20,7 +20,8 @@ def fourier_grid(shape: tuple[int, int]) -> tuple[Float[Array, "h 1"], Float[Arr
 def phase_ramp(shape: tuple[int, int], position: Position) -> Complex[Array, "h w2"]:
     """Fourier transform of a unit point at ``position`` (y, x) of a stamp of ``shape``."""
     ky, kx = fourier_grid(shape)
-    return jnp.exp(-2j * jnp.pi * (ky * position[0] + kx * position[1]))
+    # Separable: two 1-d exponentials and an outer product, not h * w complex exps.
+    return jnp.exp(-2j * jnp.pi * ky * position[0]) * jnp.exp(-2j * jnp.pi * kx * position[1])
 
 
 def pixel_transfer(shape: tuple[int, int]) -> Float[Array, "h w2"]:

@@ -1,5 +1,6 @@
 """deconvjax: differentiable forward modelling of astronomical images in JAX."""
 
+from . import io as io
 from . import likelihood as likelihood
 from . import model as model
 from . import psf as psf

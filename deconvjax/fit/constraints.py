@@ -155,38 +155,37 @@ def symmetrise(pixels: Float[Array, "source h w"]) -> Float[Array, "source h w"]
     return pixels.at[..., cy - ny : cy + ny + 1, cx - nx : cx + nx + 1].set(core)
 
 
-def _monotonic_plan(shape: tuple[int, int], bin_width: float = 0.5):
-    """For each pixel its 'parent', the pixel one step inwards along the ray to the
-    centre, and a radial bin; parents lie in earlier bins or, rarely, the same one."""
+def _ancestors(shape: tuple[int, int]) -> np.ndarray:
+    """For each pixel of a stamp, the chain of pixels inwards along the ray to the centre
+    pixel (each step to the neighbour nearest the point one pixel closer), padded with the
+    centre: ``(h * w, depth)`` flat indices, the pixel itself first."""
     h, w = shape
     cy, cx = h // 2, w // 2
     yy, xx = np.mgrid[:h, :w]
     dy, dx = yy - cy, xx - cx
     r = np.hypot(dy, dx)
     with np.errstate(invalid="ignore", divide="ignore"):
-        step = np.where(r > 0, 1.0 / r, 0.0)
-    py = np.clip(np.rint(yy - dy * step), 0, h - 1).astype(np.int32)
-    px = np.clip(np.rint(xx - dx * step), 0, w - 1).astype(np.int32)
+        step = np.where(r > 0, np.minimum(1.0 / r, 1.0), 0.0)
+    py = np.clip(np.rint(yy - dy * step), 0, h - 1).astype(np.int64)
+    px = np.clip(np.rint(xx - dx * step), 0, w - 1).astype(np.int64)
     parent = (py * w + px).ravel()
-    bins = np.floor(r / bin_width).astype(np.int32).ravel()
-    return parent, bins, int(bins.max()) + 1
+    chain = [np.arange(h * w)]
+    while True:
+        nxt = parent[chain[-1]]
+        if np.array_equal(nxt, chain[-1]):
+            break
+        chain.append(nxt)
+    return np.stack(chain, axis=1).astype(np.int32)
 
 
 def monotonise(pixels: Float[Array, "source h w"]) -> Float[Array, "source h w"]:
-    """Project each image onto 'non-increasing outwards from the centre pixel': moving
-    out ring by ring, a pixel is lowered to its inward neighbour's value where brighter
-    (the nearest-neighbour monotonicity of scarlet). Rings are a static, short loop."""
+    """Project each image onto 'non-increasing outwards from the centre pixel': each
+    pixel is lowered to the smallest value on its chain of inward neighbours (the
+    nearest-neighbour monotonicity of scarlet), as one gather and a min, no loop."""
     shape = pixels.shape[-2:]
-    parent, bins, n_bins = _monotonic_plan(shape)
-    parent, bins = jnp.asarray(parent), jnp.asarray(bins)
+    anc = jnp.asarray(_ancestors(shape))
     flat = pixels.reshape(*pixels.shape[:-2], -1)
-
-    def ring(k, flat):
-        lowered = jnp.minimum(flat, flat[..., parent])
-        return jnp.where(bins == k, lowered, flat)
-
-    flat = jax.lax.fori_loop(1, n_bins, ring, flat)
-    return flat.reshape(pixels.shape)
+    return jnp.min(flat[..., anc], axis=-1).reshape(pixels.shape)
 
 
 def project(group: Source, constraints: Constraints) -> Source:

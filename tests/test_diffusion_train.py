@@ -1,0 +1,137 @@
+"""Denoising score matching, checkpoints, resume, and failure modes (tiny shapes)."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from deconvjax.diffusion import (
+    GaussianDenoiser,
+    TrainConfig,
+    dsm_loss,
+    load_prior,
+    read_header,
+    sample,
+    train_prior,
+)
+
+TINY = TrainConfig(image_size=4, bands=1, channels=(4,), emb_dim=8, batch_size=4, steps=4,
+                   steps_per_call=2, checkpoint_every=2, warmup_steps=1, augment=True)
+
+
+def _images(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return (1.0 + 0.3 * rng.standard_normal((n, 1, 4, 4))).astype(np.float32)
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))]
+
+
+def test_checkpoint_roundtrip_and_exact_resume(tmp_path):
+    imgs = _images()
+    straight = train_prior(imgs, tmp_path / "a.eqx", TINY, progress=False)
+    # Interrupted after the first chunk (max_seconds=0), then resumed with the same command.
+    part = train_prior(imgs, tmp_path / "b.eqx", TINY, progress=False, max_seconds=0)
+    assert read_header(tmp_path / "b.eqx")["hyper"]["extra"]["step"] == 2
+    resumed = train_prior(imgs, tmp_path / "b.eqx", TINY, progress=False)
+    for x, y in zip(_leaves(straight.denoiser), _leaves(resumed.denoiser), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(_leaves(part.denoiser),
+                                                        _leaves(resumed.denoiser)))
+    loaded = load_prior(tmp_path / "a.eqx")
+    for x, y in zip(_leaves(straight.denoiser), _leaves(loaded.denoiser), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert loaded.flux_scale == straight.flux_scale and loaded.shape == (1, 4, 4)
+    log = (tmp_path / "b.eqx.log.jsonl").read_text().splitlines()
+    assert len(log) == 2  # steps 2 and 4, no duplicate after resume
+
+
+def test_bad_checkpoints_and_shapes(tmp_path):
+    imgs = _images()
+    train_prior(imgs, tmp_path / "p.eqx", TINY, progress=False)
+    with pytest.raises(ValueError, match="band"):
+        load_prior(tmp_path / "p.eqx", shape=(3, 4, 4))
+    with pytest.raises(ValueError, match="4x4"):
+        load_prior(tmp_path / "p.eqx", shape=(1, 8, 8))
+    raw = (tmp_path / "p.eqx").read_bytes()
+    (tmp_path / "t.eqx").write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(ValueError, match="truncated"):
+        load_prior(tmp_path / "t.eqx")
+    (tmp_path / "h.eqx").write_bytes(raw[:20])
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_prior(tmp_path / "h.eqx")
+    # Resuming with another architecture or image size is refused, naming the fields.
+    other = TrainConfig(**{**TINY.__dict__, "channels": (8,)})
+    with pytest.raises(ValueError, match="channels"):
+        train_prior(imgs, tmp_path / "p.eqx", other, progress=False)
+    with pytest.raises(ValueError, match="images"):
+        train_prior(np.zeros((4, 2, 4, 4), np.float32), tmp_path / "q.eqx", TINY)
+    prior = load_prior(tmp_path / "p.eqx")
+    with pytest.raises(ValueError, match="shape"):
+        prior.denoiser(jnp.zeros((1, 8, 8)), 1.0)
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+    imgs = _images()
+    out = tmp_path / "n.eqx"
+    train_prior(imgs, out, TINY, progress=False, max_seconds=0)  # good checkpoint at step 2
+    good = out.read_bytes()
+    # Same run resumed on data that overflows the loss (the saved flux scale is reused).
+    with pytest.raises(FloatingPointError, match="step 2"):
+        train_prior(imgs * np.float32(1e30), out, TINY, progress=False)
+    assert out.read_bytes() == good
+    assert read_header(out)["hyper"]["extra"]["step"] == 2
+    load_prior(out)
+
+
+def _gaussian_data(n):
+    rng = np.random.default_rng(0)
+    a = np.array([[0.5, 0, 0, 0], [0.2, 0.4, 0, 0], [0.0, -0.15, 0.3, 0], [0.1, 0.1, 0.1, 0.35]])
+    mean = np.array([1.0, 0.5, 0.8, 0.3])
+    x = (mean + rng.standard_normal((n, 4)) @ a.T).reshape(n, 1, 2, 2).astype(np.float32)
+    return x, mean, a @ a.T
+
+
+GAUSS_CFG = dict(image_size=2, bands=1, channels=(32,), emb_dim=32, batch_size=256,
+                 steps_per_call=50, checkpoint_every=10**6, augment=False,
+                 learning_rate=3e-3, warmup_steps=50, ema_decay=0.99, sigma_max=20.0)
+
+
+def test_training_on_gaussian_approaches_analytic_denoiser(tmp_path):
+    # Reduced version of the slow test below: a short run must bring the learned denoiser
+    # much closer to the exact Gaussian denoiser than the untrained one.
+    x, mean, cov = _gaussian_data(2048)
+    cfg = TrainConfig(**{**GAUSS_CFG, "steps": 150, "batch_size": 128})
+    untrained = train_prior(x, tmp_path / "u.eqx", TrainConfig(**{**GAUSS_CFG, "steps": 0}),
+                            flux_scale=1.0, progress=False)
+    prior = train_prior(x, tmp_path / "g.eqx", cfg, flux_scale=1.0, progress=False)
+    exact = GaussianDenoiser(mean.reshape(1, 2, 2), cov)
+    probe = jnp.asarray(x[:256]) + 0.5 * jr.normal(jr.key(0), (256, 1, 2, 2))
+
+    def err(den):
+        d = jax.vmap(den, in_axes=(0, None))(probe, 0.5)
+        e = jax.vmap(exact, in_axes=(0, None))(probe, 0.5)
+        return float(jnp.sqrt(jnp.mean((d - e) ** 2)))
+
+    assert err(prior.denoiser) < 0.35 * err(untrained.denoiser)
+    key = jr.key(1)
+    assert float(dsm_loss(prior.denoiser, key, jnp.asarray(x[:512]), 1e-3, 20.0)) < float(
+        dsm_loss(untrained.denoiser, key, jnp.asarray(x[:512]), 1e-3, 20.0))
+
+
+@pytest.mark.slow
+def test_trained_network_reproduces_gaussian(tmp_path):
+    x, mean, cov = _gaussian_data(4096)
+    prior = train_prior(x, tmp_path / "g.eqx", TrainConfig(**{**GAUSS_CFG, "steps": 600}),
+                        flux_scale=1.0, progress=False)
+    s, _ = sample(jr.key(0), prior.denoiser, prior.sde, (1, 2, 2), 8000)
+    s = np.asarray(s).reshape(-1, 4)
+    assert np.max(np.abs(s.mean(0) - mean) / np.sqrt(np.diag(cov))) < 0.05
+    assert np.linalg.norm(np.cov(s.T) - cov) / np.linalg.norm(cov) < 0.05

@@ -93,8 +93,12 @@ def main():
     ap.add_argument("--size", type=int, default=64, help="image size with the fallback prior")
     ap.add_argument("--tarp-sims", type=int, default=500)
     ap.add_argument("--tarp-samples", type=int, default=8)
-    ap.add_argument("--tarp-size", type=int, default=32)
-    ap.add_argument("--cg-iters", type=int, default=3)
+    ap.add_argument("--tarp-size", type=int, default=16)
+    ap.add_argument("--tarp-cg-iters", type=int, default=6)
+    ap.add_argument("--cg-iters", type=int, default=1)
+    ap.add_argument("--sampler", default="ode_fixed", help="ode_fixed (Heun), pf_ode, sde, ...")
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--n-timing", type=int, default=16, help="trajectories in the timed batch")
     ap.add_argument("--force-gaussian", action="store_true")
     args = ap.parse_args()
     if not COSMOS.exists():
@@ -111,7 +115,18 @@ def main():
     print(f"prior: {prior_name}")
 
     stamps = cosmos_stamps(COSMOS, size=size).astype(np.float64)  # (100, 1, s, s)
-    train, test = stamps[:60], stamps[60:60 + args.n_eval]
+    train = stamps[:60]
+    if unet is not None:
+        # The shipped prior was trained without the last `cosmos_holdout` galaxies.
+        hold = int(dict(unet.info).get("cosmos_holdout", 0))
+        if hold == 0:
+            print("WARNING: the shipped prior declares no held-out COSMOS galaxies")
+            hold = 40
+        test = stamps[len(stamps) - hold:][: args.n_eval]
+        held = f"last {hold} COSMOS galaxies (held out of the prior's training)"
+    else:
+        test = stamps[60:60 + args.n_eval]
+        held = "COSMOS galaxies 60-99 (not used to fit the prior)"
     frame = Frame(["i"], (size, size), psf=GaussianPSF(0.3))
     psf = MoffatPSF(4.0, 3.5)
     blank = Observation(np.zeros((1, size, size)), frame=frame, psf=psf, rms=1.0)
@@ -132,7 +147,8 @@ def main():
     # Posterior means: all held-out galaxies in one stacked solve.
     stacked = StackedPosterior(template, [data])
     t0 = time.perf_counter()
-    x, nfe = sample(jr.key(0), stacked, sde, stacked.shape, args.n_samples, progress=True)
+    skw = {"method": args.sampler, "steps": args.steps}
+    x, nfe = sample(jr.key(0), stacked, sde, stacked.shape, args.n_samples, progress=True, **skw)
     t_all = time.perf_counter() - t0
     post_mean = np.asarray(x, np.float64).mean(0) * scale  # (n_eval, 1, s, s)
     print(f"posterior: {args.n_eval} galaxies x {args.n_samples} samples in {t_all:.1f} s "
@@ -180,11 +196,12 @@ def main():
         obs64 = PosteriorDenoiser(den64, Observation(np.zeros((1, s64, s64)), frame=f64, psf=psf, rms=rms),
                                   method=MMPS(cg_iters=args.cg_iters), embed=ScaledIdentity(scale),
                                   x_shape=(1, s64, s64))
-    sample(jr.key(1), obs64, sde, obs64.x_shape, 64)[0].block_until_ready()
+    nt = args.n_timing
+    sample(jr.key(1), obs64, sde, obs64.x_shape, nt, **skw)[0].block_until_ready()
     t0 = time.perf_counter()
-    x64, nfe64 = sample(jr.key(2), obs64, sde, obs64.x_shape, 64)
+    x64, nfe64 = sample(jr.key(2), obs64, sde, obs64.x_shape, nt, **skw)
     x64.block_until_ready()
-    sec = (time.perf_counter() - t0) / 64
+    sec = (time.perf_counter() - t0) / nt
     res["seconds_per_posterior_sample_64"] = sec
     res["nfe_64"] = int(nfe64)
     print(f"{sec:.3f} s per 64x64 posterior sample (NFE {int(nfe64)})")
@@ -204,7 +221,7 @@ def main():
     trms = float(np.median(tclean.max(axis=(1, 2, 3)))) / 20.0
     tdata = tclean + trms * rng.normal(size=tclean.shape)
     ttemp = PosteriorDenoiser(gprior, Observation(tdata[0], frame=tframe, psf=tpsf, rms=trms),
-                              method=MMPS(cg_iters=args.cg_iters))
+                              method=MMPS(cg_iters=args.tarp_cg_iters))
     tstack = StackedPosterior(ttemp, [tdata])
     t0 = time.perf_counter()
     xs, _ = sample(jr.key(3), tstack, VESDE(1e-3, 100.0), tstack.shape, args.tarp_samples,
@@ -221,6 +238,8 @@ def main():
     print(f"TARP max deviation {res['tarp_max_dev']:.4f} ({args.tarp_sims} sims), chi2/pix {chi2:.3f}")
 
     res["prior"] = prior_name
+    res["evaluated_on"] = held
+    res["sampler"] = f"{args.sampler} steps={args.steps}, MMPS cg_iters={args.cg_iters}"
     res["n_eval"] = args.n_eval
     res["load_average"] = os.getloadavg()[0]
     res["targets_met"] = {

@@ -11,3 +11,13 @@ from .convolved import ConvolvedLikelihood as ConvolvedLikelihood
 from .dps import DPS as DPS
 from .mmps import MMPS as MMPS
 from .sampling import sample_posterior as sample_posterior
+from .batch import StackedPosterior as StackedPosterior
+from .deblend import DeblendResult as DeblendResult
+from .deblend import ProductDenoiser as ProductDenoiser
+from .deblend import SourcePlacement as SourcePlacement
+from .deblend import deblend as deblend
+from .deconvolve import PosteriorResult as PosteriorResult
+from .deconvolve import deconvolve as deconvolve
+from .deconvolve import make_observations as make_observations
+from .tarp import tarp_coverage as tarp_coverage
+from .tarp import tarp_max_deviation as tarp_max_deviation

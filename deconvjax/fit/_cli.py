@@ -58,6 +58,12 @@ def _load(images, psf, weights, variance, rms, bands):
 @click.option("--bands", default=None, help="Comma-separated band names (default: FILTER/BAND keywords).")
 @click.option("--kind", type=click.Choice(["pixel", "sersic", "gaussian", "point"]), default="pixel",
               show_default=True, help="Source model: free-form pixels (scarlet style) or a profile.")
+@click.option("--monotonic/--no-monotonic", default=True, show_default=True,
+              help="Free-form sources decrease outwards from their centre (scarlet's constraint).")
+@click.option("--symmetric/--no-symmetric", default=True, show_default=True,
+              help="Free-form sources are 180-degree symmetric (scarlet's constraint).")
+@click.option("--sparsity", type=float, default=0.0, show_default=True,
+              help="L1 penalty on max-normalised free-form morphologies (chi2 units per pixel).")
 @click.option("--nsigma", type=float, default=5.0, show_default=True, help="Detection threshold.")
 @click.option("--max-iter", type=click.IntRange(min=0), default=300, show_default=True)
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative-change convergence test.")
@@ -66,14 +72,15 @@ def _load(images, psf, weights, variance, rms, bands):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (created).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, nsigma, max_iter, rtol, model_psf,
-                out_dir, progress):
+def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monotonic, symmetric, sparsity, nsigma,
+                max_iter, rtol, model_psf, out_dir, progress):
     """Fit a scene to IMAGES (one FITS image per band, or a cube) and deblend it.
 
     Writes model.fits, residual.fits, sources.fits (deblended per-source images),
     catalog.ecsv, results.fits, scene.eqx/json and panel.png into --out.
     """
     from ..psf import GaussianPSF
+    from .constraints import Constraints
     from .init import init_scene
     from .optimise import fit
     from .pipeline import write_products
@@ -92,7 +99,11 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, nsigm
         scene = init_scene(frame, obs, positions, kind=kind, nsigma=nsigma)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    fitted, result = fit(scene, obs, max_iter=max_iter, rtol=rtol, progress=progress)
+    try:
+        constraints = Constraints(monotonic=monotonic, symmetric=symmetric, sparsity=sparsity)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--sparsity") from None
+    fitted, result = fit(scene, obs, max_iter=max_iter, rtol=rtol, constraints=constraints, progress=progress)
     written = write_products(out_dir, fitted, frame, obs, result, title=f"{Path(images[0]).name}")
     click.echo(
         f"fitted {fitted.n_sources} sources in {result.iterations} steps: chi2/dof "

@@ -9,10 +9,12 @@ import numpy as np
 
 def run_demo(out_dir, seed: int = 0, progress: bool = True) -> list[Path]:
     """Simulate `deconvjax.sims.default_field` (5 blended LSST-like galaxies in g, r, i),
-    detect its sources, fit free-form (scarlet-style) models, and write the products of
+    detect its sources, fit free-form (scarlet-style: positive, monotonic, symmetric)
+    models, and write the products of
     `write_products` plus ``truth.ecsv`` into ``out_dir``. Returns the paths written."""
     from ..io import write_truth
     from ..sims import default_field
+    from .constraints import Constraints
     from .init import init_scene
     from .measure import source_fluxes
     from .optimise import fit
@@ -22,7 +24,8 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True) -> list[Path]:
     frame = field.frame()
     obs = field.to_observation(frame)
     scene = init_scene(frame, obs, kind="pixel")
-    fitted, result = fit(scene, obs, max_iter=300, progress=progress)
+    constraints = Constraints(monotonic=True, symmetric=True)
+    fitted, result = fit(scene, obs, max_iter=300, constraints=constraints, progress=progress)
     out = Path(out_dir)
     written = write_products(out, fitted, frame, obs, result, title=f"deconvjax demo (seed {seed})")
     written.append(write_truth(out / "truth.ecsv", field.truth))

@@ -42,42 +42,61 @@ def detect(
     data,
     weights,
     *,
-    psf_sigma: float = 1.5,
+    psf_sigma: float = 1.0,
     nsigma: float = 5.0,
     min_distance: int = 2,
     max_sources: int | None = None,
 ) -> np.ndarray:
-    """Find sources as peaks of the matched-filtered detection image.
+    """Find sources as peaks of matched-filtered detection images.
 
-    The detection image (`detection_image`) is smoothed by a Gaussian of ``psf_sigma``
-    pixels, renormalised to unit noise, and its local maxima (within ``min_distance``
-    pixels) above ``nsigma`` are refined to sub-pixel positions by a parabola through
-    each peak and its neighbours.
+    The detection image (`detection_image`) of all bands together, and that of each band
+    alone (so a source of unusual colour is not lost on a neighbour's slope), are smoothed
+    by a Gaussian of ``psf_sigma`` pixels and renormalised to unit noise; their local
+    maxima (within ``min_distance`` pixels) above ``nsigma`` are refined to sub-pixel
+    positions by a parabola through each peak and its neighbours, then merged: a peak
+    closer than ``min_distance + 1`` pixels to a more significant one is dropped.
 
-    **Returns:** ``(n, 2)`` float64 ``(y, x)`` pixel positions, brightest first.
+    **Returns:** ``(n, 2)`` float64 ``(y, x)`` pixel positions, most significant first.
     """
     if not psf_sigma > 0:
         raise ValueError(f"psf_sigma must be positive, got {psf_sigma}")
     if int(min_distance) < 1:
         raise ValueError(f"min_distance must be >= 1, got {min_distance}")
-    det = detection_image(data, weights)
+    data = np.asarray(data, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if data.ndim == 2:
+        data, weights = data[None], weights[None]
+    images = [detection_image(data, weights)]
+    if data.shape[0] > 1:
+        images += [detection_image(data[b], weights[b]) for b in range(data.shape[0])]
+    found, significance = [], []
+    for det in images:
+        pos, sig = _peaks(det, psf_sigma, nsigma, int(min_distance))
+        found.append(pos)
+        significance.append(sig)
+    pos = np.concatenate(found)
+    sig = np.concatenate(significance)
+    order = np.argsort(-sig, kind="stable")
+    kept: list[np.ndarray] = []
+    for p in pos[order]:
+        if all(np.hypot(*(p - q)) >= min_distance + 1 for q in kept):
+            kept.append(p)
+    out = np.array(kept).reshape(-1, 2)
+    return out if max_sources is None else out[: int(max_sources)]
+
+
+def _peaks(det, psf_sigma, nsigma, min_distance):
     sm = ndimage.gaussian_filter(det, psf_sigma, mode="constant")
     # The filter's noise: a Gaussian kernel's L2 norm is 1 / (2 sqrt(pi) sigma).
     sm = sm * 2.0 * np.sqrt(np.pi) * psf_sigma
-    size = 2 * int(min_distance) + 1
+    size = 2 * min_distance + 1
     peaks = (sm == ndimage.maximum_filter(sm, size=size, mode="constant", cval=-np.inf)) & (sm > nsigma)
     ys, xs = np.nonzero(peaks)
-    if len(ys) == 0:
-        return np.zeros((0, 2))
-    order = np.argsort(-sm[ys, xs])
-    ys, xs = ys[order], xs[order]
-    if max_sources is not None:
-        ys, xs = ys[: int(max_sources)], xs[: int(max_sources)]
     ny, nx = sm.shape
     out = np.empty((len(ys), 2))
     for k, (y, x) in enumerate(zip(ys, xs)):
         out[k] = (y + _vertex(sm, y, x, 0, ny), x + _vertex(sm, y, x, 1, nx))
-    return out
+    return out, sm[ys, xs]
 
 
 def _vertex(img, y, x, axis, n) -> float:

@@ -131,7 +131,7 @@ def scarlet2_fit(field, max_iter, e_rel=1e-4, per_iter=False):
 def _constraints(plain=False):
     from deconvjax.fit import Constraints
 
-    return Constraints() if plain else Constraints(monotonic=True, symmetric=True)
+    return Constraints(monotonic=not plain, symmetric=not plain)
 
 
 def dj_fit_one(field, max_iter, rtol=1e-4, stamp_size=None, chunk=None):

@@ -1,6 +1,7 @@
 """MAP fitting: flux recovery, joint fits, no recompilation, never NaN."""
 
 import os
+import warnings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -159,7 +160,7 @@ def test_bad_arguments(frame, blend):
     y=st.floats(0, SHAPE[0] - 1),
     x=st.floats(0, SHAPE[1] - 1),
     log_flux=st.floats(-6, 9),
-    case=st.sampled_from(["normal", "zero", "masked_band", "all_masked"]),
+    case=st.sampled_from(["normal", "zero", "masked_band", "all_masked", "nan_pixels"]),
 )
 def test_fuzz_never_nan(frame, y, x, log_flux, case):
     flux = np.full((2, 2), 10.0**log_flux)
@@ -174,7 +175,12 @@ def test_fuzz_never_nan(frame, y, x, log_flux, case):
         w[1] = 0
     elif case == "all_masked":
         w = np.zeros_like(w)
-    obs = Observation(data, frame=frame, psf=GaussianPSF(1.8), weights=w)
+    elif case == "nan_pixels":
+        data = data.copy()
+        data[:, ::3, ::4] = np.nan  # masked by the Observation, with a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obs = Observation(data, frame=frame, psf=GaussianPSF(1.8), weights=w)
     start = init_scene(frame, obs, pos, kind="pixel", stamp_size=25)
     fitted, result = fit(start, obs, max_iter=25, progress=False)
     assert np.all(np.isfinite(np.asarray(fitted.render())))

@@ -44,17 +44,19 @@ class Constraints:
     - `pixels`: ``"log"`` (positive by an exponential map, the default) or
       ``"projection"`` (clipped at 0 after every step; allows exact zeros).
     - `symmetric`: make each morphology 180-degree symmetric about its centre pixel after
-      every step (scarlet's symmetry constraint).
+      every step (scarlet's symmetry constraint). On by default, as in scarlet.
     - `monotonic`: make each morphology non-increasing outwards from its centre pixel along
-      rays after every step (scarlet's monotonicity constraint).
+      rays after every step (scarlet's monotonicity constraint). On by default: on
+      simulated LSST blends it cuts the median flux error of free-form fits by about 3x
+      (benchmarks/vs_scarlet2.py prints both).
     - `sparsity`: weight of an L1 penalty on each max-normalised morphology (in units of
       chi2 per pixel): favours compact sources, as scarlet's L1 sparsity.
     - `normalise`: keep free-form morphologies at unit sum, their sum in the spectrum.
     """
 
     pixels: Literal["log", "projection"] = "log"
-    symmetric: bool = False
-    monotonic: bool = False
+    symmetric: bool = True
+    monotonic: bool = True
     sparsity: float = 0.0
     normalise: bool = True
 

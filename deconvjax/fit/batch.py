@@ -65,8 +65,9 @@ def init_batch(
     kind: Kind = "pixel",
     stamp_size: int = 21,
 ) -> tuple[Scene, np.ndarray]:
-    """Initialise every cutout (`init_scene` with one kind and one stamp size) and pad
-    each to ``n_max`` sources.
+    """Initialise every cutout as `init_scene` does (moments, then least-squares spectra
+    solved for all cutouts in one batched call), with one kind and one stamp size, and
+    pad each to ``n_max`` sources.
 
     **Returns:** the stacked `Scene` (leading cutout axis) and the ``(cutout, n_max)``
     bool source mask (False for padding).
@@ -77,8 +78,10 @@ def init_batch(
     n_max = max(counts) if n_max is None else int(n_max)
     if max(counts) > n_max:
         raise ValueError(f"n_max={n_max} but a cutout has {max(counts)} sources")
+    if int(stamp_size) < 3 or int(stamp_size) % 2 == 0:
+        raise ValueError(f"stamp_size must be an odd int >= 3, got {stamp_size}")
     kinds = [kind] * n_max
-    scenes, masks = [], []
+    per_cutout, masks = [], []
     for obs, pos, n in zip(observations, positions, counts):
         if n == 0:
             raise ValueError("every cutout needs at least one source position")
@@ -91,10 +94,17 @@ def init_batch(
         pos = np.concatenate([pos, pad])
         morphs = initial_morphologies(frame, ref, pos[:n], kinds[:n], stamp_size)
         morphs = morphs + [morphs[0]] * (n_max - n)
-        scenes.append(Scene(frame, [Source(np.ones(frame.n_bands), m, p) for m, p in zip(morphs, pos)]))
+        per_cutout.append([Source(np.ones(frame.n_bands), m, p) for m, p in zip(morphs, pos)])
         masks.append(np.arange(n_max) < n)
-    stacked = stack(scenes)
+    # Stack on the host (numpy): one device transfer instead of many small eager ops.
+    host = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
+    groups = jax.tree.map(host, *[jax.tree.map(host, *srcs) for srcs in per_cutout])
+    template = Scene(frame, [jax.tree.map(lambda x: x[0], groups)], batched=True)
+    n_cut = len(per_cutout)
+    stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_cut, *x.shape)), template)
+    stacked = eqx.tree_at(lambda sc: sc.groups, stacked, (jax.tree.map(jnp.asarray, groups),))
     masks = np.stack(masks)
+    scenes = per_cutout
     obs_stacked = stack([_as_tuple(o) for o in observations])
     mat = np.zeros((len(scenes), frame.n_bands, n_max, n_max))
     rhs = np.zeros((len(scenes), frame.n_bands, n_max))

@@ -54,7 +54,8 @@ def blend(frame):
     return truth, observe(frame, truth)
 
 
-@pytest.mark.parametrize("kind", ["parametric", "pixel"])
+# The joint fit below covers parametric recovery in the default run; this one is slow.
+@pytest.mark.parametrize("kind", [pytest.param("parametric", marks=pytest.mark.slow), "pixel"])
 def test_recovers_fluxes_of_noiseless_blend(frame, blend, kind):
     truth, obs = blend
     kinds = "gaussian" if kind == "parametric" else "pixel"

@@ -1,0 +1,119 @@
+"""The shipped galaxy prior and the MAP score regulariser."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import deconvjax.diffusion as dd
+from deconvjax.diffusion import GaussianDenoiser, load_prior, prior_score, prior_score_penalty
+from deconvjax.diffusion.evaluate import best_gaussian_smoothing, psnr, tweedie_denoise
+
+COSMOS = Path("/work/shared/data/cosmos")
+PRIOR_FILE = Path(dd.__file__).parent.parent / "data" / "prior" / "galaxy32.eqx"
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return load_prior()
+
+
+def test_shipped_prior_loads(prior):
+    assert prior.shape == (1, 32, 32)
+    assert prior.flux_scale > 0
+    assert PRIOR_FILE.stat().st_size < 5e6
+    x = jnp.zeros(prior.shape)
+    assert jnp.all(jnp.isfinite(prior.denoiser(x, 0.1)))
+
+
+@pytest.mark.skipif(not COSMOS.is_dir(), reason="COSMOS data folder absent")
+def test_tweedie_beats_gaussian_smoothing_on_held_out_cosmos(prior):
+    from deconvjax.diffusion.data import cosmos_stamps
+
+    held = prior.normalise(cosmos_stamps(COSMOS, 32, np.arange(80, 100)))  # not trained on
+    rng = np.random.default_rng(0)
+    sigma = 0.03
+    noisy = held + sigma * rng.standard_normal(held.shape).astype(np.float32)
+    den = tweedie_denoise(prior.denoiser, noisy, sigma)
+    smooth, _ = best_gaussian_smoothing(noisy, held)  # oracle-tuned width
+    assert psnr(den, held).mean() > psnr(smooth, held).mean() + 0.3
+
+
+def test_penalty_gradient_is_minus_weight_times_score_analytic():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 4)) * 0.3
+    cov = a @ a.T + 0.2 * np.eye(4)
+    mean = rng.standard_normal((1, 2, 2))
+    den = GaussianDenoiser(mean, cov)
+    m = jnp.asarray(rng.standard_normal((3, 1, 2, 2)), jnp.float32)
+    sigma, scale = 0.1, 2.0
+    w = jnp.array([0.5, 1.0, 0.0])
+
+    loss = jax.jit(lambda m: jnp.sum(m**2) + prior_score_penalty(den, m, w, sigma, scale=scale))
+    val, g = jax.value_and_grad(loss)(m)
+    np.testing.assert_allclose(val, jnp.sum(m**2), rtol=1e-6)  # penalty value is 0
+    # Analytic score of m = scale * x, x ~ N(mean, C + sigma^2): -(C+s^2)^-1 (m/scale - mean)/scale
+    prec = np.linalg.inv(cov + sigma**2 * np.eye(4))
+    d = (np.asarray(m) / scale - mean).reshape(3, 4)
+    score = -(d @ prec.T).reshape(3, 1, 2, 2) / scale
+    expected = 2 * np.asarray(m) - np.asarray(w)[:, None, None, None] * score
+    np.testing.assert_allclose(g, expected, rtol=2e-3, atol=2e-4)
+    # forward mode agrees
+    t = jnp.ones_like(m)
+    _, jv = jax.jvp(lambda m: prior_score_penalty(den, m, w, sigma, scale=scale), (m,), (t,))
+    np.testing.assert_allclose(jv, -jnp.sum(w[:, None, None, None] * score * t), rtol=2e-3)
+
+
+def _count_convs(jaxpr):
+    n = 0
+    for eq in jaxpr.eqns:
+        if eq.primitive.name == "conv_general_dilated":
+            n += 1
+        for sub in jax.core.subjaxprs(eq) if hasattr(jax.core, "subjaxprs") else []:
+            n += _count_convs(sub)
+        for v in eq.params.values():
+            if hasattr(v, "jaxpr"):
+                n += _count_convs(v.jaxpr if hasattr(v.jaxpr, "eqns") else v.jaxpr.jaxpr)
+    return n
+
+
+def test_penalty_is_one_batched_call_for_all_sources(prior):
+    def grad_for(n):
+        m = jnp.zeros((n, *prior.shape))
+        f = jax.grad(lambda m: prior_score_penalty(prior, m, 1.0, 0.05))
+        return jax.make_jaxpr(f)(m).jaxpr
+
+    c2, c7 = _count_convs(grad_for(2)), _count_convs(grad_for(7))
+    assert c2 == c7 > 0  # trace size does not grow with the number of sources
+    m = 0.01 * jr.normal(jr.key(0), (2, *prior.shape))
+    g = jax.jit(jax.grad(lambda m: prior_score_penalty(prior, m, 3.0, 0.05)))(m)
+    ref = -3.0 * jax.jit(prior_score)(prior, m, 0.05)
+    np.testing.assert_allclose(g, ref, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
+    with pytest.raises(ValueError, match="morphologies"):
+        prior_score_penalty(prior, jnp.zeros((2, 1, 16, 16)), 1.0, 0.05)
+    with pytest.raises(ValueError, match="weight"):
+        prior_score_penalty(prior, jnp.zeros((2, *prior.shape)), jnp.ones(3), 0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not COSMOS.is_dir(), reason="COSMOS data folder absent")
+def test_shipped_prior_samples_match_training_statistics(prior):
+    from deconvjax.diffusion.data import cosmos_stamps, simulate_galaxies
+    from deconvjax.diffusion.evaluate import image_statistics
+
+    train = prior.normalise(np.concatenate(
+        [np.concatenate([cosmos_stamps(COSMOS, 32, np.arange(80))] * 4),
+         simulate_galaxies(0, 1200, 32)]))
+    s, _ = dd.sample(jr.key(0), prior.denoiser, prior.sde, prior.shape, 64, rtol=1e-2, atol=1e-2)
+    st, ss = image_statistics(train), image_statistics(np.asarray(s))
+    assert abs(np.log(ss["flux_q"][1] / st["flux_q"][1])) < np.log(1.5)
+    assert abs(ss["hlr_q"][1] - st["hlr_q"][1]) < 1.5
+    ratio = np.array(ss["power"]) / np.array(st["power"])
+    assert np.all((ratio > 0.4) & (ratio < 2.5)), ratio

@@ -142,6 +142,7 @@ def test_mixture_denoiser_is_tweedie():
         np.testing.assert_allclose(den(x, sigma), x + sigma**2 * g, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mixture_sampling_weights():
     w = jnp.array([0.25, 0.75])
     means = jnp.array([[3.0, 0.0], [-3.0, 0.0]])

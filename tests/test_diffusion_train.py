@@ -104,6 +104,7 @@ GAUSS_CFG = dict(image_size=2, bands=1, channels=(32,), emb_dim=32, batch_size=2
                  learning_rate=3e-3, warmup_steps=50, ema_decay=0.99, sigma_max=20.0)
 
 
+@pytest.mark.slow  # ~2 min on the shared CPU (compile dominated)
 def test_training_on_gaussian_approaches_analytic_denoiser(tmp_path):
     # Reduced version of the slow test below: a short run must bring the learned denoiser
     # much closer to the exact Gaussian denoiser than the untrained one.
@@ -135,3 +136,45 @@ def test_trained_network_reproduces_gaussian(tmp_path):
     s = np.asarray(s).reshape(-1, 4)
     assert np.max(np.abs(s.mean(0) - mean) / np.sqrt(np.diag(cov))) < 0.05
     assert np.linalg.norm(np.cov(s.T) - cov) / np.linalg.norm(cov) < 0.05
+
+
+def test_load_training_images_layouts(tmp_path):
+    from astropy.io import fits
+
+    from deconvjax.diffusion.data import is_cosmos_dir, load_training_images, resample_stamp
+
+    rng = np.random.default_rng(0)
+    d2 = tmp_path / "many"
+    d2.mkdir()
+    for i in range(3):
+        fits.writeto(d2 / f"g{i}.fits", rng.random((8, 8)).astype(np.float32))
+    assert load_training_images(d2).shape == (3, 1, 8, 8)
+    cube = rng.random((5, 2, 8, 8)).astype(np.float32)
+    fits.writeto(tmp_path / "cube.fits", cube)
+    np.testing.assert_array_equal(load_training_images(tmp_path / "cube.fits"), cube)
+    small = load_training_images(tmp_path / "cube.fits", size=4)
+    np.testing.assert_allclose(small.sum(axis=(2, 3)), cube.sum(axis=(2, 3)), rtol=1e-5)
+    fits.writeto(d2 / "odd.fits", rng.random((6, 6)).astype(np.float32))
+    with pytest.raises(ValueError, match="different shapes"):
+        load_training_images(d2)
+    a = rng.random((50, 50))
+    np.testing.assert_allclose(resample_stamp(a, 32).sum(), a.sum(), rtol=1e-5)
+    if os.path.isdir("/work/shared/data/cosmos"):
+        assert is_cosmos_dir("/work/shared/data/cosmos")
+        assert load_training_images("/work/shared/data/cosmos", 32).shape == (100, 1, 32, 32)
+
+
+@pytest.mark.slow
+def test_cli_train_prior(tmp_path):
+    from astropy.io import fits
+    from click.testing import CliRunner
+
+    from deconvjax.diffusion._cli import train_prior as cli
+
+    fits.writeto(tmp_path / "cube.fits", _images(16)[:, 0])
+    out = tmp_path / "cli.eqx"
+    args = ["--data", str(tmp_path / "cube.fits"), "--out", str(out), "--size", "4",
+            "--channels", "4", "--steps", "4", "--batch-size", "4", "--checkpoint-every", "2"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert load_prior(out).shape == (1, 4, 4)

@@ -107,7 +107,9 @@ def load_prior(path: str | os.PathLike | None = None, *,
     if path is None:
         ref = resources.files("deconvjax") / "data" / "prior" / SHIPPED_PRIOR
         path = Path(str(ref))
-    den, header = load_checkpoint(path, lambda h: build_denoiser(h["net"]), kind="score_prior")
+    # Shape-only skeleton: initialising the U-Net eagerly costs many small op compilations.
+    den, header = load_checkpoint(
+        path, lambda h: eqx.filter_eval_shape(build_denoiser, h["net"]), kind="score_prior")
     h = header["hyper"]
     if shape is not None and tuple(shape) != den.shape:
         raise ValueError(

@@ -180,19 +180,34 @@ def _ancestors(shape: tuple[int, int]) -> np.ndarray:
     return np.stack(chain, axis=1).astype(np.int32)
 
 
-def monotonise(pixels: Float[Array, "source h w"]) -> Float[Array, "source h w"]:
+def _parents(shape: tuple[int, int]) -> np.ndarray:
+    """Each pixel's inward neighbour (the centre is its own)."""
+    anc = _ancestors(shape)
+    return anc[:, min(1, anc.shape[1] - 1)]
+
+
+def monotonise(pixels: Float[Array, "source h w"], *, full: bool = True) -> Float[Array, "source h w"]:
     """Project each image onto 'non-increasing outwards from the centre pixel': each
     pixel is lowered to the smallest value on its chain of inward neighbours (the
-    nearest-neighbour monotonicity of scarlet), as one gather and a min, no loop."""
+    nearest-neighbour monotonicity of scarlet), as one gather and a min, no loop.
+
+    With ``full=False`` each pixel only looks one step inwards (one sweep, ~20x cheaper):
+    applied after every optimiser step, repeated sweeps reach the same monotonic fixed
+    point, so the fit uses it inside the loop and the full projection once at the end."""
     shape = pixels.shape[-2:]
-    anc = jnp.asarray(_ancestors(shape))
     flat = pixels.reshape(*pixels.shape[:-2], -1)
-    return jnp.min(flat[..., anc], axis=-1).reshape(pixels.shape)
+    if full:
+        anc = jnp.asarray(_ancestors(shape))
+        out = jnp.min(flat[..., anc], axis=-1)
+    else:
+        out = jnp.minimum(flat, flat[..., jnp.asarray(_parents(shape))])
+    return out.reshape(pixels.shape)
 
 
-def project(group: Source, constraints: Constraints) -> Source:
-    """Apply positivity (projection mode), symmetry, monotonicity and unit-sum
-    renormalisation to a constrained batched group; other groups pass through."""
+def project(group: Source, constraints: Constraints, *, full: bool = True) -> Source:
+    """Apply positivity (projection mode), symmetry, monotonicity (one inward sweep with
+    ``full=False``, see `monotonise`) and unit-sum renormalisation to a constrained
+    batched group; other groups pass through."""
     m = group.morphology
     if not isinstance(m, PixelMorphology):
         return group
@@ -202,7 +217,7 @@ def project(group: Source, constraints: Constraints) -> Source:
     if constraints.symmetric:
         p = symmetrise(p)
     if constraints.monotonic:
-        p = monotonise(p)
+        p = monotonise(p, full=full)
     spectrum = group.spectrum
     if constraints.normalise:
         total = jnp.sum(p, axis=(-2, -1))

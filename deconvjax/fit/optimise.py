@@ -229,7 +229,7 @@ def _step(state: _State, problem: _Problem, settings: _Settings) -> _State:
     u = jax.tree.map(lambda x, d, s: x - s * d, state.u, updates, problem.steps)
     old = tuple(from_unconstrained(g, settings.constraints) for g in state.u)
     new = tuple(
-        project(from_unconstrained(g, settings.constraints), settings.constraints) for g in u
+        project(from_unconstrained(g, settings.constraints), settings.constraints, full=False) for g in u
     )
     u = tuple(
         to_unconstrained(c, settings.constraints) if isinstance(c.morphology, PixelMorphology) else g
@@ -259,8 +259,15 @@ def _run_impl(state: _State, problem: _Problem, settings: _Settings, until: Int[
         return (~s.done) & (s.step < until)
 
     state = jax.lax.while_loop(cond, lambda s: _step(s, problem, settings), state)
-    groups = _constrained(state.u, settings, problem.masks)
-    loss = _loss(state.u, problem, settings)
+    # Inside the loop monotonicity is one inward sweep per step; finish it exactly.
+    u = tuple(
+        to_unconstrained(project(from_unconstrained(g, settings.constraints), settings.constraints), settings.constraints)
+        if isinstance(g.morphology, PixelMorphology)
+        else g
+        for g in state.u
+    )
+    groups = _constrained(u, settings, problem.masks)
+    loss = _loss(u, problem, settings)
     scene = eqx.tree_at(lambda s: s.groups, problem.scene, groups)
     model = scene.render()
     chi2 = sum(obs.chi2(model) for obs in problem.observations)

@@ -171,7 +171,7 @@ def main(argv=None):
     p.add_argument("--n-cutouts", type=int, default=256)
     p.add_argument("--s2-cutouts", type=int, default=4, help="cutouts scarlet2 fits (time scaled to all)")
     p.add_argument("--max-iter", type=int, default=200)
-    p.add_argument("--stamp-size", type=int, default=31)
+    p.add_argument("--stamp-size", type=int, default=27, help="odd, FFT-friendly (27 = 3^3)")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--skip", default="", help="comma list of parts to skip: accuracy,speed,cutouts")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")

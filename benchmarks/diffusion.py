@@ -3,6 +3,14 @@
 Prints human-readable lines, then (last line) one JSON object with at least
 ``seconds_per_sample_64`` and ``gaussian_cov_rel_err``.
 
+Measured 2026-11-22 on the shared 2-core CPU (load average ~9): Gaussian cov rel. error
+0.0073 (56 NFE); training 24 images/s (32x32, widths 16/32/32, batch 16) and 20 images/s
+(widths 16/32/64, batch 32); one 64x64 network evaluation 35 ms/image in a batch of 16;
+64x64 sampling (Heun, 49 NFE) 33 s/sample: ~20x the cost of the same evaluations called
+directly, because XLA:CPU runs the U-Net slowly inside diffrax's while loop (the same effect
+made lax.scan training ~10x slower, see train.py). Stepping the diffrax solver from a
+host-side loop is the fix to try next.
+
 Anchor (seed paper): a DDPM took 10 s per 128x128 sample on an A100 with 950 steps.
 Target here: <= 1 s per 64x64 prior sample on this CPU with <= 100 network evaluations.
 

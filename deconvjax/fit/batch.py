@@ -29,6 +29,7 @@ from .optimise import (
     MorphologyPrior,
     _check_steps,
     _group_steps,
+    _halflife,
     _init_impl,
     _n_params,
     _Problem,
@@ -175,6 +176,7 @@ def fit_batch(
     min_iter: int = 10,
     learning_rate: float = 1.0,
     learning_rates: Mapping[str, float] | None = None,
+    halflife: float | None = None,
     constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
@@ -221,6 +223,7 @@ def fit_batch(
     masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)], dtype=float) for o in scenes.order)
     settings = _Settings(
         rtol=jnp.asarray(float(rtol)),
+        halflife=_halflife(halflife),
         min_iter=jnp.asarray(int(min_iter), jnp.int32),
         sparsity=jnp.asarray(float(constraints.sparsity)),
         constraints=constraints,

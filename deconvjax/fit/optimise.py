@@ -90,6 +90,7 @@ class _Problem(eqx.Module):
 
 class _Settings(eqx.Module):
     rtol: Float[Array, ""]
+    halflife: Float[Array, ""]
     min_iter: Int[Array, ""]
     sparsity: Float[Array, ""]
     constraints: Constraints = eqx.field(static=True)
@@ -226,7 +227,10 @@ def _step(state: _State, problem: _Problem, settings: _Settings) -> _State:
     loss, grads = jax.value_and_grad(_loss)(state.u, problem, settings)
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
     updates, opt_state = _ADAM.update(grads, state.opt_state)
-    u = jax.tree.map(lambda x, d, s: x - s * d, state.u, updates, problem.steps)
+    # Step sizes anneal (halving every `halflife` steps) so Adam settles instead of
+    # jittering at its step size; inf keeps them constant.
+    decay = jnp.exp2(-state.step.astype(jnp.float32) / settings.halflife)
+    u = jax.tree.map(lambda x, d, s: x - decay * s * d, state.u, updates, problem.steps)
     old = tuple(from_unconstrained(g, settings.constraints) for g in state.u)
     new = tuple(
         project(from_unconstrained(g, settings.constraints), settings.constraints, full=False) for g in u
@@ -288,6 +292,14 @@ def compilation_count() -> int:
     return int(_run._cached._cache_size()) + int(_init._cached._cache_size())
 
 
+def _halflife(halflife) -> Array:
+    if halflife is None:
+        return jnp.asarray(jnp.inf, dtype=jnp.float32)
+    if not float(halflife) > 0:
+        raise ValueError(f"halflife must be positive or None, got {halflife}")
+    return jnp.asarray(float(halflife), dtype=jnp.float32)
+
+
 def _masks_for(scene: Scene, source_mask) -> tuple[Array, ...]:
     if source_mask is None:
         return tuple(jnp.ones(len(o)) for o in scene.order)
@@ -335,6 +347,7 @@ def fit(
     min_iter: int = 10,
     learning_rate: float = 1.0,
     learning_rates: Mapping[str, float] | None = None,
+    halflife: float | None = None,
     constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
@@ -358,6 +371,8 @@ def fit(
     - `observations`: an `Observation` or a sequence of them (multi-band, multi-epoch,
       multi-resolution: all are fitted jointly).
     - `learning_rates`: per-kind overrides of `DEFAULT_STEPS` (``0`` fixes a kind).
+    - `halflife`: anneal the step sizes, halving them every ``halflife`` steps
+      (``None``: constant, as scarlet2).
     - `constraints`: a `Constraints` (positivity, symmetry, monotonicity, sparsity).
     - `fit_centers`: also fit source centres.
     - `morphology_prior`: optional penalty (negative log-prior, added to the loss) of the
@@ -382,6 +397,7 @@ def fit(
     masks = _masks_for(scene, source_mask)
     settings = _Settings(
         rtol=jnp.asarray(float(rtol)),
+        halflife=_halflife(halflife),
         min_iter=jnp.asarray(int(min_iter), jnp.int32),
         sparsity=jnp.asarray(float(constraints.sparsity)),
         constraints=constraints,

@@ -21,3 +21,4 @@ from .deconvolve import deconvolve as deconvolve
 from .deconvolve import make_observations as make_observations
 from .tarp import tarp_coverage as tarp_coverage
 from .tarp import tarp_max_deviation as tarp_max_deviation
+from .sampling import sample_unrolled as sample_unrolled

@@ -24,8 +24,8 @@ from deconvjax.fit import (
     unstack,
 )
 from deconvjax.fit._cli import fit_command
-from deconvjax.fit.measure import source_kinds
 from deconvjax.fit.batch import batch_compilation_count
+from deconvjax.fit.measure import source_kinds
 from deconvjax.io import write_field
 
 
@@ -65,7 +65,6 @@ def test_batched_fit_equals_individual_fits(fields):
 def test_save_load_round_trip(fields, tmp_path):
     f = fields[1]
     frame = f.frame()
-    obs = f.to_observation(frame)
     pos = np.stack([f.truth["y"], f.truth["x"]], 1)
     rng = np.random.default_rng(0)
     scene = Scene(frame, [

@@ -1,24 +1,24 @@
 """MAP fitting and deblending: initialisation, constraints, the in-jit optimiser,
 batched fits of many cutouts, measurements and catalogs, saving and loading."""
 
+from .batch import batch_compilation_count as batch_compilation_count
+from .batch import fit_batch as fit_batch
+from .batch import init_batch as init_batch
+from .batch import stack as stack
+from .batch import unstack as unstack
 from .constraints import Constraints as Constraints
 from .init import detect as detect
 from .init import detection_image as detection_image
 from .init import init_scene as init_scene
 from .init import positions_from as positions_from
 from .init import solve_spectra as solve_spectra
-from .optimise import DEFAULT_STEPS as DEFAULT_STEPS
-from .optimise import FitResult as FitResult
-from .optimise import compilation_count as compilation_count
-from .optimise import fit as fit
-from .batch import batch_compilation_count as batch_compilation_count
-from .batch import fit_batch as fit_batch
-from .batch import init_batch as init_batch
-from .batch import stack as stack
-from .batch import unstack as unstack
 from .io import load_scene as load_scene
 from .io import save_scene as save_scene
 from .io import write_results as write_results
 from .measure import catalog as catalog
 from .measure import deblend as deblend
 from .measure import source_fluxes as source_fluxes
+from .optimise import DEFAULT_STEPS as DEFAULT_STEPS
+from .optimise import FitResult as FitResult
+from .optimise import compilation_count as compilation_count
+from .optimise import fit as fit

@@ -22,3 +22,4 @@ from .optimise import DEFAULT_STEPS as DEFAULT_STEPS
 from .optimise import FitResult as FitResult
 from .optimise import compilation_count as compilation_count
 from .optimise import fit as fit
+from .pipeline import write_products as write_products

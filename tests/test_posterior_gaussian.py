@@ -149,3 +149,4 @@ def test_report_other_methods(problem, name, method, sampler):
     if name == "MMPS sde":
         # Euler-Maruyama with 64 steps: a small discretisation bias on top of noise.
         assert abs(log_ratio) < 0.15 and z2 < 2.0
+

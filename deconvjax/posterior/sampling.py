@@ -46,6 +46,11 @@ def sample_unrolled(key: PRNGKeyArray, denoiser, sigma_max: float, sigma_min: fl
     Methods: ``"heun"`` (probability-flow ODE, 2 evaluations per step but the last),
     ``"euler"`` (PF-ODE, 1 per step), ``"ancestral"`` (the VE reverse-diffusion /
     ancestral step ``x += (s_i^2 - s_{i+1}^2) score + sqrt(s_i^2 - s_{i+1}^2) z``).
+
+    Experimental: on the 16x16 linear-Gaussian test, 24 Heun steps gave a posterior
+    variance 9% too large (mean log ratio +0.09; the adaptive PF-ODE of
+    `sample_posterior` is exact there), and compiling 24 unrolled steps of MMPS around the
+    U-Net took over 5 minutes on the shared 2-core machine.
     """
     import jax
     import jax.numpy as jnp

@@ -165,7 +165,9 @@ def main():
                 best = (p, g, ests)
         return best
 
-    tik = peer_scores(lambda o, lam: tikhonov(o, lam), [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
+    # lambda in units of the weights 1/rms^2 (see deconvjax.classical.tikhonov).
+    tik = peer_scores(lambda o, lam: tikhonov(o, lam / rms**2),
+                      [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0])
     tik_lam_w = tik[1]
     rl = peer_scores(lambda o, n: richardson_lucy(o, n), [5, 10, 20, 50, 100, 200])
     dr = [t.max() - t.min() for t in test]
@@ -177,7 +179,7 @@ def main():
         "ssim_tikhonov": float(np.mean([ssim(e[0], t[0], r) for e, t, r in zip(tik[2], test, dr)])),
         "ssim_richardson_lucy": float(np.mean([ssim(e[0], t[0], r) for e, t, r in zip(rl[2], test, dr)])),
         "psnr_observation": float(np.mean([psnr(d[0], t[0]) for d, t in zip(data, test)])),
-        "tikhonov_lambda": tik_lam_w, "richardson_lucy_iters": rl[1],
+        "tikhonov_lambda_times_rms2": tik_lam_w, "richardson_lucy_iters": rl[1],
     }
     res["psnr_gain_over_tikhonov_db"] = res["psnr_posterior_mean"] - res["psnr_tikhonov"]
     res["psnr_gain_over_richardson_lucy_db"] = res["psnr_posterior_mean"] - res["psnr_richardson_lucy"]

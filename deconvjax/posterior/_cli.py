@@ -126,7 +126,8 @@ def write_outputs(out: Path, result, first_observation, header_extra: dict) -> l
               show_default=True)
 @click.option("--steps", default=64, show_default=True, type=click.IntRange(1),
               help="Steps of the fixed-step samplers (sde, ode_fixed, pc).")
-@click.option("--cg-iters", default=3, show_default=True, type=click.IntRange(0))
+@click.option("--cg-iters", default=1, show_default=True, type=click.IntRange(0),
+              help="MMPS CG iterations (learned priors: 1; their Jacobian is not symmetric).")
 @click.option("--batch-size", default=None, type=click.IntRange(1), help="Samples per solve.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))

@@ -1,9 +1,16 @@
 """deconvjax: differentiable forward modelling of astronomical images in JAX."""
 
+from . import diffusion as diffusion
+from . import fit as fit
 from . import io as io
 from . import likelihood as likelihood
 from . import model as model
+from . import posterior as posterior
 from . import psf as psf
+from .classical import richardson_lucy as richardson_lucy
+from .classical import tikhonov as tikhonov
+from .classical import wiener as wiener
+from .diffusion import load_prior as load_prior
 from .frame import Frame as Frame
 from .likelihood import (
     CorrelatedGaussianLikelihood as CorrelatedGaussianLikelihood,

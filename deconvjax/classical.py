@@ -18,23 +18,9 @@ from jax.scipy.sparse.linalg import cg
 from jaxtyping import Array, ArrayLike, Float
 
 from ._types import Cube
-from .observation import Observation
+from .observation import Observation, as_observations
 
 __all__ = ["laplacian", "tikhonov", "wiener", "richardson_lucy"]
-
-
-def _obs_tuple(observations) -> tuple[Observation, ...]:
-    if isinstance(observations, Observation):
-        observations = (observations,)
-    observations = tuple(observations)
-    if not observations:
-        raise ValueError("observations: expected at least one Observation")
-    for i, o in enumerate(observations):
-        if not isinstance(o, Observation):
-            raise TypeError(f"observations[{i}]: expected an Observation, got {type(o).__name__}")
-    if len({o.frame_shape for o in observations}) != 1:
-        raise ValueError("observations: built on different model frames")
-    return observations
 
 
 def _model_shape(observations, n_bands):
@@ -59,7 +45,7 @@ def tikhonov(observations: Observation | Sequence[Observation], lam: float = 1e-
     regulariser 1e-2 times as strong as one pixel's data term. Returns the model cube
     ``(band, ny, nx)`` (``n_bands``: default the largest band index seen + 1).
     """
-    observations = _obs_tuple(observations)
+    observations = as_observations(observations)
     if not lam >= 0:
         raise ValueError(f"lam: expected a non-negative float, got {lam}")
     shape = _model_shape(observations, n_bands)
@@ -118,7 +104,7 @@ def richardson_lucy(observations: Observation | Sequence[Observation], n_iter: i
     (default 3 x the largest noise rms). Early stopping (``n_iter``) is the regulariser.
     Starts from a flat image of the data's mean flux unless ``x0`` is given.
     """
-    observations = _obs_tuple(observations)
+    observations = as_observations(observations)
     if int(n_iter) < 0:
         raise ValueError(f"n_iter: expected a non-negative integer, got {n_iter}")
     shape = _model_shape(observations, n_bands)

@@ -8,7 +8,7 @@ from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 
 from .psf import AbstractPSF, GaussianPSF
-from .wcs import pixel_scale_of
+from .wcs import checked_wcs
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,12 +55,7 @@ class Frame:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 2 or min(shape) < 1:
             raise ValueError(f"shape must be (ny, nx) with positive sizes, got {shape}")
-        if wcs is not None:
-            if not isinstance(wcs, WCS) or not wcs.has_celestial:
-                raise TypeError(f"wcs must be a celestial astropy.wcs.WCS, got {wcs!r}")
-            wcs = wcs.celestial
-            if pixel_scale is None:
-                pixel_scale = pixel_scale_of(wcs)
+        wcs, pixel_scale = checked_wcs(wcs, pixel_scale)
         pixel_scale = 1.0 if pixel_scale is None else float(pixel_scale)
         if not pixel_scale > 0:
             raise ValueError(f"pixel_scale must be positive, got {pixel_scale}")

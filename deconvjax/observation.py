@@ -16,7 +16,7 @@ from .frame import Frame
 from .likelihood import AbstractLikelihood, GaussianLikelihood
 from .psf import AbstractPSF, ArrayPSF, difference_kernel_fft
 from .resample import Method, bin_pixels, interpolate
-from .wcs import affine_grid, pixel_scale_of, warp_grid
+from .wcs import affine_grid, checked_wcs, warp_grid
 
 
 def _as_cube(arr, name: str) -> np.ndarray:
@@ -173,12 +173,7 @@ class Observation(eqx.Module):
         if missing:
             raise ValueError(f"bands {missing} are not in the frame's bands {frame.bands}")
 
-        if wcs is not None:
-            if not isinstance(wcs, WCS) or not wcs.has_celestial:
-                raise TypeError(f"wcs must be a celestial astropy.wcs.WCS, got {wcs!r}")
-            wcs = wcs.celestial
-            if pixel_scale is None:
-                pixel_scale = pixel_scale_of(wcs)
+        wcs, pixel_scale = checked_wcs(wcs, pixel_scale)
         pixel_scale = frame.pixel_scale if pixel_scale is None else float(pixel_scale)
         if not pixel_scale > 0:
             raise ValueError(f"pixel_scale must be positive, got {pixel_scale}")
@@ -287,30 +282,37 @@ class Observation(eqx.Module):
 def render_observations(scene, observations: Sequence[Observation]) -> tuple[Cube, ...]:
     """Render a scene once and push it through every observation's operator."""
     model = scene.render()
-    return tuple(obs(model) for obs in _as_tuple(observations))
+    return tuple(obs(model) for obs in as_observations(observations))
 
 
 def log_likelihood(scene, observations: Sequence[Observation]) -> Float[Array, ""]:
     """Total log-likelihood of all observations given the scene (rendered once)."""
     model = scene.render()
-    return sum(obs.log_likelihood(model) for obs in _as_tuple(observations))
+    return sum(obs.log_likelihood(model) for obs in as_observations(observations))
 
 
 def chi2_per_dof(scene, observations: Sequence[Observation], n_params: int = 0) -> Float[Array, ""]:
     """Total chi2 over the unmasked pixels of all observations divided by the degrees
     of freedom, ``n_valid - n_params``."""
     model = scene.render()
-    obs = _as_tuple(observations)
+    obs = as_observations(observations)
     chi2 = sum(o.chi2(model) for o in obs)
     dof = sum(o.n_valid for o in obs) - n_params
     return chi2 / jnp.maximum(dof, 1)
 
 
-def _as_tuple(observations) -> tuple[Observation, ...]:
+def as_observations(observations) -> tuple[Observation, ...]:
+    """One `Observation` or a non-empty sequence of them, all built on the same model
+    frame, as a tuple; a clear error otherwise."""
     if isinstance(observations, Observation):
         return (observations,)
     observations = tuple(observations)
+    if not observations:
+        raise ValueError("observations: expected at least one Observation")
     for i, o in enumerate(observations):
         if not isinstance(o, Observation):
-            raise TypeError(f"observations[{i}] must be an Observation, got {type(o).__name__}")
+            raise TypeError(f"observations[{i}]: expected an Observation, got {type(o).__name__}")
+    frame_shapes = {o.frame_shape for o in observations}
+    if len(frame_shapes) != 1:
+        raise ValueError(f"observations: built on different model frames {sorted(frame_shapes)}")
     return observations

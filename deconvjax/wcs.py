@@ -70,6 +70,17 @@ def affine_grid(
     return np.stack([my, mx], axis=-1), area
 
 
+def checked_wcs(wcs, pixel_scale: float | None) -> tuple[WCS | None, float | None]:
+    """Validate an optional celestial WCS; return its celestial part and the pixel scale
+    (the given one, else the WCS's own, else None)."""
+    if wcs is None:
+        return None, pixel_scale
+    if not isinstance(wcs, WCS) or not wcs.has_celestial:
+        raise TypeError(f"wcs must be a celestial astropy.wcs.WCS, got {wcs!r}")
+    wcs = wcs.celestial
+    return wcs, pixel_scale_of(wcs) if pixel_scale is None else pixel_scale
+
+
 def pixel_scale_of(wcs: WCS) -> float:
     """Mean pixel scale of a celestial WCS, in arcsec per pixel, at its reference pixel."""
     from astropy.wcs.utils import proj_plane_pixel_scales

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..frame import Frame
 from ..model import Scene, Source
-from ..observation import Observation, _as_tuple
+from ..observation import Observation, as_observations
 from .constraints import Constraints
 from .init import Kind, _normal_equations_impl, _reference, _solve, initial_morphologies, positions_from
 from .optimise import (
@@ -86,7 +86,7 @@ def init_batch(
     for obs, pos, n in zip(observations, positions, counts):
         if n == 0:
             raise ValueError("every cutout needs at least one source position")
-        obs = _as_tuple(obs)
+        obs = as_observations(obs)
         ref = _reference(obs, frame)
         if ref is None:
             raise ValueError("every cutout needs an observation on the model frame's grid")
@@ -106,7 +106,7 @@ def init_batch(
     stacked = eqx.tree_at(lambda sc: sc.groups, stacked, (jax.tree.map(jnp.asarray, groups),))
     masks = np.stack(masks)
     scenes = per_cutout
-    obs_stacked = stack([_as_tuple(o) for o in observations])
+    obs_stacked = stack([as_observations(o) for o in observations])
     mat = np.zeros((len(scenes), frame.n_bands, n_max, n_max))
     rhs = np.zeros((len(scenes), frame.n_bands, n_max))
     noise = np.zeros((len(scenes), frame.n_bands))
@@ -202,7 +202,7 @@ def fit_batch(
     t0 = time.perf_counter()
     if not isinstance(scenes, Scene):
         raise TypeError(f"scenes must be a stacked Scene, got {type(scenes).__name__}")
-    observations = _as_tuple(observations)
+    observations = as_observations(observations)
     if not observations:
         raise ValueError("observations must hold at least one Observation")
     n = scenes.groups[0].center.shape[0]

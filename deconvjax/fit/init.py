@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from ..frame import Frame
 from ..model import GaussianMorphology, PixelMorphology, PointMorphology, Scene, SersicMorphology, Source
-from ..observation import Observation, _as_tuple
+from ..observation import Observation, as_observations
 
 Kind = Literal["pixel", "sersic", "gaussian", "point"]
 KINDS = ("pixel", "sersic", "gaussian", "point")
@@ -263,7 +263,7 @@ def solve_spectra(scene: Scene, observations, *, floor: float | None = None) -> 
     linear in the spectra, so each band is an ``n x n`` solve over all observations.
     Negative solutions are clipped to a small positive ``floor`` (default: a tenth of the
     median per-pixel noise). Returns ``(source, band)`` float64, sources in scene order."""
-    observations = _as_tuple(observations)
+    observations = as_observations(observations)
     n, nb = scene.n_sources, scene.shape[0]
     mat = np.zeros((nb, n, n))
     rhs = np.zeros((nb, n))
@@ -340,7 +340,7 @@ def init_scene(
     """
     if not isinstance(frame, Frame):
         raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
-    observations = _as_tuple(observations)
+    observations = as_observations(observations)
     if not observations:
         raise ValueError("observations must hold at least one Observation")
     ref = _reference(observations, frame)

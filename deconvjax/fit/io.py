@@ -18,7 +18,7 @@ from astropy.wcs import WCS
 from ..frame import Frame
 from ..io._atomic import atomic_write
 from ..model import GaussianMorphology, PixelMorphology, PointMorphology, Scene, SersicMorphology, Source
-from ..observation import _as_tuple
+from ..observation import as_observations
 from ..psf import ArrayPSF, GaussianPSF, MoffatPSF
 from .measure import catalog as make_catalog
 from .measure import deblend
@@ -139,7 +139,7 @@ def write_results(path, scene: Scene, frame: Frame, observations, result=None, t
     ``SOURCES`` (each source alone, model frame), per observation ``RESIDUAL`` (data
     minus model, observation pixels) and ``DEBLEND`` (each source's share of the data),
     and ``CATALOG`` (the measurement table). Atomic."""
-    observations = _as_tuple(observations)
+    observations = as_observations(observations)
     if table is None:
         table = make_catalog(scene, frame, observations)
     header = frame.wcs.to_header() if frame.wcs is not None else fits.Header()

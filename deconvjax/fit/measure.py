@@ -10,7 +10,7 @@ from jaxtyping import Array, Float
 
 from ..frame import Frame
 from ..model import Scene
-from ..observation import Observation, _as_tuple
+from ..observation import Observation, as_observations
 
 
 def source_fluxes(scene: Scene) -> np.ndarray:
@@ -95,7 +95,7 @@ def catalog(scene: Scene, frame: Frame, observations=None) -> Table:
     t["centroid_y"], t["centroid_x"], t["size"] = cy, cx, size
     if observations is not None:
         done = set()
-        for o in _as_tuple(observations):
+        for o in as_observations(observations):
             shares = None
             for j, b in enumerate(o.bands):
                 if b in done:

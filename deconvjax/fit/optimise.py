@@ -22,7 +22,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int
 
 from ..model import GaussianMorphology, PixelMorphology, Scene, SersicMorphology, Source
-from ..observation import Observation, _as_tuple
+from ..observation import Observation, as_observations
 from .constraints import Constraints, from_unconstrained, project, sparsity_penalty, to_unconstrained
 
 #: Default Adam step sizes, in the unconstrained units of each parameter kind:
@@ -321,7 +321,7 @@ def _n_params(steps, masks) -> Array:
 def _check_inputs(scene, observations, max_iter, rtol, chunk):
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
-    observations = _as_tuple(observations)
+    observations = as_observations(observations)
     if not observations:
         raise ValueError("observations must hold at least one Observation")
     for i, o in enumerate(observations):

@@ -11,7 +11,7 @@ from astropy.table import Table
 
 from ..frame import Frame
 from ..io._atomic import atomic_write
-from ..observation import _as_tuple
+from ..observation import as_observations
 from .io import save_scene, write_results
 from .measure import catalog as make_catalog
 from .measure import deblend
@@ -43,7 +43,7 @@ def write_products(out_dir, scene, frame: Frame, observations, result=None, *, t
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    observations = _as_tuple(observations)
+    observations = as_observations(observations)
     obs = observations[0]
     header = frame.wcs.to_header() if frame.wcs is not None else None
     model = jnp.asarray(scene.render())

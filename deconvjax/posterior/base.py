@@ -38,7 +38,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ..diffusion.denoiser import AbstractDenoiser
-from ..observation import Observation
+from ..observation import Observation, as_observations
 
 __all__ = [
     "AbstractEmbedding",
@@ -200,19 +200,10 @@ class PosteriorDenoiser(AbstractDenoiser):
             prior = prior.denoiser
         if not callable(prior):
             raise TypeError(f"prior: expected a denoiser D(x, sigma), got {type(prior).__name__}")
-        if isinstance(observations, Observation):
-            observations = (observations,)
-        observations = tuple(observations)
-        if not observations:
-            raise ValueError("observations: expected at least one Observation")
+        observations = as_observations(observations)
         for i, o in enumerate(observations):
-            if not isinstance(o, Observation):
-                raise TypeError(f"observations[{i}]: expected an Observation, got {type(o).__name__}")
             if not hasattr(o, "weights") or o.weights is None:
                 raise ValueError(f"observations[{i}] has no noise information (weights)")
-        frame_shapes = {o.frame_shape for o in observations}
-        if len(frame_shapes) != 1:
-            raise ValueError(f"observations: built on different model frames {sorted(frame_shapes)}")
         method = MMPS() if method is None else method
         if not isinstance(method, AbstractGuidance):
             raise TypeError(f"method: expected an AbstractGuidance, got {type(method).__name__}")
@@ -233,7 +224,7 @@ class PosteriorDenoiser(AbstractDenoiser):
         except Exception as err:  # noqa: BLE001 - re-raised with the shapes named
             raise ValueError(f"embed cannot map a prior variable of shape {x_shape}: {err}") from err
         model_shape = tuple(model.shape)
-        (fshape,) = frame_shapes
+        fshape = observations[0].frame_shape
         if len(model_shape) != 3 or model_shape[1:] != fshape:
             raise ValueError(
                 f"prior and observations have mismatched sizes: the prior's images map to a "

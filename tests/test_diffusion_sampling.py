@@ -62,6 +62,51 @@ def test_gaussian_mean_and_covariance(gauss, sde, method):
     assert int(nfe) > 0
 
 
+@pytest.mark.parametrize("sde", [VESDE(1e-3, 100.0), VPSDE()])
+def test_default_host_loop_sampler_gaussian(gauss, sde):
+    # The default sampler (DPM-Solver++(2M), 48 steps on the EDM schedule, host loop) at
+    # its default step count; and EDM Heun at 48 steps.
+    mean, cov, den = gauss
+    x, nfe = sample(jr.key(1), den, sde, (D,), 40_000)
+    assert int(nfe) == 49
+    mean_err, cov_err = _rel_errs(x, mean, cov)
+    assert mean_err < 0.02 and cov_err < 0.02, (mean_err, cov_err)
+    x, nfe = sample(jr.key(1), den, sde, (D,), 40_000, method="edm", steps=48)
+    assert int(nfe) == 97
+    mean_err, cov_err = _rel_errs(x, mean, cov)
+    assert mean_err < 0.02 and cov_err < 0.02, (mean_err, cov_err)
+
+
+def test_edm_churn_is_a_valid_sampler(gauss):
+    # EDM's stochastic variant: different draws, same distribution.
+    mean, cov, den = gauss
+    x, _ = sample(jr.key(1), den, VESDE(1e-3, 100.0), (D,), 40_000, method="edm", steps=64,
+                  churn=20.0)
+    x0, _ = sample(jr.key(1), den, VESDE(1e-3, 100.0), (D,), 16, method="edm", steps=64)
+    assert not np.allclose(x[:16], x0, atol=1e-3)
+    mean_err, cov_err = _rel_errs(x, mean, cov)
+    assert mean_err < 0.02 and cov_err < 0.05, (mean_err, cov_err)
+
+
+def test_host_loop_sampler_does_not_recompile(gauss):
+    mean, cov, _ = gauss
+    traces = []
+
+    class Counting(GaussianDenoiser):
+        def __call__(self, x, sigma):
+            traces.append(1)  # runs at trace time only
+            return super().__call__(x, sigma)
+
+    sde = VESDE(1e-3, 100.0)
+    for method in ("dpm2m", "edm"):
+        sample(jr.key(0), Counting(mean, cov), sde, (D,), 8, method=method, steps=6)
+        n = len(traces)
+        assert n > 0
+        # Same call, other key, other steps, and a new denoiser of the same structure.
+        sample(jr.key(1), Counting(mean + 1.0, cov), sde, (D,), 8, method=method, steps=9)
+        assert len(traces) == n, method
+
+
 def test_nfe_counts_denoiser_calls(gauss):
     _, _, den = gauss
     calls = []
@@ -70,7 +115,8 @@ def test_nfe_counts_denoiser_calls(gauss):
         jax.debug.callback(lambda: calls.append(1))
         return den(x, sigma)
 
-    for method, kw in [("pf_ode", {}), ("sde", {"steps": 9})]:
+    for method, kw in [("pf_ode", {}), ("sde", {"steps": 9}), ("dpm2m", {"steps": 7}),
+                       ("edm", {"steps": 5}), ("edm", {"steps": 5, "solver": dfx.Euler()})]:
         calls.clear()
         # batch of 1 so vmap does not multiply the callback
         _, nfe = sample(jr.key(0), counting, VESDE(1e-3, 100.0), (D,), 1, method=method, **kw)
@@ -102,15 +148,31 @@ def test_ode_convergence_order(gauss, solver, order):
     assert np.all(np.abs(np.log2(ratios) - order) < 0.3), (errs, ratios)
 
 
+@pytest.mark.parametrize("method,solver,order", [("edm", dfx.Euler(), 1), ("edm", None, 2),
+                                                 ("dpm2m", None, 2)])
+def test_host_loop_convergence_order(gauss, method, solver, order):
+    _, _, den = gauss
+    sde = VESDE(1e-2, 10.0)
+    x1 = sde.prior_std() * jr.normal(jr.key(3), (16, D))
+    exact = _exact_pf_ode(den, sde, x1)
+    errs = []
+    for steps in (40, 80, 160):
+        x, _ = sample(jr.key(0), den, sde, (D,), 16, method=method, steps=steps, solver=solver,
+                      final_denoise=False, x_init=x1)
+        errs.append(float(jnp.max(jnp.abs(x - exact))))
+    ratios = np.array(errs[:-1]) / np.array(errs[1:])
+    assert np.all(np.abs(np.log2(ratios) - order) < 0.3), (errs, ratios)
+
+
 def test_adaptive_ode_matches_exact(gauss):
     _, _, den = gauss
     sde = VESDE(1e-3, 100.0)
     x1 = sde.prior_std() * jr.normal(jr.key(4), (8, D))
     exact = _exact_pf_ode(den, sde, x1)
-    x_loose, n_loose = sample(jr.key(0), den, sde, (D,), 8, rtol=1e-3, atol=1e-3,
-                              final_denoise=False, x_init=x1)
-    x_tight, n_tight = sample(jr.key(0), den, sde, (D,), 8, rtol=1e-6, atol=1e-6,
-                              final_denoise=False, x_init=x1)
+    x_loose, n_loose = sample(jr.key(0), den, sde, (D,), 8, method="pf_ode", rtol=1e-3,
+                              atol=1e-3, final_denoise=False, x_init=x1)
+    x_tight, n_tight = sample(jr.key(0), den, sde, (D,), 8, method="pf_ode", rtol=1e-6,
+                              atol=1e-6, final_denoise=False, x_init=x1)
     e_loose = float(jnp.max(jnp.abs(x_loose - exact)))
     e_tight = float(jnp.max(jnp.abs(x_tight - exact)))
     assert e_tight < 1e-3 and e_tight < e_loose
@@ -180,3 +242,50 @@ def test_bad_arguments(gauss):
         sample(jr.key(0), den, VESDE(), (D,), 2, x_init=jnp.zeros((3, D)))
     with pytest.raises(ValueError, match="sigma_min"):
         VESDE(1.0, 0.5)
+    with pytest.raises(ValueError, match="solver"):
+        sample(jr.key(0), den, VESDE(), (D,), 2, method="edm", solver=dfx.Tsit5())
+    with pytest.raises(ValueError, match="churn"):
+        sample(jr.key(0), den, VESDE(), (D,), 2, method="dpm2m", churn=1.0)
+    with pytest.raises(ValueError, match="steps"):
+        sample(jr.key(0), den, VESDE(), (D,), 2, steps=0)
+
+
+
+def test_host_loop_sampler_with_posterior_denoiser():
+    """`PosteriorDenoiser` (MMPS, VJPs of the prior) through the default host-loop sampler:
+    exact linear-Gaussian posterior (stationary prior, PSF convolution, white noise)."""
+    from deconvjax.frame import Frame
+    from deconvjax.observation import Observation
+    from deconvjax.posterior import MMPS, PosteriorDenoiser
+    from deconvjax.psf import GaussianPSF
+
+    n, noise = 8, 0.1
+    k2 = np.fft.fftfreq(n)[:, None] ** 2 + np.fft.fftfreq(n)[None, :] ** 2
+    power = (1.0 / (1.0 + (k2 / 0.02) ** 1.5))[None]
+    prior = StationaryGaussianDenoiser(np.zeros((1, n, n)), power)
+    rng = np.random.default_rng(0)
+    truth = np.fft.ifft2(np.sqrt(power) * np.fft.fft2(rng.normal(size=(1, n, n)), norm="ortho"),
+                         norm="ortho").real
+    frame = Frame(["a"], (n, n), psf=GaussianPSF(0.3))
+    psf = GaussianPSF(1.2)
+    op = Observation(np.zeros((1, n, n)), frame=frame, psf=psf, rms=noise)
+    y = np.asarray(op(jnp.asarray(truth, jnp.float32))) + noise * rng.normal(size=(1, n, n))
+    post = PosteriorDenoiser(prior, Observation(y, frame=frame, psf=psf, rms=noise),
+                             method=MMPS(cg_iters=8))
+    # Dense exact posterior (float64).
+    m = n * n
+    eye = np.eye(m).reshape(m, 1, n, n)
+    cov = np.stack([np.fft.ifft2(power * np.fft.fft2(b, norm="ortho"), norm="ortho").real.ravel()
+                    for b in eye], 1)
+    a = np.asarray(jax.vmap(op)(jnp.asarray(eye, jnp.float32)).reshape(m, -1), np.float64).T
+    gain = cov @ a.T @ np.linalg.inv(a @ cov @ a.T + noise**2 * np.eye(m))
+    mean_exact = gain @ y.ravel()
+    cov_exact = cov - gain @ a @ cov
+    x, nfe = sample(jr.key(2), post, VESDE(1e-3, 100.0), (1, n, n), 1000, method="dpm2m")
+    s = np.asarray(x, np.float64).reshape(-1, m)
+    sd = np.sqrt(np.diag(cov_exact))
+    z = (s.mean(0) - mean_exact) / (sd / np.sqrt(len(s)))
+    assert np.mean(z**2) < 1.5, np.mean(z**2)
+    var_ratio = np.var(s, axis=0, ddof=1) / np.diag(cov_exact)
+    assert abs(np.mean(np.log(var_ratio))) < 0.05, np.mean(np.log(var_ratio))
+    assert int(nfe) == 49

@@ -11,6 +11,14 @@ one batched network call per stage for the whole batch.
 
 Methods
 -------
+``"edm"``     probability-flow ODE in VE coordinates on the EDM noise schedule
+             (Karras et al. 2022, ``rho = 7``), Heun steps (``solver=diffrax.Euler()`` for
+             Euler), optional EDM "churn" noise; stepped from a host-side Python loop, one
+             jitted call per step (see "Speed" below). ``steps=18`` Heun steps = 37 NFE.
+``"dpm2m"``   (default) DPM-Solver++(2M) (Lu et al. 2022) on the same schedule and host loop: a
+             second-order multistep method with ONE network call per step (reuses the
+             previous step's denoiser output). Measured on a 3-d Gaussian: ``N`` dpm2m steps
+             (``N`` NFE) are as accurate as ``N`` Heun steps (``2N`` NFE).
 ``"pf_ode"``  probability-flow ODE, adaptive (Tsit5 by default, or Heun) with a PIDController;
 ``"ode_fixed"``  probability-flow ODE with a fixed step (Heun by default; Euler for tests);
 ``"sde"``     reverse SDE with Euler-Maruyama (strong order 0.5, weak order 1);
@@ -18,6 +26,18 @@ Methods
              network calls per step);
 ``"pc"``      Euler-Maruyama predictor + one Langevin corrector per step (Song et al. 2021),
              written as a `lax.scan` because the corrector is not an SDE step.
+
+Speed
+-----
+On XLA:CPU a U-Net evaluated inside a compiled loop (diffrax's while loop, ``lax.scan``)
+ran ~30x slower than the same batched evaluation called directly (measured here: 64x64,
+batch 16, shipped network: 0.2 s per call directly, 5-6 s per iteration inside a scan).
+``"edm"`` therefore keeps the loop on the host: each step is one `eqx.filter_jit` call
+taking the denoiser as an argument, so its compiled code is cached by the denoiser's
+structure (a new denoiser of the same structure, e.g. a posterior denoiser for new data,
+does not recompile). Closing the weights over as compile-time constants was measured as
+no faster on this machine (12.8 vs 13.6 ms per 64x64 image), so it is not done.
+The diffrax methods remain for analytic denoisers, adaptive stepping and log-densities.
 
 The number of function evaluations (NFE) returned counts calls of the (batched) denoiser per
 trajectory, read off diffrax's step statistics: ``steps * (stages - fsal) + fsal``.
@@ -33,13 +53,16 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
+import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .sde import AbstractSDE
 
-__all__ = ["sample", "reverse_drift", "score_at"]
+__all__ = ["sample", "reverse_drift", "score_at", "edm_sigmas"]
 
-_METHODS = ("pf_ode", "ode_fixed", "sde", "sde_shark", "pc")
+_METHODS = ("edm", "dpm2m", "pf_ode", "ode_fixed", "sde", "sde_shark", "pc")
+_DEFAULT_STEPS = {"edm": 18, "dpm2m": 48}
+_HOST = ("edm", "dpm2m")
 
 
 def score_at(denoiser: Callable, sde: AbstractSDE, x: Float[Array, "batch ..."], t):
@@ -141,8 +164,8 @@ def sample(
     shape: tuple[int, ...],
     n_samples: int,
     *,
-    method: str = "pf_ode",
-    steps: int = 64,
+    method: str = "dpm2m",
+    steps: int | None = None,
     solver: dfx.AbstractSolver | None = None,
     rtol: float = 1e-3,
     atol: float = 1e-3,
@@ -154,6 +177,8 @@ def sample(
     x_init: Float[Array, "n ..."] | None = None,
     progress: bool = False,
     host_loop: bool = False,
+    rho: float = 7.0,
+    churn: float = 0.0,
 ) -> tuple[Float[Array, "n ..."], Int[Array, ""]]:
     """Draw ``n_samples`` from the distribution whose denoiser is ``denoiser``.
 
@@ -163,11 +188,14 @@ def sample(
         sde: the forward SDE whose reverse is integrated, from ``t = 1`` to ``sde.t_min``.
         shape: shape of one sample, e.g. ``(band, y, x)``.
         n_samples: number of samples.
-        method: ``"pf_ode"`` (adaptive, default), ``"ode_fixed"``, ``"sde"``,
-            ``"sde_shark"`` or ``"pc"`` (see module docstring).
-        steps: number of steps for the fixed-step methods.
+        method: ``"dpm2m"`` (default) or ``"edm"``: fixed steps on the EDM schedule in a host
+            loop, the fast choice for networks; ``"pf_ode"`` (adaptive diffrax), ``"ode_fixed"``,
+            ``"sde"``, ``"sde_shark"`` or ``"pc"`` (see module docstring).
+        steps: number of steps for the fixed-step methods (default 48 for ``"dpm2m"``: 49
+            NFE; 18 for ``"edm"``: 37 NFE; 64 for the others).
         solver: override the diffrax solver (e.g. ``diffrax.Heun()`` for ``"pf_ode"``,
-            ``diffrax.Euler()`` for ``"ode_fixed"``).
+            ``diffrax.Euler()`` for ``"ode_fixed"``); for ``"edm"`` only ``diffrax.Heun()``
+            (default) or ``diffrax.Euler()`` select the step.
         rtol, atol: tolerances of the PIDController for ``"pf_ode"``.
         batch_size: samples per batched solve (default: all at once). Chunks are solved one
             after the other; each chunk uses one batched network call per stage.
@@ -180,6 +208,11 @@ def sample(
             Same result (checked to 1e-6). Meant for network denoisers on XLA:CPU, where a
             U-Net inside a while loop / scan ran much slower than called directly; its
             speed-up for sampling is not yet measured.
+        rho: ``"edm"`` only: exponent of the EDM noise schedule
+            ``sigma_i = (sigma_max^(1/rho) + i/N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``.
+        churn: ``"edm"`` only: EDM's ``S_churn`` (0 = deterministic PF-ODE). Each step first
+            raises the noise level by ``gamma = min(churn / steps, sqrt(2) - 1)`` with fresh
+            Gaussian noise (a stochastic sampler that forgets discretisation errors).
 
     Returns:
         ``(samples, nfe)``: samples of shape ``(n_samples, *shape)`` and the number of
@@ -192,8 +225,17 @@ def sample(
     n_samples = int(n_samples)
     if n_samples < 1:
         raise ValueError(f"n_samples: expected a positive integer, got {n_samples}")
+    steps = _DEFAULT_STEPS.get(method, 64) if steps is None else steps
     if int(steps) < 1:
         raise ValueError(f"steps: expected a positive integer, got {steps}")
+    if method in _HOST:
+        if solver is not None and not isinstance(solver, dfx.Euler | dfx.Heun):
+            raise ValueError(f"solver: method='edm' takes diffrax.Heun() or diffrax.Euler(), "
+                             f"got {type(solver).__name__}")
+        if not rho > 0:
+            raise ValueError(f"rho: expected a positive float, got {rho}")
+        if not churn >= 0:
+            raise ValueError(f"churn: expected a non-negative float, got {churn}")
     shape = tuple(int(s) for s in shape)
     batch_size = n_samples if batch_size is None else int(batch_size)
     if batch_size < 1:
@@ -210,6 +252,13 @@ def sample(
         # steps, tolerances and snr are passed as arrays so that changing them does not
         # recompile (only "pc" needs a static step count, its scan length).
         st = int(steps) if method == "pc" else jnp.asarray(steps, jnp.float32)
+        if method in _HOST:
+            x, nfe = _edm_chunk(k, denoiser, sde, x1, int(steps), solver, float(rho),
+                                float(churn), bool(final_denoise), bool(progress),
+                                method == "dpm2m")
+            outs.append(x)
+            nfes.append(nfe)
+            continue
         if host_loop and method == "ode_fixed":
             x, nfe = _host_ode_fixed(denoiser, sde, x1, int(steps), solver,
                                      bool(final_denoise))
@@ -271,4 +320,79 @@ def _host_ode_fixed(denoiser, sde, x1, steps, solver, final_denoise):
         x = _ode_step(denoiser, sde, solver, x, us[i], us[i + 1])
     x = _final(denoiser, sde, x, final_denoise)
     nfe = _nfe(solver, steps) + int(final_denoise)
+    return x, jnp.asarray(nfe, jnp.int32)
+
+
+def edm_sigmas(sigma_max: float, sigma_min: float, steps: int, rho: float = 7.0) -> np.ndarray:
+    """EDM noise levels (Karras et al. 2022, eq. 5): ``steps + 1`` values, ``sigma_max`` first,
+    ``sigma_min`` last, spaced uniformly in ``sigma^(1/rho)`` (dense at low noise)."""
+    i = np.arange(int(steps) + 1) / int(steps)
+    a, b = float(sigma_max) ** (1 / rho), float(sigma_min) ** (1 / rho)
+    return (a + i * (b - a)) ** rho
+
+
+@eqx.filter_jit
+def _edm_step(denoiser, x, key, s_cur, s_hat, s_next, second_order, stochastic):
+    den = jax.vmap(denoiser, in_axes=(0, None))
+    if stochastic:
+        x = x + jnp.sqrt(s_hat**2 - s_cur**2) * jr.normal(key, x.shape, x.dtype)
+    # VE probability-flow ODE in sigma: dx/dsigma = (x - D(x, sigma)) / sigma.
+    d0 = (x - den(x, s_hat)) / s_hat
+    x1 = x + (s_next - s_hat) * d0
+    if second_order:
+        d1 = (x1 - den(x1, s_next)) / s_next
+        x1 = x + (s_next - s_hat) * 0.5 * (d0 + d1)
+    return x1
+
+
+@eqx.filter_jit
+def _edm_final(denoiser, x, sigma, final_denoise):
+    if final_denoise:
+        return jax.vmap(denoiser, in_axes=(0, None))(x, sigma)
+    return x
+
+
+@eqx.filter_jit
+def _dpm_step(denoiser, x, d_prev, s_cur, s_next, w_prev):
+    # DPM-Solver++(2M) with alpha = 1: the exact solution for a constant denoiser output is
+    # x' = D + (s'/s)(x - D); the multistep correction extrapolates D linearly in log sigma.
+    d = jax.vmap(denoiser, in_axes=(0, None))(x, s_cur)
+    dd = (1.0 + w_prev) * d - w_prev * d_prev
+    ratio = s_next / s_cur
+    return ratio * x + (1.0 - ratio) * dd, d
+
+
+def _edm_chunk(key, denoiser, sde, x1, steps, solver, rho, churn, final_denoise, progress,
+               dpm=False):
+    # In VE coordinates x~ = x / s(t) every SDE of EDM form has the same PF-ODE in sigma, so
+    # the schedule runs from sigma(1) to sigma(t_min) whatever s(t) is.
+    second = not isinstance(solver, dfx.Euler)
+    sig = edm_sigmas(float(sde.sigma(1.0)), float(sde.sigma(sde.t_min)), steps, rho)
+    gamma = min(churn / steps, np.sqrt(2.0) - 1.0) if churn > 0 else 0.0
+    x = x1 / sde.scale(1.0)
+    dtype = x.dtype
+    it = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="sample (edm)", unit="step")
+    if dpm:
+        if churn > 0:
+            raise ValueError("churn: only supported with method='edm'")
+        d_prev, h_prev = jnp.zeros_like(x), None
+        for i in it:
+            h = np.log(sig[i] / sig[i + 1])
+            w = 0.0 if h_prev is None else h / (2.0 * h_prev)
+            x, d_prev = _dpm_step(denoiser, x, d_prev, jnp.asarray(sig[i], dtype),
+                                  jnp.asarray(sig[i + 1], dtype), jnp.asarray(w, dtype))
+            h_prev = h
+        x = _edm_final(denoiser, x, jnp.asarray(sig[-1], dtype), final_denoise)
+        return x, jnp.asarray(steps + int(final_denoise), jnp.int32)
+    for i in it:
+        s_hat = sig[i] * (1.0 + gamma)
+        x = _edm_step(denoiser, x, jr.fold_in(key, i), jnp.asarray(sig[i], dtype),
+                      jnp.asarray(s_hat, dtype), jnp.asarray(sig[i + 1], dtype), second,
+                      bool(gamma > 0))
+    x = _edm_final(denoiser, x, jnp.asarray(sig[-1], dtype), final_denoise)
+    nfe = steps * (2 if second else 1) + int(final_denoise)
     return x, jnp.asarray(nfe, jnp.int32)

@@ -191,7 +191,7 @@ class Observation(eqx.Module):
 
         # PSF matching, in the model frame's pixels. Kernels are rendered over the whole
         # frame, then cut to the box that holds all but 1e-6 of their light, rounded up to
-        # 1/8, 1/4, 1/2 or all of the frame: the FFTs are padded by that box only, and
+        # 1/8, 1/4, 1/2 or all of the frame: the FFTs are padded by that box's radius only, and
         # observations whose PSFs are of similar size share one compiled program.
         ny, nx = frame.shape
         kshape = (ny - 1 + ny % 2, nx - 1 + nx % 2)
@@ -199,7 +199,10 @@ class Observation(eqx.Module):
         kshape = _padding_ladder(_light_box(obs_kernel, 1e-6), frame.shape)
         obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=True)
         model_kernel = frame.psf_kernel(kshape, pixel_integrated=True)[None]
-        fft_shape = (good_fft_size(ny + kshape[0]), good_fft_size(nx + kshape[1]))
+        # A centred kernel of half-width r spreads a frame of n pixels over n + 2r, and
+        # a period of n + r already keeps the wrapped-around part off the n pixels kept:
+        # padding by the radius, not the full width (~25% fewer FFT points per side).
+        fft_shape = (good_fft_size(ny + kshape[0] // 2), good_fft_size(nx + kshape[1] // 2))
         kernel_fft = difference_kernel_fft(model_kernel, obs_kernel, fft_shape)
 
         # Geometry.

@@ -29,12 +29,11 @@ from .optimise import (
     MorphologyPrior,
     _check_steps,
     _group_steps,
-    _halflife,
+    _make_settings,
     _init_impl,
     _n_params,
     _Problem,
     _run_impl,
-    _Settings,
 )
 
 
@@ -177,6 +176,7 @@ def fit_batch(
     learning_rate: float = 1.0,
     learning_rates: Mapping[str, float] | None = None,
     halflife: float | None = None,
+    patience: int | None = 5,
     constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
@@ -221,14 +221,7 @@ def fit_batch(
     if source_mask.shape != (n, scenes.n_sources):
         raise ValueError(f"source_mask must be ({n}, {scenes.n_sources}) bool, got {source_mask.shape}")
     masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)], dtype=float) for o in scenes.order)
-    settings = _Settings(
-        rtol=jnp.asarray(float(rtol)),
-        halflife=_halflife(halflife),
-        min_iter=jnp.asarray(int(min_iter), jnp.int32),
-        sparsity=jnp.asarray(float(constraints.sparsity)),
-        constraints=constraints,
-        prior=morphology_prior,
-    )
+    settings = _make_settings(rtol, halflife, patience, min_iter, constraints, morphology_prior)
     step_tree = _steps_b(scenes.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
     problem = _Problem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
     if shard:

@@ -77,6 +77,9 @@ class _State(eqx.Module):
     rel_change: Float[Array, ""]
     done: Bool[Array, ""]
     failed: Bool[Array, ""]
+    best: Float[Array, ""]
+    stall: Int[Array, ""]
+    scale: Float[Array, ""]
 
 
 class _Problem(eqx.Module):
@@ -91,6 +94,7 @@ class _Problem(eqx.Module):
 class _Settings(eqx.Module):
     rtol: Float[Array, ""]
     halflife: Float[Array, ""]
+    patience: Int[Array, ""]
     min_iter: Int[Array, ""]
     sparsity: Float[Array, ""]
     constraints: Constraints = eqx.field(static=True)
@@ -220,6 +224,9 @@ def _init_impl(problem: _Problem, settings: _Settings) -> _State:
         rel_change=jnp.asarray(jnp.inf, dtype=jnp.float32),
         done=jnp.asarray(False),
         failed=jnp.asarray(False),
+        best=jnp.asarray(jnp.inf, dtype=jnp.float32),
+        stall=jnp.zeros((), jnp.int32),
+        scale=jnp.ones((), jnp.float32),
     )
 
 
@@ -227,9 +234,19 @@ def _step(state: _State, problem: _Problem, settings: _Settings) -> _State:
     loss, grads = jax.value_and_grad(_loss)(state.u, problem, settings)
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
     updates, opt_state = _ADAM.update(grads, state.opt_state)
-    # Step sizes anneal (halving every `halflife` steps) so Adam settles instead of
-    # jittering at its step size; inf keeps them constant.
-    decay = jnp.exp2(-state.step.astype(jnp.float32) / settings.halflife)
+    # Adam moves every parameter by about its step size whatever the gradient, so with
+    # constant steps it ends up jittering around the optimum (relative changes ~1e-3 for
+    # ever). The steps are halved whenever the loss has not improved by a relative rtol
+    # for `patience` steps (reduce on plateau: fits still descending keep their pace), and
+    # optionally also every `halflife` steps.
+    improved = loss < state.best - settings.rtol * jnp.abs(state.best)
+    stall = jnp.where(improved, 0, state.stall + 1)
+    plateau = stall >= settings.patience
+    scale = jnp.where(plateau, 0.5 * state.scale, state.scale)
+    stall = jnp.where(plateau, 0, stall)
+    # The reference moves only on an improvement, so slow steady progress counts too.
+    best = jnp.where(improved | ~jnp.isfinite(state.best), loss, state.best)
+    decay = scale * jnp.exp2(-state.step.astype(jnp.float32) / settings.halflife)
     u = jax.tree.map(lambda x, d, s: x - decay * s * d, state.u, updates, problem.steps)
     old = tuple(from_unconstrained(g, settings.constraints) for g in state.u)
     new = tuple(
@@ -252,6 +269,9 @@ def _step(state: _State, problem: _Problem, settings: _Settings) -> _State:
         rel_change=jnp.where(ok, rel, state.rel_change),
         done=converged | ~ok,
         failed=~ok,
+        best=jnp.where(ok, best, state.best),
+        stall=jnp.where(ok, stall, state.stall),
+        scale=jnp.where(ok, scale, state.scale),
     )
 
 
@@ -290,6 +310,22 @@ def compilation_count() -> int:
     """How many times the compiled fitting loop has been compiled in this process (for
     tests: a second fit of the same shapes must not add to it)."""
     return int(_run._cached._cache_size()) + int(_init._cached._cache_size())
+
+
+def _make_settings(rtol, halflife, patience, min_iter, constraints, prior) -> _Settings:
+    if patience is None:
+        patience = np.iinfo(np.int32).max
+    if int(patience) < 1:
+        raise ValueError(f"patience must be a positive int or None, got {patience}")
+    return _Settings(
+        rtol=jnp.asarray(float(rtol)),
+        halflife=_halflife(halflife),
+        patience=jnp.asarray(int(patience), jnp.int32),
+        min_iter=jnp.asarray(int(min_iter), jnp.int32),
+        sparsity=jnp.asarray(float(constraints.sparsity)),
+        constraints=constraints,
+        prior=prior,
+    )
 
 
 def _halflife(halflife) -> Array:
@@ -348,6 +384,7 @@ def fit(
     learning_rate: float = 1.0,
     learning_rates: Mapping[str, float] | None = None,
     halflife: float | None = None,
+    patience: int | None = 5,
     constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
@@ -371,8 +408,11 @@ def fit(
     - `observations`: an `Observation` or a sequence of them (multi-band, multi-epoch,
       multi-resolution: all are fitted jointly).
     - `learning_rates`: per-kind overrides of `DEFAULT_STEPS` (``0`` fixes a kind).
-    - `halflife`: anneal the step sizes, halving them every ``halflife`` steps
-      (``None``: constant, as scarlet2).
+    - `patience`: halve the step sizes whenever the loss has not improved by a relative
+      ``rtol`` for ``patience`` steps (``None``: never, as scarlet2; Adam then jitters at
+      its step size and rarely meets ``rtol``).
+    - `halflife`: also anneal the step sizes, halving them every ``halflife`` steps
+      (``None``: no such schedule).
     - `constraints`: a `Constraints` (positivity, symmetry, monotonicity, sparsity).
     - `fit_centers`: also fit source centres.
     - `morphology_prior`: optional penalty (negative log-prior, added to the loss) of the
@@ -395,14 +435,7 @@ def fit(
     if not bool(_finite(scene.groups)):
         raise ValueError("scene has NaN or inf parameters")
     masks = _masks_for(scene, source_mask)
-    settings = _Settings(
-        rtol=jnp.asarray(float(rtol)),
-        halflife=_halflife(halflife),
-        min_iter=jnp.asarray(int(min_iter), jnp.int32),
-        sparsity=jnp.asarray(float(constraints.sparsity)),
-        constraints=constraints,
-        prior=morphology_prior,
-    )
+    settings = _make_settings(rtol, halflife, patience, min_iter, constraints, morphology_prior)
     step_tree = _steps_of(scene.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
     problem = _Problem(scene=scene, observations=observations, masks=masks, steps=step_tree)
     state = _init(problem, settings)

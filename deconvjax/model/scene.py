@@ -22,13 +22,16 @@ def _render_stamp(source: Source, psf_kernel: Float[Array, "h w"] | None):
     shape = source.morphology.shape
     pixel = jnp.round(source.center)
     offset = source.center - pixel
-    spectrum_ft = source.morphology.fourier(offset)
     if psf_kernel is not None:
         # The kernel is centred on the stamp's centre pixel; roll it to the origin so
         # the product is a convolution that does not move the source.
         cy, cx = stamp_centre(shape)
-        spectrum_ft = spectrum_ft * jnp.fft.rfft2(jnp.roll(psf_kernel, (-cy, -cx), axis=(0, 1)))
-    image = jnp.fft.irfft2(spectrum_ft, s=shape)
+        spectrum_ft = source.morphology.fourier(offset) * jnp.fft.rfft2(jnp.roll(psf_kernel, (-cy, -cx), axis=(0, 1)))
+        image = jnp.fft.irfft2(spectrum_ft, s=shape)
+    else:
+        # Already seen through the model PSF: the morphology's own image (free-form
+        # pixels shift themselves without an FFT round trip).
+        image = source.morphology.image(offset)
     corner = pixel.astype(jnp.int32) - jnp.asarray(stamp_centre(shape), dtype=jnp.int32)
     return source.spectrum[:, None, None] * image[None], corner
 

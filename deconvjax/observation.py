@@ -71,6 +71,21 @@ def _light_box(kernel: np.ndarray, tail: float) -> tuple[int, int]:
     return big_h, big_w
 
 
+def _same_wcs(a: WCS, b: WCS) -> bool:
+    """Both WCSs describe the same linear celestial grid (no distortion tables)."""
+    extras = ("sip", "cpdis1", "cpdis2", "det2im1", "det2im2")
+    if any(getattr(w, e, None) is not None for w in (a, b) for e in extras):
+        return False
+    try:
+        # wcsset() derives the internal parameters (astropy runs it lazily before any
+        # transform anyway); unset and set copies of one WCS would compare unequal.
+        a.wcs.set()
+        b.wcs.set()
+        return bool(a.wcs.compare(b.wcs, tolerance=1e-12))
+    except (AttributeError, TypeError):
+        return False
+
+
 def _padding_ladder(box: tuple[int, int], frame_shape: tuple[int, int]) -> tuple[int, int]:
     out = []
     for b, n in zip(box, frame_shape):
@@ -217,13 +232,19 @@ class Observation(eqx.Module):
                 )
             coords = area = None
         else:
-            if wcs is not None:
-                coords, area = warp_grid(frame.wcs, wcs, obs_shape, subsample)
-            else:
-                coords, area = affine_grid(frame.shape, frame.pixel_scale, obs_shape, pixel_scale, subsample)
-            identity = np.stack(np.meshgrid(np.arange(obs_shape[0]), np.arange(obs_shape[1]), indexing="ij"), -1)
-            if subsample == 1 and obs_shape == frame.shape and np.abs(coords - identity).max() < 1e-6:
+            on_grid = subsample == 1 and obs_shape == frame.shape
+            if wcs is not None and on_grid and _same_wcs(wcs, frame.wcs):
+                # The frame was made from this very grid (the usual cutout case): skip
+                # the float64 round trip through the sky, which gives the identity.
                 coords = area = None
+            else:
+                if wcs is not None:
+                    coords, area = warp_grid(frame.wcs, wcs, obs_shape, subsample)
+                else:
+                    coords, area = affine_grid(frame.shape, frame.pixel_scale, obs_shape, pixel_scale, subsample)
+                identity = np.stack(np.meshgrid(np.arange(obs_shape[0]), np.arange(obs_shape[1]), indexing="ij"), -1)
+                if on_grid and np.abs(coords - identity).max() < 1e-6:
+                    coords = area = None
 
         if likelihood is None:
             likelihood = GaussianLikelihood()

@@ -162,6 +162,11 @@ def _constrained(u, settings: _Settings, masks) -> tuple[Source, ...]:
 
 
 def _loss(u, problem: _Problem, settings: _Settings) -> Float[Array, ""]:
+    return _loss_and_groups(u, problem, settings)[0]
+
+
+def _loss_and_groups(u, problem: _Problem, settings: _Settings):
+    """The loss and the constrained (masked) groups it saw."""
     groups = _constrained(u, settings, problem.masks)
     scene = eqx.tree_at(lambda s: s.groups, problem.scene, groups)
     model = scene.render()
@@ -172,7 +177,7 @@ def _loss(u, problem: _Problem, settings: _Settings) -> Float[Array, ""]:
             if settings.prior is not None:
                 stamps = g.spectrum[:, :, None, None] * g.morphology.pixels[:, None]
                 loss = loss + settings.prior(stamps)
-    return loss
+    return loss, groups
 
 
 def _source_norms(groups) -> list[Float[Array, " source"]]:
@@ -231,7 +236,7 @@ def _init_impl(problem: _Problem, settings: _Settings) -> _State:
 
 
 def _step(state: _State, problem: _Problem, settings: _Settings) -> _State:
-    loss, grads = jax.value_and_grad(_loss)(state.u, problem, settings)
+    (loss, old), grads = jax.value_and_grad(_loss_and_groups, has_aux=True)(state.u, problem, settings)
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
     updates, opt_state = _ADAM.update(grads, state.opt_state)
     # Adam moves every parameter by about its step size whatever the gradient, so with
@@ -248,7 +253,6 @@ def _step(state: _State, problem: _Problem, settings: _Settings) -> _State:
     best = jnp.where(improved | ~jnp.isfinite(state.best), loss, state.best)
     decay = scale * jnp.exp2(-state.step.astype(jnp.float32) / settings.halflife)
     u = jax.tree.map(lambda x, d, s: x - decay * s * d, state.u, updates, problem.steps)
-    old = tuple(from_unconstrained(g, settings.constraints) for g in state.u)
     new = tuple(
         project(from_unconstrained(g, settings.constraints), settings.constraints, full=False) for g in u
     )
@@ -257,7 +261,9 @@ def _step(state: _State, problem: _Problem, settings: _Settings) -> _State:
         for c, g in zip(new, u)
     )
     rel = _relative_change(old, new, problem.masks, problem.steps)
-    ok = jnp.isfinite(loss) & _finite(u) & _finite(new)
+    # `new` derives from every updated leaf (a NaN anywhere shows in it), and non-finite
+    # gradients were zeroed, so the optimiser state stays finite.
+    ok = jnp.isfinite(loss) & _finite(new)
     step = state.step + 1
     converged = (rel < settings.rtol) & (step >= settings.min_iter)
     keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731

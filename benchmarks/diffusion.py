@@ -46,7 +46,7 @@ from deconvjax.diffusion._cli import enable_compilation_cache
 from deconvjax.diffusion.data import cosmos_stamps, simulate_galaxies
 from deconvjax.diffusion.evaluate import (
     best_gaussian_smoothing,
-    image_statistics,
+    compare_statistics,
     psnr,
     tweedie_denoise,
 )
@@ -63,12 +63,22 @@ def timed(f, *a, repeat=1):
     return out, (time.perf_counter() - t) / repeat
 
 
-def gaussian_check():
+def load():
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def gaussian_check(quick):
     a = np.array([[0.8, 0.0, 0.0], [0.3, 0.5, 0.0], [-0.2, 0.1, 0.4]])
     cov, mean = a @ a.T, np.array([0.5, -0.3, 0.2])
-    x, nfe = sample(jr.key(0), GaussianDenoiser(mean, cov), VESDE(1e-3, 100.0), (3,), 40_000)
-    c = np.cov(np.asarray(x).T)
-    return float(np.linalg.norm(c - cov) / np.linalg.norm(cov)), int(nfe)
+    den, sde = GaussianDenoiser(mean, cov), VESDE(1e-3, 100.0)
+    out = {}
+    for name, kw in [("pf_ode", {"method": "pf_ode"}), ("dpm2m_48", {"method": "dpm2m"}),
+                     ("edm_18", {"method": "edm", "steps": 18}),
+                     ("edm_48", {"method": "edm", "steps": 48})]:
+        x, nfe = sample(jr.key(0), den, sde, (3,), 40_000, **kw)
+        c = np.cov(np.asarray(x).T)
+        out[name] = (float(np.linalg.norm(c - cov) / np.linalg.norm(cov)), int(nfe))
+    return out
 
 
 def training_throughput(size, channels, batch, steps):
@@ -92,91 +102,191 @@ def training_throughput(size, channels, batch, steps):
     return batch / dt, dt, compile_s
 
 
+def timed_sample(n, *args, **kw):
+    """(seconds per sample after compilation, nfe, samples)."""
+    x, _ = sample(*args, **kw)  # compile
+    jax.block_until_ready(x)
+    t = time.perf_counter()
+    x, nfe = sample(*args, **kw)
+    x = jax.block_until_ready(x)
+    return (time.perf_counter() - t) / n, int(nfe), x
+
+
+def save_png(path, samples, train, held):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("prior samples", samples[:24]), ("training stamps", train[:24]),
+            ("held-out COSMOS", held[:24])]
+    fig, axes = plt.subplots(len(rows) * 2, 12, figsize=(12, 6.6))
+    scale = float(np.percentile(np.abs(train), 99.5))
+    for r, (label, imgs) in enumerate(rows):
+        for j in range(24):
+            ax = axes[2 * r + j // 12, j % 12]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(imgs):
+                ax.imshow(np.arcsinh(imgs[j, 0] / (0.02 * scale)), cmap="gray_r",
+                          vmin=-1, vmax=np.arcsinh(50), origin="lower")
+        axes[2 * r, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle("shipped prior galaxy32: samples (dpm2m, 49 NFE) vs training stamps "
+                 "(asinh stretch, same scale)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer samples and steps")
+    ap.add_argument("--png", type=Path, default=Path(__file__).parent / "out" / "diffusion_samples.png",
+                    help="where to write the samples-vs-training PNG")
     args = ap.parse_args()
     enable_compilation_cache()
-    res = {}
+    res = {"quick": bool(args.quick), "device": jax.devices()[0].device_kind}
+    t_start = time.perf_counter()
 
-    err, nfe = gaussian_check()
-    res["gaussian_cov_rel_err"] = round(err, 4)
-    print(f"Gaussian (d=3, 40000 PF-ODE samples, {nfe} NFE): covariance rel. error {err:.4f}")
+    g = gaussian_check(args.quick)
+    res["gaussian_cov_rel_err"] = round(max(g["pf_ode"][0], g["dpm2m_48"][0]), 4)
+    res["gaussian_cov_rel_err_by_sampler"] = {k: round(v[0], 4) for k, v in g.items()}
+    res["gaussian_nfe_by_sampler"] = {k: v[1] for k, v in g.items()}
+    for k, (e, n) in g.items():
+        print(f"Gaussian (d=3, 40000 samples) {k:9s}: {n:4d} NFE, covariance rel. error {e:.4f}")
 
     # Training throughput: shipped architecture at 32x32 and the prototypes' 0.49M net.
     for size, ch, b in [(32, (16, 32, 32), 16), (32, (16, 32, 64), 32)]:
         ips, dt, comp = training_throughput(size, ch, b, 3 if args.quick else 6)
+        la = load()
         print(f"train {size}x{size} channels={ch} batch={b}: {dt:.3f} s/step, "
-              f"{ips:.1f} images/s (compile {comp:.0f} s)")
+              f"{ips:.1f} images/s (compile {comp:.0f} s), load {la}")
         res[f"train_images_per_s_{size}_{'-'.join(map(str, ch))}"] = round(ips, 2)
+        res[f"load_train_{'-'.join(map(str, ch))}"] = la[0]
 
-    # Network evaluation at 64x64 (shipped architecture, untrained weights are fine for timing):
-    # weights as jit arguments vs closed over as constants.
-    den64 = UNetDenoiser(UNet(1, (16, 32, 32), 1, 64, key=jr.key(1)), 0.1, 64)
-    xb = jr.normal(jr.key(2), (16, 1, 64, 64))
-    as_arg = eqx.filter_jit(lambda d, x: jax.vmap(d, in_axes=(0, None))(x, 0.5))
-    const = jax.jit(lambda x: jax.vmap(den64, in_axes=(0, None))(x, 0.5))
-    _, t_arg = timed(as_arg, den64, xb, repeat=3)
-    _, t_const = timed(const, xb, repeat=3)
-    print(f"64x64 eval, batch 16: {1e3 * t_arg / 16:.2f} ms/image (weights as arguments), "
-          f"{1e3 * t_const / 16:.2f} ms/image (weights as constants): ratio "
-          f"{t_arg / t_const:.2f}")
-    res["ms_per_eval_64_batched"] = round(1e3 * t_arg / 16, 3)
-    res["const_weight_speedup"] = round(t_arg / t_const, 2)
-
-    # Sampling cost at 64x64: fixed-step Heun PF-ODE, 24 steps -> 49 NFE (+1 final denoise).
-    sde = VESDE(1e-3, 100.0)
-    nb = 8 if args.quick else 16
-    f = lambda: sample(jr.key(3), den64, sde, (1, 64, 64), nb, method="ode_fixed", steps=24)
-    jax.block_until_ready(f())  # compile
-    t = time.perf_counter()
-    _, nfe64 = jax.block_until_ready(f())
-    sps64 = (time.perf_counter() - t) / nb
-    res["seconds_per_sample_64"] = round(sps64, 3)
-    res["nfe_64"] = int(nfe64)
-    print(f"64x64 sampling (Heun PF-ODE, batch {nb}): {sps64:.3f} s/sample with {int(nfe64)} "
-          f"NFE; anchor DDPM 10 s per 128x128 sample on an A100 with 950 steps "
-          f"(per-pixel-per-step: {sps64 / (64 * 64 * int(nfe64)) * 1e9:.1f} ns here vs "
-          f"{10 / (128 * 128 * 950) * 1e9:.1f} ns there)")
-
-    # Shipped prior: adaptive PF-ODE samples and quality numbers.
+    # 64x64 network evaluation with the shipped prior's trained weights (the U-Net is fully
+    # convolutional): weights as jit arguments, as constants, and inside a lax.scan.
     prior = load_prior()
-    n = 16 if args.quick else 64
-    t = time.perf_counter()
-    samples, nfe32 = sample(jr.key(4), prior.denoiser, prior.sde, prior.shape, n,
-                            rtol=1e-2, atol=1e-2)
-    samples = np.asarray(jax.block_until_ready(samples))
-    sps32 = (time.perf_counter() - t) / n
-    res["seconds_per_sample_32_shipped_incl_compile"] = round(sps32, 3)
-    res["nfe_32_shipped"] = int(nfe32)
-    print(f"shipped prior 32x32 adaptive PF-ODE (Tsit5, rtol 1e-2): {int(nfe32)} NFE, "
-          f"{sps32:.3f} s/sample incl. compile, batch {n}")
+    den64 = UNetDenoiser(prior.denoiser.net, prior.denoiser.sigma_data, 64)
+    nb = 16
+    xb = jr.normal(jr.key(2), (nb, 1, 64, 64))
+    sig = jnp.float32(0.5)
+    as_arg = eqx.filter_jit(lambda d, x, s: jax.vmap(d, in_axes=(0, None))(x, s))
+    const = jax.jit(lambda x, s: jax.vmap(den64, in_axes=(0, None))(x, s))
+    _, t_arg = timed(as_arg, den64, xb, sig, repeat=3)
+    _, t_const = timed(const, xb, sig, repeat=3)
+    la = load()
+    print(f"64x64 eval, batch {nb}: {1e3 * t_arg / nb:.2f} ms/image (weights as arguments), "
+          f"{1e3 * t_const / nb:.2f} ms/image (weights as constants): ratio "
+          f"{t_arg / t_const:.2f}, load {la}")
+    res["ms_per_eval_64_batched"] = round(1e3 * t_arg / nb, 3)
+    res["const_weight_speedup"] = round(t_arg / t_const, 2)
+    if not args.quick:
+        n_scan = 2
+        scan = eqx.filter_jit(lambda d, x: jax.lax.scan(
+            lambda c, s: (jax.vmap(d, in_axes=(0, None))(c, s), None), x,
+            jnp.linspace(0.5, 0.4, n_scan))[0])
+        _, t_scan = timed(scan, den64, xb, repeat=1)
+        t_scan /= n_scan
+        print(f"64x64 eval inside lax.scan: {1e3 * t_scan / nb:.2f} ms/image, "
+              f"{t_scan / t_arg:.1f}x the direct call, load {load()}")
+        res["scan_slowdown"] = round(t_scan / t_arg, 1)
 
+    # 64x64 sampling cost (shipped weights at 64x64), batch 16, compile excluded.
+    sde = VESDE(1e-3, 100.0)
+    shape64 = (1, 64, 64)
+    sps, nfe, _ = timed_sample(nb, jr.key(3), den64, sde, shape64, nb)  # default: dpm2m, 48 steps
+    la = load()
+    res["seconds_per_sample_64"] = round(sps, 3)
+    res["nfe_64"] = nfe
+    res["load_sample_64"] = la[0]
+    print(f"64x64 sampling, default sampler (dpm2m, host loop), batch {nb}: {sps:.3f} s/sample "
+          f"with {nfe} NFE ({1e3 * sps / nfe:.1f} ms per image-evaluation), load {la}; anchor DDPM "
+          f"10 s per 128x128 sample on an A100 with 950 steps")
+    sps_e, nfe_e, _ = timed_sample(nb, jr.key(3), den64, sde, shape64, nb, method="edm",
+                                   steps=18)
+    res["seconds_per_sample_64_edm18"] = round(sps_e, 3)
+    res["nfe_64_edm18"] = nfe_e
+    print(f"64x64 sampling, EDM Heun 18 steps: {sps_e:.3f} s/sample with {nfe_e} NFE, "
+          f"load {load()}")
+    if not args.quick:
+        # The diffrax fixed-step Heun loop for comparison, 2 steps only (5 NFE), per NFE.
+        sps_d, nfe_d, _ = timed_sample(nb, jr.key(3), den64, sde, shape64, nb,
+                                       method="ode_fixed", steps=2)
+        ratio = (sps_d / nfe_d) / (sps / nfe)
+        res["diffrax_loop_cost_per_nfe_ratio"] = round(ratio, 1)
+        res["seconds_per_sample_64_diffrax_equiv_nfe"] = round(sps_d / nfe_d * nfe, 2)
+        print(f"64x64 diffrax ode_fixed (while loop), per NFE: {ratio:.1f}x the host loop's "
+              f"cost ({sps_d / nfe_d * nfe:.2f} s/sample at {nfe} NFE), load {load()}")
+
+    # Posterior denoiser (MMPS around the shipped prior, VJPs of the U-Net) through the same
+    # host-loop sampler.
+    from deconvjax.frame import Frame
+    from deconvjax.observation import Observation
+    from deconvjax.posterior import MMPS, PosteriorDenoiser
+    from deconvjax.psf import GaussianPSF
+
+    frame = Frame(["i"], (32, 32), psf=GaussianPSF(0.7))
+    y = np.asarray(jr.normal(jr.key(9), (1, 32, 32))) * 0.02
+    post = PosteriorDenoiser(prior, Observation(y, frame=frame, psf=GaussianPSF(1.5), rms=0.02),
+                             method=MMPS(cg_iters=1))
+    npost = 8
+    sps_p, nfe_p, xp = timed_sample(npost, jr.key(5), post, prior.sde, prior.shape, npost)
+    res["posterior_seconds_per_sample_32"] = round(sps_p, 3)
+    res["posterior_nfe_32"] = nfe_p
+    print(f"posterior (MMPS cg_iters=1, shipped prior, 32x32) dpm2m batch {npost}: "
+          f"{sps_p:.3f} s/sample, {nfe_p} NFE, finite={bool(np.all(np.isfinite(xp)))}, "
+          f"load {load()}")
+
+    # Shipped prior: samples vs its training set (recipe of deconvjax/data/prior/README.md).
+    n = 64 if args.quick else 256
+    sps32, nfe32, samples = timed_sample(n, jr.key(4), prior.denoiser, prior.sde, prior.shape,
+                                         n, batch_size=64)
+    samples = np.asarray(samples)
+    res["seconds_per_sample_32_shipped"] = round(sps32, 3)
+    res["nfe_32_shipped"] = nfe32
+    print(f"shipped prior 32x32, dpm2m: {nfe32} NFE, {sps32:.3f} s/sample, {n} samples, "
+          f"load {load()}")
+    res["n_prior_samples"] = n
     if COSMOS.is_dir():
         held = prior.normalise(cosmos_stamps(COSMOS, 32, np.arange(80, 100)))
         rng = np.random.default_rng(1)
         for sigma in (0.01, 0.03, 0.1):
             noisy = held + sigma * rng.standard_normal(held.shape).astype(np.float32)
             d = tweedie_denoise(prior.denoiser, noisy, sigma)
-            g, w = best_gaussian_smoothing(noisy, held)
-            pt, pg = float(psnr(d, held).mean()), float(psnr(g, held).mean())
+            gs, w = best_gaussian_smoothing(noisy, held)
+            pt, pg = float(psnr(d, held).mean()), float(psnr(gs, held).mean())
             print(f"held-out COSMOS (20), noise sigma={sigma}: PSNR noisy "
                   f"{psnr(noisy, held).mean():.2f}, Tweedie {pt:.2f}, best Gaussian smoothing "
                   f"(width {w:.1f} px) {pg:.2f} dB")
             res[f"psnr_tweedie_{sigma}"] = round(pt, 2)
             res[f"psnr_gauss_{sigma}"] = round(pg, 2)
-        train = np.concatenate([
-            np.concatenate([cosmos_stamps(COSMOS, 32, np.arange(80))] * 4),
-            simulate_galaxies(0, 1200, 32)])
-        train = prior.normalise(train)
-        st_t, st_s = image_statistics(train), image_statistics(samples)
-        print("training set: flux q16/50/84", st_t["flux_q"], "hlr q16/50/84", st_t["hlr_q"])
-        print("samples     : flux q16/50/84", st_s["flux_q"], "hlr q16/50/84", st_s["hlr_q"])
-        ratio = np.array(st_s["power"]) / np.array(st_t["power"])
-        print("power spectrum ratio samples/training per |k| bin:", np.round(ratio, 2).tolist())
-        res["flux_median_train"], res["flux_median_samples"] = st_t["flux_q"][1], st_s["flux_q"][1]
-        res["hlr_median_train"], res["hlr_median_samples"] = st_t["hlr_q"][1], st_s["hlr_q"][1]
-        res["power_ratio"] = np.round(ratio, 3).tolist()
+        cosmos = prior.normalise(cosmos_stamps(COSMOS, 32, np.arange(80)))
+        sims = prior.normalise(simulate_galaxies(0, 1200, 32))
+        train = np.concatenate([np.concatenate([cosmos] * 4), sims])
+        stats = {"training_set": compare_statistics(samples, train),
+                 "cosmos_train_80": compare_statistics(samples, cosmos),
+                 "cosmos_heldout_20": compare_statistics(samples, held),
+                 "simulated_1200": compare_statistics(samples, sims)}
+        for ref, c in stats.items():
+            print(f"samples vs {ref}: flux q16/50/84 {c['flux_q16_50_84_samples']} vs "
+                  f"{c['flux_q16_50_84_reference']}; hlr {c['hlr_q16_50_84_samples']} vs "
+                  f"{c['hlr_q16_50_84_reference']}; moment size {c['size_q16_50_84_samples']} "
+                  f"vs {c['size_q16_50_84_reference']}; power ratio {c['power_ratio']}")
+        res["prior_sample_statistics"] = stats
+        res["flux_median_ratio"] = round(stats["training_set"]["flux_q16_50_84_samples"][1]
+                                         / stats["training_set"]["flux_q16_50_84_reference"][1], 3)
+        res["size_median_ratio"] = round(stats["training_set"]["size_q16_50_84_samples"][1]
+                                         / stats["training_set"]["size_q16_50_84_reference"][1], 3)
+        res["power_log_ratio_rms"] = stats["training_set"]["power_log_ratio_rms"]
+        perm = np.random.default_rng(0).permutation(len(train))
+        save_png(args.png, samples, train[perm], held)
+        res["png"] = str(args.png)
+        print(f"wrote {args.png}")
+    res["load_average"] = load()
+    res["total_seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(res))
 
 

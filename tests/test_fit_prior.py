@@ -12,8 +12,7 @@ import numpy as np
 
 from deconvjax import Frame, GaussianPSF, Observation, PixelMorphology, Scene, Source
 from deconvjax.diffusion import GaussianDenoiser, prior_score_penalty
-from deconvjax.fit import Constraints, fit
-from deconvjax.fit import optimise
+from deconvjax.fit import Constraints, fit, optimise
 
 STAMP = 7
 SHAPE = (17, 17)

@@ -166,18 +166,19 @@ def _loss(u, problem: _Problem, settings: _Settings) -> Float[Array, ""]:
 
 
 def _loss_and_groups(u, problem: _Problem, settings: _Settings):
-    """The loss and the constrained (masked) groups it saw."""
+    """The loss, and as auxiliaries the constrained (masked) groups it saw and the chi2."""
     groups = _constrained(u, settings, problem.masks)
     scene = eqx.tree_at(lambda s: s.groups, problem.scene, groups)
     model = scene.render()
-    loss = 0.5 * sum(obs.chi2(model) for obs in problem.observations)
+    chi2 = sum(obs.chi2(model) for obs in problem.observations)
+    loss = 0.5 * chi2
     for g in groups:
         if isinstance(g.morphology, PixelMorphology):
             loss = loss + settings.sparsity * sparsity_penalty(g)
             if settings.prior is not None:
                 stamps = g.spectrum[:, :, None, None] * g.morphology.pixels[:, None]
                 loss = loss + settings.prior(stamps)
-    return loss, groups
+    return loss, (groups, chi2)
 
 
 def _source_norms(groups) -> list[Float[Array, " source"]]:
@@ -236,7 +237,7 @@ def _init_impl(problem: _Problem, settings: _Settings) -> _State:
 
 
 def _step(state: _State, problem: _Problem, settings: _Settings) -> _State:
-    (loss, old), grads = jax.value_and_grad(_loss_and_groups, has_aux=True)(state.u, problem, settings)
+    (loss, (old, _)), grads = jax.value_and_grad(_loss_and_groups, has_aux=True)(state.u, problem, settings)
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
     updates, opt_state = _ADAM.update(grads, state.opt_state)
     # Adam moves every parameter by about its step size whatever the gradient, so with
@@ -296,11 +297,8 @@ def _run_impl(state: _State, problem: _Problem, settings: _Settings, until: Int[
         else g
         for g in state.u
     )
-    groups = _constrained(u, settings, problem.masks)
-    loss = _loss(u, problem, settings)
-    scene = eqx.tree_at(lambda s: s.groups, problem.scene, groups)
-    model = scene.render()
-    chi2 = sum(obs.chi2(model) for obs in problem.observations)
+    # One render gives the loss, the chi2 and the groups.
+    loss, (groups, chi2) = _loss_and_groups(u, problem, settings)
     n_valid = sum(obs.n_valid for obs in problem.observations)
     return state, (groups, loss, chi2, n_valid)
 

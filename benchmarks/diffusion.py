@@ -1,20 +1,34 @@
 """Diffusion-prior benchmark on this CPU: training throughput, sampling cost, prior quality.
 
 Prints human-readable lines, then (last line) one JSON object with at least
-``seconds_per_sample_64`` and ``gaussian_cov_rel_err``.
+``seconds_per_sample_64`` and ``gaussian_cov_rel_err``; ``--png`` (default
+``benchmarks/out/diffusion_samples.png``) gets shipped-prior samples vs training stamps.
 
-Measured 2026-11-22 on the shared 2-core CPU (load average ~9): Gaussian cov rel. error
-0.0073 (56 NFE); training 24 images/s (32x32, widths 16/32/32, batch 16) and 20 images/s
-(widths 16/32/64, batch 32); one 64x64 network evaluation 35 ms/image in a batch of 16;
-64x64 sampling (Heun, 49 NFE) 33 s/sample: ~20x the cost of the same evaluations called
-directly, because XLA:CPU runs the U-Net slowly inside diffrax's while loop (the same effect
-made lax.scan training ~10x slower, see train.py). Stepping the diffrax solver from a
-host-side loop is the fix to try next.
+Measured 2026-11-22 08:23-08:27 UTC on the shared 2-core CPU (load average 1.3-3.3, given
+per line in the output), full mode, 240 s in all:
 
-Anchor (seed paper): a DDPM took 10 s per 128x128 sample on an A100 with 950 steps.
-Target here: <= 1 s per 64x64 prior sample on this CPU with <= 100 network evaluations.
+* 64x64 sampling with the shipped network's weights, batch 16, compile excluded:
+  **0.57 s/sample with 49 NFE** (default ``dpm2m``: DPM-Solver++(2M), 48 steps on the EDM
+  schedule, host loop; load 2.2); EDM Heun 18 steps: 0.42 s/sample with 37 NFE. The same
+  evaluations in diffrax's compiled loop (``ode_fixed``) cost 15x more per NFE (8.6 s/sample
+  at 49 NFE); one 64x64 evaluation costs 12.9 ms/image called directly and 12.8x that
+  inside a ``lax.scan``. Weights closed over as constants: 1.14x (not worth a recompile per
+  denoiser; not used). Anchor: DDPM 10 s per 128x128 sample on an A100 with 950 steps.
+* Gaussian (d=3, 40000 samples) covariance rel. error: pf_ode 0.0073 (56 NFE), dpm2m
+  0.0147 (49 NFE), EDM Heun 18 steps 0.099 (37 NFE), EDM Heun 48 steps 0.0141 (97 NFE).
+* Training: 142 images/s (32x32, widths 16/32/32, batch 16, load 1.3), 61 images/s (16/32/64,
+  batch 32).
+* Posterior (MMPS, cg_iters=1, around the shipped prior, 32x32, batch 8, dpm2m): 0.58 s/sample.
+* Shipped prior 32x32: 0.13 s/sample (49 NFE, batch 64). Held-out COSMOS PSNR, Tweedie vs best
+  Gaussian smoothing: 20.95 vs 20.06 (sigma 0.01), 17.80 vs 16.79 (0.03), 15.64 vs 13.55 dB (0.1).
+* 256 prior samples vs the training set (80 COSMOS x 4 + 1200 simulated): flux q16/50/84
+  3.3/9.2/17.4 vs 2.7/7.4/20.6; half-light radius median 4.0 vs 4.0 px; second-moment size
+  median 5.8 vs 4.9 px; per-image median power ratio 0.97-1.15 for the five lowest |k| bins
+  but 1.7, 3.9, 19 in the three highest: the samples carry pixel noise (between COSMOS's and
+  none) while 79% of the training stamps are noiseless simulations. The mean power spectrum
+  ratio (0.2-0.4) is dominated by the training set's brightest galaxies.
 
-    JAX_PLATFORMS=cpu python benchmarks/diffusion.py [--quick]
+    JAX_PLATFORMS=cpu python benchmarks/diffusion.py [--quick] [--png PATH]
 """
 
 from __future__ import annotations
@@ -274,13 +288,16 @@ def main():
             print(f"samples vs {ref}: flux q16/50/84 {c['flux_q16_50_84_samples']} vs "
                   f"{c['flux_q16_50_84_reference']}; hlr {c['hlr_q16_50_84_samples']} vs "
                   f"{c['hlr_q16_50_84_reference']}; moment size {c['size_q16_50_84_samples']} "
-                  f"vs {c['size_q16_50_84_reference']}; power ratio {c['power_ratio']}")
+                  f"vs {c['size_q16_50_84_reference']}; power ratio (mean) {c['power_ratio']}, "
+                  f"(median) {c['power_ratio_median']}, (median, unit flux) "
+                  f"{c['power_ratio_unit_flux_median']}")
         res["prior_sample_statistics"] = stats
         res["flux_median_ratio"] = round(stats["training_set"]["flux_q16_50_84_samples"][1]
                                          / stats["training_set"]["flux_q16_50_84_reference"][1], 3)
         res["size_median_ratio"] = round(stats["training_set"]["size_q16_50_84_samples"][1]
                                          / stats["training_set"]["size_q16_50_84_reference"][1], 3)
         res["power_log_ratio_rms"] = stats["training_set"]["power_log_ratio_rms"]
+        res["power_log_ratio_rms_median"] = stats["training_set"]["power_log_ratio_rms_median"]
         perm = np.random.default_rng(0).permutation(len(train))
         save_png(args.png, samples, train[perm], held)
         res["png"] = str(args.png)

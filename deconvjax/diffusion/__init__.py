@@ -13,6 +13,8 @@ from .logprob import log_prob as log_prob
 from .prior import ScorePrior as ScorePrior
 from .prior import load_prior as load_prior
 from .prior import save_prior as save_prior
+from .regulariser import prior_score as prior_score
+from .regulariser import prior_score_penalty as prior_score_penalty
 from .sample import sample as sample
 from .sample import score_at as score_at
 from .sde import VESDE as VESDE
@@ -24,5 +26,3 @@ from .train import flux_scale_of as flux_scale_of
 from .train import train_prior as train_prior
 from .unet import UNet as UNet
 from .unet import UNetDenoiser as UNetDenoiser
-from .regulariser import prior_score as prior_score
-from .regulariser import prior_score_penalty as prior_score_penalty

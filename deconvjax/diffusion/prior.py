@@ -18,7 +18,7 @@ import jax.random as jr
 from jaxtyping import Array, Float
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .sde import AbstractSDE, VESDE, VPSDE
+from .sde import VESDE, VPSDE, AbstractSDE
 from .unet import UNet, UNetDenoiser
 
 __all__ = ["ScorePrior", "load_prior", "save_prior", "build_denoiser", "sde_from_hyper",

@@ -17,7 +17,7 @@ import math
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float, ArrayLike
+from jaxtyping import Array, ArrayLike, Float
 
 __all__ = ["AbstractSDE", "VESDE", "VPSDE"]
 

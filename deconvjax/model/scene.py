@@ -121,18 +121,26 @@ class Scene(eqx.Module):
     def render(self) -> Cube:
         """The model cube ``(band, ny, nx)``: the sum of all sources."""
         _, ny, nx = self.shape
-        model = jnp.zeros(self.shape)
+        model = None
         for stamps, corners in self.stamps():
             h, w = stamps.shape[-2:]
-            iy = corners[:, 0, None] + jnp.arange(h)
-            ix = corners[:, 1, None] + jnp.arange(w)
-            # Indices off the frame are sent past its end, where 'drop' discards them
-            # (negative indices would otherwise wrap around).
-            iy = jnp.where((iy >= 0) & (iy < ny), iy, ny)
-            ix = jnp.where((ix >= 0) & (ix < nx), ix, nx)
-            values = jnp.moveaxis(stamps, 1, 0)
-            model = model.at[:, iy[:, :, None], ix[:, None, :]].add(values, mode="drop")
-        return model
+            # One window per source (band, h, w) added at its corner into a canvas padded
+            # by a stamp on every side, so every window lies inside it (corners beyond the
+            # padding are clipped, which only moves stamps already entirely off the
+            # frame); the frame is then cut out. Its transpose, in the gradient, is one
+            # slice per source, several times faster on CPU than scattering and gathering
+            # every pixel on its own.
+            canvas = jnp.zeros((self.shape[0], ny + 2 * h, nx + 2 * w), dtype=stamps.dtype)
+            start = jnp.clip(corners, jnp.array([-h, -w]), jnp.array([ny, nx])) + jnp.array([h, w])
+            dims = jax.lax.ScatterDimensionNumbers(
+                update_window_dims=(1, 2, 3), inserted_window_dims=(), scatter_dims_to_operand_dims=(1, 2)
+            )
+            canvas = jax.lax.scatter_add(
+                canvas, start, stamps, dims, mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
+            )
+            part = canvas[:, h : h + ny, w : w + nx]
+            model = part if model is None else model + part
+        return jnp.zeros(self.shape) if model is None else model
 
     def render_sources(self) -> Float[Array, "source band ny nx"]:
         """Each source alone in the full frame, in the order the sources were given.

@@ -181,6 +181,13 @@ def _train_chunk(model, ema, opt_state, data, base_key, step0, n, cfg_static, op
     return model, ema, opt_state, jnp.stack(losses)
 
 
+@eqx.filter_jit
+def _init_unet(bands, channels, num_res_blocks, emb_dim, key):
+    # One compiled initialiser per architecture (the ints are static): eagerly, each small
+    # initialiser op compiles on its own (about 9 s for a one-level U-Net on the shared CPU).
+    return UNet(bands, channels, num_res_blocks, emb_dim, key=key)
+
+
 def _all_finite(tree) -> bool:
     leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
     return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
@@ -232,7 +239,9 @@ def train_prior(
         return (den, den, optimizer.init(eqx.filter(den, eqx.is_array)))
 
     if resume and state_path.exists():
-        (model, ema, opt_state), header = load_checkpoint(state_path, skeleton, kind="train_state")
+        # Shape-only skeleton (as in load_prior): building the U-Net eagerly costs seconds.
+        (model, ema, opt_state), header = load_checkpoint(
+            state_path, lambda h: eqx.filter_eval_shape(skeleton, h), kind="train_state")
         h = header["hyper"]
         saved = TrainConfig.from_json(h["config"])
         diffs = [f.name for f in dataclasses.fields(TrainConfig)
@@ -255,11 +264,8 @@ def train_prior(
         flux_scale = flux_scale_of(images) if flux_scale is None else float(flux_scale)
         x = images / flux_scale
         sigma_data = float(np.std(x))
-        # Initialised under one jit: eagerly, each small initialiser op compiles on its own
-        # (about 9 s for a one-level U-Net on the shared CPU, vs about 2 s jitted).
-        net = eqx.filter_jit(lambda k: UNet(config.bands, config.channels,
-                                            config.num_res_blocks, config.emb_dim, key=k))(
-            jr.key(config.seed))
+        net = _init_unet(config.bands, config.channels, config.num_res_blocks, config.emb_dim,
+                         jr.key(config.seed))
         model = UNetDenoiser(net, sigma_data, config.image_size)
         ema = model
         opt_state = optimizer.init(eqx.filter(model, eqx.is_array))

@@ -15,8 +15,8 @@ from .prior import load_prior as load_prior
 from .prior import save_prior as save_prior
 from .regulariser import prior_score as prior_score
 from .regulariser import prior_score_penalty as prior_score_penalty
-from .sample import sample as sample
 from .sample import edm_sigmas as edm_sigmas
+from .sample import sample as sample
 from .sample import score_at as score_at
 from .sde import VESDE as VESDE
 from .sde import VPSDE as VPSDE

@@ -420,7 +420,10 @@ def fit(
     - `constraints`: a `Constraints` (positivity, symmetry, monotonicity, sparsity).
     - `fit_centers`: also fit source centres.
     - `morphology_prior`: optional penalty (negative log-prior, added to the loss) of the
-      free-form sources' ``(source, band, h, w)`` stamps, e.g. a diffusion prior's.
+      free-form sources' ``(source, band, h, w)`` stamps (all sources in one call), e.g.
+      ``lambda m: deconvjax.diffusion.prior_score_penalty(prior, m, weight, sigma)``. A
+      score penalty has value 0 (only its gradient acts), so the loss that `patience`
+      watches is then the likelihood alone.
     - `source_mask`: ``(n_source,)`` bool, False for padding sources (zero flux, not fitted).
     - `progress`: show a tqdm bar (updated every ``chunk`` steps).
     - `key`: unused by this deterministic optimiser; accepted for a uniform API.

@@ -23,7 +23,19 @@ from ..frame import Frame
 from ..model import Scene, Source
 from ..observation import Observation, as_observations
 from .constraints import Constraints
-from .init import Kind, _normal_equations_impl, _reference, _solve, initial_morphologies, positions_from
+from .init import (
+    KINDS,
+    Kind,
+    _kernel_sigma2,
+    _make_morphology,
+    _moment_shapes,
+    _morphology_fields,
+    _normal_equations_impl,
+    _psf_sigma2,
+    _reference,
+    _solve,
+    positions_from,
+)
 from .optimise import (
     FitResult,
     MorphologyPrior,
@@ -42,8 +54,16 @@ def stack(trees: Sequence):
     trees = list(trees)
     if not trees:
         raise ValueError("nothing to stack: expected a non-empty sequence")
+
+    def one(*xs):
+        if all(isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer) for x in xs):
+            # Concrete arrays are stacked on the host and moved once: an eager jnp.stack
+            # of hundreds of device arrays costs more than the copy.
+            return jnp.asarray(np.stack([np.asarray(x) for x in xs]))
+        return jnp.stack(xs)
+
     try:
-        return jax.tree.map(lambda *x: jnp.stack(x), *trees)
+        return jax.tree.map(one, *trees)
     except ValueError as err:
         raise ValueError(
             "cannot stack: the scenes or observations differ in structure (kinds, stamp shapes, "
@@ -69,65 +89,92 @@ def init_batch(
     solved for all cutouts in one batched call), with one kind and one stamp size, and
     pad each to ``n_max`` sources.
 
+    Everything but the normal equations of the spectra runs on the host in numpy, on
+    arrays stacked over cutouts (no device round trip per cutout or per source).
+
     **Returns:** the stacked `Scene` (leading cutout axis) and the ``(cutout, n_max)``
     bool source mask (False for padding).
     """
     if len(observations) != len(positions):
         raise ValueError(f"observations ({len(observations)}) and positions ({len(positions)}) differ in length")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     counts = [len(np.atleast_2d(p)) if len(p) else 0 for p in positions]
     n_max = max(counts) if n_max is None else int(n_max)
     if max(counts) > n_max:
         raise ValueError(f"n_max={n_max} but a cutout has {max(counts)} sources")
     if int(stamp_size) < 3 or int(stamp_size) % 2 == 0:
         raise ValueError(f"stamp_size must be an odd int >= 3, got {stamp_size}")
-    kinds = [kind] * n_max
-    per_cutout, masks = [], []
-    for obs, pos, n in zip(observations, positions, counts):
-        if n == 0:
-            raise ValueError("every cutout needs at least one source position")
-        obs = as_observations(obs)
-        ref = _reference(obs, frame)
-        if ref is None:
-            raise ValueError("every cutout needs an observation on the model frame's grid")
-        pos = positions_from(frame, pos)
-        pad = np.tile(np.array(frame.shape, float) / 2, (n_max - n, 1))
-        pos = np.concatenate([pos, pad])
-        morphs = initial_morphologies(frame, ref, pos[:n], kinds[:n], stamp_size)
-        morphs = morphs + [morphs[0]] * (n_max - n)
-        per_cutout.append([Source(np.ones(frame.n_bands), m, p) for m, p in zip(morphs, pos)])
-        masks.append(np.arange(n_max) < n)
-    # Stack on the host (numpy): one device transfer instead of many small eager ops.
-    host = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
-    groups = jax.tree.map(host, *[jax.tree.map(host, *srcs) for srcs in per_cutout])
-    template = Scene(frame, [jax.tree.map(lambda x: x[0], groups)], batched=True)
-    n_cut = len(per_cutout)
-    stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_cut, *x.shape)), template)
-    stacked = eqx.tree_at(lambda sc: sc.groups, stacked, (jax.tree.map(jnp.asarray, groups),))
-    masks = np.stack(masks)
-    scenes = per_cutout
-    obs_stacked = stack([as_observations(o) for o in observations])
-    mat = np.zeros((len(scenes), frame.n_bands, n_max, n_max))
-    rhs = np.zeros((len(scenes), frame.n_bands, n_max))
-    noise = np.zeros((len(scenes), frame.n_bands))
+    if min(counts) == 0:
+        raise ValueError("every cutout needs at least one source position")
+    size = int(stamp_size)
+    per_cutout = [as_observations(o) for o in observations]
+    ref_index = [next((i for i, o in enumerate(obs) if _reference([o], frame) is not None), None) for obs in per_cutout]
+    if any(r is None for r in ref_index):
+        raise ValueError("every cutout needs an observation on the model frame's grid")
+    obs_stacked = stack(per_cutout)
+    n_cut, nb = len(per_cutout), frame.n_bands
+    ref = obs_stacked[ref_index[0]]
+    data = np.asarray(ref.data, dtype=np.float64)
+    weights = np.asarray(ref.weights, dtype=np.float64)
+    model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
+    # The observed PSF = model PSF * difference kernel; their second moments add.
+    psf_obs2 = model_sigma2 + _kernel_sigma2(np.fft.irfft2(np.asarray(ref.kernel_fft), s=ref.fft_shape))
+
+    pos = np.tile(np.array(frame.shape, float) / 2, (n_cut, n_max, 1))
+    masks = np.zeros((n_cut, n_max), bool)
+    fields = []
+    for c, (p, n) in enumerate(zip(positions, counts)):
+        p = positions_from(frame, p)
+        pos[c, :n] = p
+        masks[c, :n] = True
+        sigmas, shears = _moment_shapes(data[c], weights[c], p, float(psf_obs2[c]))
+        one = [_morphology_fields(kind, sg, g1, g2, size, model_sigma2) for sg, (g1, g2) in zip(sigmas, shears)]
+        # Padding sources copy the first one's morphology (they have zero flux anyway).
+        fields.append(one + [one[0]] * (n_max - n))
+    leaves = {k: np.asarray([[f[k] for f in fc] for fc in fields], dtype=np.float64) for k in fields[0][0]}
+    # One template source, stacked into a batched group of n_max, then every leaf
+    # replaced by its (cutout, source, ...) host array: one device transfer per leaf.
+    template = Source(np.ones(nb), _make_morphology(kind, fields[0][0], size), pos[0, 0])
+    f32 = np.dtype(jnp.result_type(float))
+    # Broadcasts and casts on the host: each eager device op of a new shape compiles.
+    host = lambda x, n: jnp.asarray(np.broadcast_to(np.asarray(x, dtype=f32), (n, *np.shape(x))))  # noqa: E731
+    scene = Scene(frame, [jax.tree.map(lambda x: host(x, n_max), template)], batched=True)
+    stacked = jax.tree.map(lambda x: host(x, n_cut), scene)
+    names = tuple(leaves)
+    stacked = eqx.tree_at(
+        lambda sc: (sc.groups[0].spectrum, sc.groups[0].center, *(getattr(sc.groups[0].morphology, k) for k in names)),
+        stacked,
+        (
+            jnp.asarray(np.ones((n_cut, n_max, nb), f32)),
+            jnp.asarray(pos.astype(f32)),
+            *(jnp.asarray(leaves[k].astype(f32)) for k in names),
+        ),
+    )
+
+    mat = np.zeros((n_cut, nb, n_max, n_max))
+    rhs = np.zeros((n_cut, nb, n_max))
+    noise = np.zeros((n_cut, nb))
     for o in obs_stacked:
         m, r = _normal_equations_b(stacked, o)
         m, r = np.asarray(m, dtype=np.float64), np.asarray(r, dtype=np.float64)
-        w = np.asarray(o.weights)
+        w = np.asarray(o.weights, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            sigma = np.where(w > 0, 1 / np.sqrt(w), np.nan)
+        valid = (w > 0).any(axis=(-2, -1))
+        med = np.where(valid, np.nanmedian(np.where(valid[..., None, None], sigma, 0.0), axis=(-2, -1)), 0.0)
         for j, b in enumerate(o.band_index):
             mat[:, b] += m[:, j]
             rhs[:, b] += r[:, j]
-            for c in range(len(scenes)):
-                wc = w[c, j]
-                if np.any(wc > 0):
-                    noise[c, b] = max(noise[c, b], float(np.median(1 / np.sqrt(wc[wc > 0]))))
-    spectra = np.zeros((len(scenes), n_max, frame.n_bands))
-    for c in range(len(scenes)):
+            noise[:, b] = np.maximum(noise[:, b], med[:, j])
+    spectra = np.zeros((n_cut, n_max, nb))
+    for c in range(n_cut):
         keep = masks[c]
         sub = _solve(mat[c][:, keep][:, :, keep], rhs[c][:, keep], noise[c])
         spectra[c][keep] = sub
         spectra[c][~keep] = sub.min(axis=0)
     # One kind and one stamp size: a single group whose rows are the sources in order.
-    stacked = eqx.tree_at(lambda s: s.groups[0].spectrum, stacked, jnp.asarray(spectra, dtype=float))
+    stacked = eqx.tree_at(lambda s: s.groups[0].spectrum, stacked, jnp.asarray(spectra.astype(f32)))
     return stacked, masks
 
 

@@ -174,14 +174,17 @@ def positions_from(frame: Frame, catalog) -> np.ndarray:
     return np.asarray(pos, dtype=np.float64).reshape(-1, 2)
 
 
-def _psf_sigma2(psf_kernel: np.ndarray) -> float:
-    """Mean second moment per axis of a (h, w) kernel, pixels^2."""
+def _psf_sigma2(psf_kernel: np.ndarray) -> float | np.ndarray:
+    """Mean second moment per axis of a ``(..., h, w)`` kernel, pixels^2 (one per leading
+    index: many cutouts' kernels at once)."""
     k = np.clip(psf_kernel, 0, None)
-    h, w = k.shape
-    yy, xx = np.mgrid[:h, :w]
-    s = k.sum()
-    cy, cx = (k * yy).sum() / s, (k * xx).sum() / s
-    return float((k * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / s / 2)
+    # Second moments along each axis only need the kernel's marginals.
+    ky, kx = k.sum(axis=-1), k.sum(axis=-2)
+    s = ky.sum(axis=-1)
+    y, x = np.arange(ky.shape[-1]), np.arange(kx.shape[-1])
+    cy, cx = (ky * y).sum(axis=-1) / s, (kx * x).sum(axis=-1) / s
+    out = ((ky * (y - cy[..., None]) ** 2).sum(axis=-1) + (kx * (x - cx[..., None]) ** 2).sum(axis=-1)) / s / 2
+    return float(out) if np.ndim(out) == 0 else out
 
 
 def _moments(image, weights, positions, window_sigma=3.0, n_iter=4):
@@ -279,27 +282,48 @@ def _gaussian_image(shape, sigma, g1, g2) -> np.ndarray:
     return np.exp(-0.5 * q)
 
 
+def _morphology_fields(kind, sig, g1, g2, size, model_sigma2) -> dict:
+    """The parameters (numpy) of one unit-flux morphology of ``kind`` on a ``size`` stamp:
+    kept apart from the objects so batched initialisation stacks them on the host."""
+    if kind == "point":
+        return {}
+    if kind == "gaussian":
+        return {"sigma": sig, "g1": g1, "g2": g2}
+    if kind == "sersic":
+        # A Gaussian's half-light radius is 1.177 sigma; start exponential-like.
+        return {"n": 1.0, "r_e": 1.177 * sig, "g1": g1, "g2": g2}
+    # Free-form pixels live behind the model PSF: a Gaussian of the summed width.
+    wide = np.sqrt(sig**2 + model_sigma2)
+    img = _gaussian_image((size, size), wide, g1, g2)
+    img = np.maximum(img, 1e-6 * img.max()) if img.max() > 0 else np.full(img.shape, 1.0)
+    return {"pixels": img / img.sum()}
+
+
+def _make_morphology(kind, fields: dict, size: int):
+    shape = (size, size)
+    if kind == "point":
+        return PointMorphology(shape=shape)
+    if kind == "gaussian":
+        return GaussianMorphology(fields["sigma"], fields["g1"], fields["g2"], shape=shape)
+    if kind == "sersic":
+        return SersicMorphology(fields["n"], fields["r_e"], fields["g1"], fields["g2"], shape=shape)
+    return PixelMorphology(fields["pixels"])
+
+
+def _morphology_size(kind, sig, model_sigma2, stamp_size) -> int:
+    if stamp_size:
+        return int(stamp_size)
+    if kind == "point":
+        return _stamp_size(np.sqrt(model_sigma2))
+    return _stamp_size(np.sqrt(sig**2 + model_sigma2))
+
+
 def _unit_morphologies(frame, kind, sigmas, shears, stamp_size):
     model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
     morphs = []
     for s, (sig, (g1, g2)) in enumerate(zip(sigmas, shears)):
-        k = kind[s]
-        if k == "point":
-            size = stamp_size or _stamp_size(np.sqrt(model_sigma2))
-            morphs.append(PointMorphology(shape=(size, size)))
-            continue
-        size = stamp_size or _stamp_size(np.sqrt(sig**2 + model_sigma2))
-        if k == "gaussian":
-            morphs.append(GaussianMorphology(sig, g1, g2, shape=(size, size)))
-        elif k == "sersic":
-            # A Gaussian's half-light radius is 1.177 sigma; start exponential-like.
-            morphs.append(SersicMorphology(1.0, 1.177 * sig, g1, g2, shape=(size, size)))
-        else:
-            # Free-form pixels live behind the model PSF: a Gaussian of the summed width.
-            wide = np.sqrt(sig**2 + model_sigma2)
-            img = _gaussian_image((size, size), wide, g1, g2)
-            img = np.maximum(img, 1e-6 * img.max()) if img.max() > 0 else np.full(img.shape, 1.0)
-            morphs.append(PixelMorphology(img / img.sum()))
+        size = _morphology_size(kind[s], sig, model_sigma2, stamp_size)
+        morphs.append(_make_morphology(kind[s], _morphology_fields(kind[s], sig, g1, g2, size, model_sigma2), size))
     return morphs
 
 
@@ -343,9 +367,19 @@ def _solve(mat, rhs, noise, floor=None) -> np.ndarray:
 def _normal_equations_impl(scene: Scene, obs: Observation):
     """Per observation band, ``M = A^T W A`` and ``r = A^T W d``, ``A`` the sources with
     unit spectra seen through the observation."""
-    groups = tuple(eqx.tree_at(lambda s: s.spectrum, g, jnp.ones_like(g.spectrum)) for g in scene.groups)
-    unit = eqx.tree_at(lambda s: s.groups, scene, groups)
-    a = jax.vmap(obs)(unit.render_sources())  # (source, obs band, y, x)
+    if obs.coords is None:
+        # With unit spectra every band of a source is the same image: render each source
+        # in one band, transform it once, and apply each band's matching kernel (a third
+        # of the transforms and memory of pushing every band through the operator).
+        groups = tuple(eqx.tree_at(lambda s: s.spectrum, g, jnp.ones_like(g.spectrum[..., :1])) for g in scene.groups)
+        unit = eqx.tree_at(lambda s: s.groups, scene, groups)
+        ny, nx = obs.frame_shape
+        x = jnp.fft.rfft2(unit.render_sources()[:, 0], s=obs.fft_shape)
+        a = jnp.fft.irfft2(x[:, None] * obs.kernel_fft[None], s=obs.fft_shape)[..., :ny, :nx]
+    else:
+        groups = tuple(eqx.tree_at(lambda s: s.spectrum, g, jnp.ones_like(g.spectrum)) for g in scene.groups)
+        unit = eqx.tree_at(lambda s: s.groups, scene, groups)
+        a = jax.vmap(obs)(unit.render_sources())  # (source, obs band, y, x)
     m = jnp.einsum("sbyx,tbyx,byx->bst", a, a, obs.weights)
     r = jnp.einsum("sbyx,byx->bs", a, obs.weights * obs.data)
     return m, r
@@ -426,27 +460,36 @@ def initial_morphologies(frame: Frame, ref: Observation, positions: np.ndarray, 
     """Unit-flux morphologies from moments of ``ref`` (an observation on the model grid):
     Gaussian-weighted moments of the S/N-weighted band sum on each source's Voronoi cell,
     minus the PSF's second moments."""
-    data = np.asarray(ref.data, dtype=np.float64)
-    weights = np.asarray(ref.weights, dtype=np.float64)
-    n = len(positions)
+    model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
+    psf_k = np.fft.irfft2(np.asarray(ref.kernel_fft), s=ref.fft_shape)
+    sigmas, shears = _moment_shapes(
+        np.asarray(ref.data, dtype=np.float64), np.asarray(ref.weights, dtype=np.float64), positions,
+        model_sigma2 + _kernel_sigma2(psf_k),
+    )
+    return _unit_morphologies(frame, kinds, sigmas, shears, stamp_size)
+
+
+def _moment_shapes(data, weights, positions, psf_obs2) -> tuple[list, list]:
+    """Intrinsic sizes and shears of the sources at ``positions`` from the moments of
+    one cutout's ``(band, y, x)`` data; ``psf_obs2`` is the observed PSF's second moment
+    (model PSF and difference kernel: their second moments add)."""
     det_num = (weights * data).sum(0)
     det_w = (weights > 0).any(0).astype(float)
     q, ok = _moments(det_num / np.maximum(weights.sum(0), 1e-30) * det_w, det_w, positions)
-    psf_k = np.fft.irfft2(np.asarray(ref.kernel_fft), s=ref.fft_shape)
-    # The observed PSF = model PSF * difference kernel; their second moments add.
-    psf_obs2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True)) + _kernel_sigma2(psf_k)
     sigmas, shears = [], []
-    for s in range(n):
+    for s in range(len(positions)):
         if ok[s]:
             sig, g1, g2 = _shape_from_moments(q[s], psf_obs2)
         else:
             sig, g1, g2 = 1.0, 0.0, 0.0
         sigmas.append(float(np.clip(sig, 0.3, 15.0)))
         shears.append((g1, g2))
-    return _unit_morphologies(frame, kinds, sigmas, shears, stamp_size)
+    return sigmas, shears
 
 
-def _kernel_sigma2(k: np.ndarray) -> float:
-    """Second moment per axis of the (wrapped-around) difference kernel, averaged over bands."""
-    k = k if k.ndim == 3 else k[None]
-    return float(np.mean([_psf_sigma2(np.fft.fftshift(kb)) for kb in k]))
+def _kernel_sigma2(k: np.ndarray) -> float | np.ndarray:
+    """Second moment per axis of the (wrapped-around) difference kernel ``(..., band, h,
+    w)``, averaged over bands."""
+    k = k if k.ndim >= 3 else k[None]
+    out = np.mean(_psf_sigma2(np.fft.fftshift(k, axes=(-2, -1))), axis=-1)
+    return float(out) if np.ndim(out) == 0 else out

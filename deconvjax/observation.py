@@ -284,7 +284,12 @@ class Observation(eqx.Module):
         if model.shape[-2:] != self.frame_shape:
             raise ValueError(f"model has shape {model.shape} but the frame is {self.frame_shape}")
         ny, nx = self.frame_shape
-        x = model[jnp.asarray(self.band_index)]
+        # Band selection by static slices: an index-array gather would transpose, in the
+        # gradient, into a scatter (slow on CPU), even when it selects every band in order.
+        if self.band_index == tuple(range(model.shape[0])):
+            x = model
+        else:
+            x = jnp.stack([model[b] for b in self.band_index])
         x = jnp.fft.irfft2(jnp.fft.rfft2(x, s=self.fft_shape) * self.kernel_fft, s=self.fft_shape)[:, :ny, :nx]
         if self.coords is None:
             return x

@@ -18,6 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from ..frame import Frame
 from ..model import Scene, Source
@@ -37,7 +38,9 @@ from .init import (
     positions_from,
 )
 from .optimise import (
+    PLATEAU_RTOL,
     FitResult,
+    _State,
     MorphologyPrior,
     _check_steps,
     _group_steps,
@@ -197,7 +200,12 @@ _nparams_b = eqx.filter_jit(eqx.filter_vmap(_n_params))
 
 
 def batch_compilation_count() -> int:
-    return int(_run_b._cached._cache_size()) + int(_init_b._cached._cache_size())
+    return (
+        int(_run_b._cached._cache_size())
+        + int(_init_b._cached._cache_size())
+        + int(_pool_run._cached._cache_size())
+        + int(_pool_init._cached._cache_size())
+    )
 
 
 def _shard(tree, n: int):
@@ -212,6 +220,93 @@ def _shard(tree, n: int):
     return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
 
 
+class _Pool(eqx.Module):
+    """A fixed number of slots, each fitting one cutout; a slot whose cutout has finished
+    takes the next one from the queue (continuous batching). ``state`` and ``out`` hold
+    every cutout's latest state and outputs; the slots' own states are ``slot_state``."""
+
+    state: _State
+    out: tuple
+    stale: Array
+    slot_idx: Array
+    slot_state: _State
+    next_ptr: Array
+    order: Array
+
+
+def _take(tree, idx):
+    return jax.tree.map(lambda x: x[idx], tree)
+
+
+def _put(tree, idx, values):
+    return jax.tree.map(lambda x, v: x.at[idx].set(v), tree, values)
+
+
+def _pool_init_impl(state: _State, problem: _Problem, settings, order, n_slots: int) -> _Pool:
+    slot_idx = order[:n_slots]
+    out_shape = jax.eval_shape(jax.vmap(_run_impl, in_axes=(0, 0, None, None)), state, problem, settings, jnp.zeros((), jnp.int32))
+    out = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), out_shape[1])
+    n = order.shape[0]
+    return _Pool(
+        state=state,
+        out=out,
+        stale=jnp.ones(n, bool),
+        slot_idx=slot_idx,
+        slot_state=_take(state, slot_idx),
+        next_ptr=jnp.asarray(n_slots, jnp.int32),
+        order=order,
+    )
+
+
+def _pool_run_impl(pool: _Pool, problem: _Problem, settings, max_iter, budget, refill):
+    """Run the slots ``refill`` steps at a time (each slot's cutout at most ``max_iter``
+    in all), writing every slot back and refilling the finished ones, until every cutout
+    is done or ``budget`` steps have passed."""
+    n = pool.order.shape[0]
+    step_b = jax.vmap(_run_impl, in_axes=(0, 0, None, 0))
+
+    def active(p):
+        return ~p.slot_state.done & (p.slot_state.step < max_iter)
+
+    def cond(carry):
+        p, clock = carry
+        return (jnp.any(p.stale) | jnp.any(active(p))) & (clock < budget)
+
+    def body(carry):
+        p, clock = carry
+        until = jnp.minimum(p.slot_state.step + refill, max_iter)
+        slot_state, slot_out = step_b(p.slot_state, _take(problem, p.slot_idx), settings, until)
+        state = _put(p.state, p.slot_idx, slot_state)
+        out = _put(p.out, p.slot_idx, slot_out)
+        stale = p.stale.at[p.slot_idx].set(False)
+        # Finished slots take the next cutouts of the queue, in slot order.
+        finished = slot_state.done | (slot_state.step >= max_iter)
+        cand = p.next_ptr + jnp.cumsum(finished) - 1
+        take = finished & (cand < n)
+        slot_idx = jnp.where(take, p.order[jnp.clip(cand, 0, n - 1)], p.slot_idx)
+        fresh = _take(state, slot_idx)
+        slot_state = jax.tree.map(
+            lambda a, b: jnp.where(take.reshape(-1, *([1] * (a.ndim - 1))), a, b), fresh, slot_state
+        )
+        p = _Pool(
+            state=state,
+            out=out,
+            stale=stale,
+            slot_idx=slot_idx,
+            slot_state=slot_state,
+            next_ptr=p.next_ptr + jnp.sum(take).astype(jnp.int32),
+            order=p.order,
+        )
+        return p, clock + refill
+
+    pool, _ = jax.lax.while_loop(cond, body, (pool, jnp.zeros((), jnp.int32)))
+    return pool
+
+
+_pool_init = eqx.filter_jit(_pool_init_impl)
+_pool_run = eqx.filter_jit(_pool_run_impl)
+
+
 def fit_batch(
     scenes: Scene,
     observations: Observation | Sequence[Observation],
@@ -224,14 +319,24 @@ def fit_batch(
     learning_rates: Mapping[str, float] | None = None,
     halflife: float | None = None,
     patience: int | None = 5,
+    plateau_rtol: float = PLATEAU_RTOL,
     constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
     chunk: int = 25,
     progress: bool = True,
     shard: bool = False,
+    slots: int | None = 64,
+    refill: int = 10,
 ) -> tuple[Scene, FitResult]:
     """Fit many cutouts at once: `fit` vmapped over a leading cutout axis.
+
+    Cutouts are fitted ``slots`` at a time in one compiled loop: every ``refill`` steps
+    the slots whose cutout has finished (converged, failed or at ``max_iter``) take the
+    next cutouts of the queue (continuous batching), so the cost follows the sum of the
+    cutouts' iterations rather than their number times the slowest one's (a vmapped
+    ``while_loop`` steps every member until the last has stopped). Each cutout's fit is
+    the very one `fit` runs alone, whatever the slots and chunks.
 
     **Arguments:**
 
@@ -240,11 +345,16 @@ def fit_batch(
       cutout along the leading axis.
     - `source_mask`: ``(cutout, n_source)`` bool (False for padding), sources in the order
       of the unstacked scenes (default: all present).
-    - `shard`: spread the cutouts over all local devices (``jax.sharding``).
+    - `shard`: spread the cutouts over all local devices (``jax.sharding``); all cutouts
+      then step together (no slots).
+    - `slots`: cutouts stepped together (``None``: all of them at once).
+    - `refill`: steps between refills of finished slots.
+    - `chunk`: the host is touched (progress bar, loss log) every ``chunk`` steps.
     - the rest as `fit`.
 
     **Returns:** the stacked fitted scenes and a `FitResult` whose fields are arrays over
-    cutouts (``loss_history`` holds ``(step, mean loss)``).
+    cutouts (``loss_history`` holds ``(step, mean loss)``; with slots, the steps of the
+    pool's clock and the mean over the cutouts fitted so far).
     """
     t0 = time.perf_counter()
     if not isinstance(scenes, Scene):
@@ -268,7 +378,7 @@ def fit_batch(
     if source_mask.shape != (n, scenes.n_sources):
         raise ValueError(f"source_mask must be ({n}, {scenes.n_sources}) bool, got {source_mask.shape}")
     masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)], dtype=float) for o in scenes.order)
-    settings = _make_settings(rtol, halflife, patience, min_iter, constraints, morphology_prior)
+    settings = _make_settings(rtol, halflife, patience, min_iter, constraints, morphology_prior, plateau_rtol)
     step_tree = _steps_b(scenes.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
     problem = _Problem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
     if shard:
@@ -277,17 +387,45 @@ def fit_batch(
     history = []
     from tqdm.auto import tqdm
 
-    with tqdm(total=int(max_iter), desc=f"fit {n} cutouts", disable=not progress, leave=False) as bar:
-        step = 0
-        while True:
-            until = min(step + int(chunk), int(max_iter))
-            state, (groups, loss, chi2, n_valid) = _run_b(state, problem, settings, jnp.asarray(until, jnp.int32))
-            new_step = int(jnp.max(state.step))
-            bar.update(new_step - step)
-            history.append((new_step, float(jnp.mean(loss))))
-            if bool(jnp.all(state.done)) or new_step >= max_iter or new_step == step:
-                break
-            step = new_step
+    n_slots = n if (slots is None or shard) else max(1, min(int(slots), n))
+    if int(refill) < 1:
+        raise ValueError(f"refill must be >= 1, got {refill}")
+    if n_slots == n:
+        with tqdm(total=int(max_iter), desc=f"fit {n} cutouts", disable=not progress, leave=False) as bar:
+            step = 0
+            while True:
+                until = min(step + int(chunk), int(max_iter))
+                state, (groups, loss, chi2, n_valid) = _run_b(state, problem, settings, jnp.asarray(until, jnp.int32))
+                new_step = int(jnp.max(state.step))
+                bar.update(new_step - step)
+                history.append((new_step, float(jnp.mean(loss))))
+                if bool(jnp.all(state.done)) or new_step >= max_iter or new_step == step:
+                    break
+                step = new_step
+    else:
+        # Cutouts with more sources tend to need more steps: start them first, so the
+        # last slots to finish are not the slowest cutouts started last.
+        order = jnp.asarray(np.argsort(-source_mask.sum(axis=1), kind="stable").astype(np.int32))
+        pool = _pool_init(state, problem, settings, order, n_slots)
+        with tqdm(total=n, desc=f"fit {n} cutouts", disable=not progress, leave=False) as bar:
+            clock, finished = 0, 0
+            while True:
+                pool = _pool_run(
+                    pool, problem, settings, jnp.asarray(int(max_iter), jnp.int32),
+                    jnp.asarray(int(chunk), jnp.int32), jnp.asarray(int(refill), jnp.int32),
+                )
+                clock += int(chunk)
+                done_now = int(jnp.sum(~pool.stale & (pool.state.done | (pool.state.step >= max_iter))))
+                bar.update(done_now - finished)
+                finished = done_now
+                seen = ~np.asarray(pool.stale)
+                history.append((clock, float(np.mean(np.asarray(pool.out[1])[seen])) if seen.any() else float("nan")))
+                if not bool(jnp.any(pool.stale)) and not bool(
+                    jnp.any(~pool.slot_state.done & (pool.slot_state.step < max_iter))
+                ):
+                    break
+        state = pool.state
+        groups, loss, chi2, n_valid = pool.out
     n_params = np.asarray(_nparams_b(step_tree, masks))
     failed = np.asarray(state.failed)
     if failed.any():

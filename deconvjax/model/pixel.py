@@ -1,6 +1,8 @@
+import functools
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -56,23 +58,46 @@ def shift_matrix(n: int, shift: Float[Array, ""]) -> Float[Array, "n n"]:
     ``exp(-2 pi i k shift / n)``."""
     if n % 2 == 0:
         raise ValueError(f"shift_matrix needs an odd size, got {n}")
-    # With k = i - j an integer, sin(pi (k - d)) = -(-1)^k sin(pi d) and the denominator
-    # expands by the angle-difference formula: only scalar transcendentals per shift,
-    # the rest are constant matrices (sines on the whole matrix are slow on CPU).
+    return _shift_matrix(n, jnp.asarray(shift, dtype=jnp.result_type(float)))
+
+
+def _shift_terms(n: int, d):
+    """The matrix ``S(d)`` and its derivative ``dS/dd``, from scalar transcendentals only.
+
+    With k = i - j an integer, sin(pi (k - d)) = -(-1)^k sin(pi d) and the denominator
+    n sin(pi (k - d) / n) expands by the angle-difference formula: the rest are constant
+    matrices (sines on the whole matrix are slow on CPU)."""
     k = np.arange(n)[:, None] - np.arange(n)[None, :]
     sign = jnp.asarray(-((-1.0) ** k))
     a = jnp.asarray(np.sin(np.pi * k / n))
     b = jnp.asarray(np.cos(np.pi * k / n))
     diag = jnp.asarray(k == 0)
-    d = jnp.asarray(shift, dtype=jnp.result_type(float))
-    sd = jnp.sin(jnp.pi * d)
-    den = n * (a * jnp.cos(jnp.pi * d / n) - b * jnp.sin(jnp.pi * d / n))
-    off = sign * sd / jnp.where(diag, 1.0, den)
-    # On the diagonal D(-d) is even and smooth at d = 0.
+    sd, cd = jnp.sin(jnp.pi * d), jnp.cos(jnp.pi * d)
+    sn, cn = jnp.sin(jnp.pi * d / n), jnp.cos(jnp.pi * d / n)
+    den = jnp.where(diag, 1.0, n * (a * cn - b * sn))
+    off = sign * sd / den
+    d_off = sign * jnp.pi * (cd * den + sd * (a * sn + b * cn)) / den**2
+    # On the diagonal D(-d) = sin(pi d) / (n sin(pi d / n)) is even and smooth at d = 0.
     small = jnp.abs(d) < 1e-3
-    centre = jnp.where(
+    sn_safe = jnp.where(small, 1.0, sn)
+    centre = jnp.where(small, 1.0 - (jnp.pi * d) ** 2 * (1.0 - 1.0 / n**2) / 6.0, sd / (n * sn_safe))
+    d_centre = jnp.where(
         small,
-        1.0 - (jnp.pi * d) ** 2 * (1.0 - 1.0 / n**2) / 6.0,
-        sd / jnp.where(small, 1.0, n * jnp.sin(jnp.pi * d / n)),
+        -(jnp.pi**2) * d * (1.0 - 1.0 / n**2) / 3.0,
+        jnp.pi * (cd * n * sn_safe - sd * cn) / (n * sn_safe) ** 2,
     )
-    return jnp.where(diag, centre, off)
+    return jnp.where(diag, centre, off), jnp.where(diag, d_centre, d_off)
+
+
+# The derivative in closed form: reverse mode then needs one multiply-and-sum per shift,
+# where differentiating the expression above took a handful of reductions over the matrix.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _shift_matrix(n: int, d):
+    return _shift_terms(n, d)[0]
+
+
+@_shift_matrix.defjvp
+def _shift_matrix_jvp(n, primals, tangents):
+    (d,), (dd,) = primals, tangents
+    value, deriv = _shift_terms(n, d)
+    return value, deriv * dd

@@ -265,7 +265,8 @@ def main():
           f"load {load()}")
     res["n_prior_samples"] = n
     if COSMOS.is_dir():
-        held = prior.normalise(cosmos_stamps(COSMOS, 32, np.arange(80, 100)))
+        held_rows = prior.cosmos_heldout(100)
+        held = prior.normalise(cosmos_stamps(COSMOS, 32, held_rows))
         rng = np.random.default_rng(1)
         for sigma in (0.01, 0.03, 0.1):
             noisy = held + sigma * rng.standard_normal(held.shape).astype(np.float32)
@@ -277,7 +278,7 @@ def main():
                   f"(width {w:.1f} px) {pg:.2f} dB")
             res[f"psnr_tweedie_{sigma}"] = round(pt, 2)
             res[f"psnr_gauss_{sigma}"] = round(pg, 2)
-        cosmos = prior.normalise(cosmos_stamps(COSMOS, 32, np.arange(80)))
+        cosmos = prior.normalise(cosmos_stamps(COSMOS, 32, np.setdiff1d(np.arange(100), held_rows)))
         sims = prior.normalise(simulate_galaxies(0, 1200, 32))
         train = np.concatenate([np.concatenate([cosmos] * 4), sims])
         stats = {"training_set": compare_statistics(samples, train),

@@ -38,7 +38,7 @@ def test_shipped_prior_loads(prior):
 def test_tweedie_beats_gaussian_smoothing_on_held_out_cosmos(prior):
     from deconvjax.diffusion.data import cosmos_stamps
 
-    held = prior.normalise(cosmos_stamps(COSMOS, 32, np.arange(80, 100)))  # not trained on
+    held = prior.normalise(cosmos_stamps(COSMOS, 32, prior.cosmos_heldout(100)))  # not trained on
     rng = np.random.default_rng(0)
     sigma = 0.03
     noisy = held + sigma * rng.standard_normal(held.shape).astype(np.float32)
@@ -110,8 +110,9 @@ def test_shipped_prior_samples_match_training_statistics(prior):
     from deconvjax.diffusion.data import cosmos_stamps, simulate_galaxies
     from deconvjax.diffusion.evaluate import compare_statistics
 
+    trained_on = np.setdiff1d(np.arange(100), prior.cosmos_heldout(100))
     train = prior.normalise(np.concatenate(
-        [np.concatenate([cosmos_stamps(COSMOS, 32, np.arange(80))] * 4),
+        [np.concatenate([cosmos_stamps(COSMOS, 32, trained_on)] * 4),
          simulate_galaxies(0, 1200, 32)]))
     s, _ = dd.sample(jr.key(0), prior.denoiser, prior.sde, prior.shape, 128)
     c = compare_statistics(np.asarray(s), train)
@@ -122,3 +123,14 @@ def test_shipped_prior_samples_match_training_statistics(prior):
     assert abs(np.log(c["size_q16_50_84_samples"][1] / c["size_q16_50_84_reference"][1])) < 0.4
     low_k = np.array(c["power_ratio_median"][:5])
     assert np.all((low_k > 0.6) & (low_k < 1.6)), low_k
+
+
+def test_cosmos_heldout_indices():
+    from deconvjax.diffusion.data import cosmos_heldout_indices
+
+    assert cosmos_heldout_indices(10, every=5).tolist() == [4, 9]
+    assert cosmos_heldout_indices(10, last=3).tolist() == [7, 8, 9]
+    assert cosmos_heldout_indices(10, last=2, every=4).tolist() == [3, 7, 8, 9]
+    assert cosmos_heldout_indices(10).tolist() == []
+    with pytest.raises(ValueError, match="every"):
+        cosmos_heldout_indices(10, every=-1)

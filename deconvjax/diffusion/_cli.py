@@ -47,6 +47,10 @@ def _channels(ctx, param, value):
               help="Add this many GalSim bulge+disk galaxies (single band).")
 @click.option("--cosmos-holdout", default=0, show_default=True,
               help="Leave out the last N COSMOS galaxies (held out for evaluation).")
+@click.option("--cosmos-holdout-every", default=0, show_default=True,
+              help="Leave out every K-th COSMOS galaxy (catalog rows K-1, 2K-1, ...): a "
+                   "held-out set that spans the catalog's magnitudes, which the catalog "
+                   "order does not mix (its last rows are all faint).")
 @click.option("--cosmos-repeat", default=1, show_default=True,
               help="Repeat COSMOS stamps N times in the training set (weights real galaxies "
                    "against simulated ones).")
@@ -62,8 +66,8 @@ def _channels(ctx, param, value):
               help="Stop (checkpointed, resumable) after this much wall time.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Start afresh even if OUT.state exists.")
-def train_prior(data, out, simulate, cosmos_holdout, cosmos_repeat, size, channels, res_blocks,
-                steps, batch_size, lr, checkpoint_every, max_minutes, seed, no_resume):
+def train_prior(data, out, simulate, cosmos_holdout, cosmos_holdout_every, cosmos_repeat, size,
+                channels, res_blocks, steps, batch_size, lr, checkpoint_every, max_minutes, seed, no_resume):
     """Train a diffusion (score) prior on galaxy stamps and write a checkpoint.
 
     Images are normalised by one global flux scale (90th percentile of peak pixel values).
@@ -72,7 +76,13 @@ def train_prior(data, out, simulate, cosmos_holdout, cosmos_repeat, size, channe
     enable_compilation_cache()
     import numpy as np
 
-    from .data import cosmos_stamps, is_cosmos_dir, load_training_images, simulate_galaxies
+    from .data import (
+        cosmos_heldout_indices,
+        cosmos_stamps,
+        is_cosmos_dir,
+        load_training_images,
+        simulate_galaxies,
+    )
     from .train import TrainConfig
     from .train import train_prior as _train
 
@@ -82,8 +92,8 @@ def train_prior(data, out, simulate, cosmos_holdout, cosmos_repeat, size, channe
     for d in data:
         if is_cosmos_dir(d):
             imgs = cosmos_stamps(d, size)
-            if cosmos_holdout:
-                imgs = imgs[: len(imgs) - cosmos_holdout]
+            held = cosmos_heldout_indices(len(imgs), cosmos_holdout, cosmos_holdout_every)
+            imgs = np.delete(imgs, held, axis=0)
             imgs = np.concatenate([imgs] * max(1, cosmos_repeat))
         else:
             imgs = load_training_images(d, size)
@@ -101,7 +111,8 @@ def train_prior(data, out, simulate, cosmos_holdout, cosmos_repeat, size, channe
                       num_res_blocks=res_blocks, steps=steps, batch_size=batch_size,
                       learning_rate=lr, checkpoint_every=checkpoint_every, seed=seed)
     info = {"data": [str(Path(d)) for d in data], "simulate": simulate,
-            "cosmos_holdout": cosmos_holdout, "cosmos_repeat": cosmos_repeat,
+            "cosmos_holdout": cosmos_holdout, "cosmos_holdout_every": cosmos_holdout_every,
+            "cosmos_repeat": cosmos_repeat,
             "n_images": int(len(images))}
     t = time.perf_counter()
     prior = _train(images, out, cfg, resume=not no_resume, extra_info=info,

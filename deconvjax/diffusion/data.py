@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-__all__ = ["load_training_images", "cosmos_stamps", "simulate_galaxies", "is_cosmos_dir",
+__all__ = ["load_training_images", "cosmos_stamps", "cosmos_heldout_indices", "simulate_galaxies",
+           "is_cosmos_dir",
            "resample_stamp"]
 
 
@@ -85,6 +86,22 @@ def cosmos_stamps(path: str | os.PathLike, size: int = 32,
         for f in files.values():
             f.close()
     return np.stack(out)[:, None]
+
+
+def cosmos_heldout_indices(n: int, last: int = 0, every: int = 0) -> np.ndarray:
+    """Catalog rows of ``n`` COSMOS galaxies held out of a prior's training: the ``last``
+    rows, and every ``every``-th row (``every - 1, 2 every - 1, ...``); sorted, unique.
+
+    The GalSim COSMOS sample is not in random order (its last half is all fainter than
+    F814W = 25), so ``every`` gives a held-out set with bright galaxies in it.
+    """
+    n, last, every = int(n), int(last), int(every)
+    if last < 0 or every < 0:
+        raise ValueError(f"last, every: expected non-negative integers, got {last}, {every}")
+    held = set(range(max(n - last, 0), n)) if last else set()
+    if every:
+        held |= set(range(every - 1, n, every))
+    return np.array(sorted(held), dtype=int)
 
 
 def _fits_images(file: Path) -> np.ndarray:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import equinox as eqx
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, Float
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .data import cosmos_heldout_indices
 from .sde import VESDE, VPSDE, AbstractSDE
 from .unet import UNet, UNetDenoiser
 
@@ -53,6 +55,13 @@ class ScorePrior(eqx.Module):
 
     def denormalise(self, x: Float[Array, "... band y x"]) -> Float[Array, "... band y x"]:
         return x * self.flux_scale
+
+    def cosmos_heldout(self, n: int) -> np.ndarray:
+        """Rows of an ``n``-galaxy COSMOS catalog left out of this prior's training (read
+        off the training options recorded in `info`; empty when none were held out)."""
+        info = dict(self.info)
+        return cosmos_heldout_indices(n, int(info.get("cosmos_holdout", 0)),
+                                      int(info.get("cosmos_holdout_every", 0)))
 
     def score(self, x: Float[Array, "band y x"], sigma) -> Float[Array, "band y x"]:
         """Score of the noised prior in prior units, ``(D(x, sigma) - x) / sigma^2``."""

@@ -145,7 +145,7 @@ def deblend(
     spectra: np.ndarray | None = None,
     sde: AbstractSDE | None = None,
     method: AbstractGuidance | None = None,
-    sampler: str = "pf_ode",
+    sampler: str = "dpm2m",
     n_spectrum_iters: int = 1,
     n_init_samples: int | None = None,
     **sample_kwargs,

@@ -49,7 +49,7 @@ def deconvolve(
     n_samples: int = 64,
     sde: AbstractSDE | None = None,
     method: AbstractGuidance | None = None,
-    sampler: str = "pf_ode",
+    sampler: str = "dpm2m",
     batch_size: int | None = None,
     progress: bool = False,
     **sample_kwargs,
@@ -66,7 +66,10 @@ def deconvolve(
         n_samples: number of posterior samples.
         sde: the diffusion SDE (default: the prior's).
         method: guidance (default `MMPS()`).
-        sampler: ``"pf_ode"`` (default) or any method of `deconvjax.diffusion.sample`.
+        sampler: ``"dpm2m"`` (default: DPM-Solver++(2M), 48 steps, one denoiser call per
+            step from a host loop, the fast choice for U-Net priors), ``"pf_ode"``
+            (adaptive, the exact choice for analytic priors) or any method of
+            `deconvjax.diffusion.sample`.
     """
     if sde is None:
         if not isinstance(prior, ScorePrior):

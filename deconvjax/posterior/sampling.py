@@ -12,12 +12,13 @@ __all__ = ["sample_posterior", "sample_unrolled"]
 
 
 def sample_posterior(key: PRNGKeyArray, posterior: PosteriorDenoiser, sde: AbstractSDE,
-                     n_samples: int, *, method: str = "pf_ode",
+                     n_samples: int, *, method: str = "dpm2m",
                      **kwargs) -> tuple[Float[Array, "n *xshape"], Int[Array, ""]]:
     """``n_samples`` posterior samples of the prior variable (``posterior.x_shape``).
 
-    ``method`` is any sampler of `deconvjax.diffusion.sample`: ``"pf_ode"`` (adaptive
-    probability-flow ODE, default), ``"ode_fixed"``, ``"sde"`` (reverse SDE,
+    ``method`` is any sampler of `deconvjax.diffusion.sample`: ``"dpm2m"`` (default;
+    DPM-Solver++(2M) from a host loop, fast with networks), ``"edm"``, ``"pf_ode"``
+    (adaptive probability-flow ODE, exact for analytic priors), ``"ode_fixed"``, ``"sde"`` (reverse SDE,
     Euler-Maruyama; the ancestral sampler's continuous-time limit), ``"sde_shark"``,
     ``"pc"``. Extra keyword arguments go to `deconvjax.diffusion.sample`.
     """

@@ -376,7 +376,7 @@ def _edm_chunk(key, denoiser, sde, x1, steps, solver, rho, churn, final_denoise,
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="sample (edm)", unit="step")
+        it = tqdm(it, desc=f"sample ({'dpm2m' if dpm else 'edm'})", unit="step")
     if dpm:
         if churn > 0:
             raise ValueError("churn: only supported with method='edm'")

@@ -216,8 +216,13 @@ class Observation(eqx.Module):
         ny, nx = frame.shape
         kshape = (ny - 1 + ny % 2, nx - 1 + nx % 2)
         obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=True)
+        big = kshape
         kshape = _padding_ladder(_light_box(obs_kernel, 1e-6), frame.shape)
-        obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=True)
+        # Both boxes are odd and centred on their middle pixel: the small kernel is the
+        # big one's centre, renormalised (rendering it again cost as much).
+        oy, ox = big[0] // 2 - kshape[0] // 2, big[1] // 2 - kshape[1] // 2
+        obs_kernel = obs_kernel[:, oy : oy + kshape[0], ox : ox + kshape[1]]
+        obs_kernel = obs_kernel / obs_kernel.sum(axis=(-2, -1), keepdims=True)
         model_kernel = frame.psf_kernel(kshape, pixel_integrated=True)[None]
         # A centred kernel of half-width r spreads a frame of n pixels over n + 2r, and
         # a period of n + r already keeps the wrapped-around part off the n pixels kept:

@@ -38,7 +38,7 @@ from .init import (
     positions_from,
 )
 from .optimise import (
-    PLATEAU_RTOL,
+    PLATEAU_FACTOR,
     FitResult,
     _State,
     MorphologyPrior,
@@ -159,7 +159,10 @@ def init_batch(
     rhs = np.zeros((n_cut, nb, n_max))
     noise = np.zeros((n_cut, nb))
     for o in obs_stacked:
-        m, r = _normal_equations_b(stacked, o)
+        if kind == "pixel" and o.coords is None:
+            m, r = _pixel_normal_equations(leaves["pixels"], pos, o)
+        else:
+            m, r = _normal_equations_b(stacked, o)
         m, r = np.asarray(m, dtype=np.float64), np.asarray(r, dtype=np.float64)
         w = np.asarray(o.weights, dtype=np.float64)
         with np.errstate(divide="ignore"):
@@ -179,6 +182,50 @@ def init_batch(
     # One kind and one stamp size: a single group whose rows are the sources in order.
     stacked = eqx.tree_at(lambda s: s.groups[0].spectrum, stacked, jnp.asarray(spectra.astype(f32)))
     return stacked, masks
+
+
+def _dirichlet_shift(n: int, d: np.ndarray) -> np.ndarray:
+    """`deconvjax.model.pixel.shift_matrix` in numpy, for shifts ``d`` of any shape:
+    ``(..., n, n)``."""
+    t = (np.arange(n)[:, None] - np.arange(n)[None, :]) - np.asarray(d, dtype=np.float64)[..., None, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.sin(np.pi * t) / (n * np.sin(np.pi * t / n))
+    return np.where(np.abs(t) < 1e-9, 1.0, out)
+
+
+def _pixel_normal_equations(pixels: np.ndarray, centers: np.ndarray, obs: Observation):
+    """`_normal_equations_impl` for free-form sources on an observation on the model
+    grid, for all cutouts at once on the host (numpy and scipy's float32 FFTs): the same
+    ``A^T W A`` and ``A^T W d``, without compiling a program for one call.
+
+    ``pixels`` ``(cutout, source, h, w)``, ``centers`` ``(cutout, source, 2)``; returns
+    ``(cutout, band, source, source)`` and ``(cutout, band, source)``."""
+    import scipy.fft
+
+    n_cut, n_src, h, w = pixels.shape
+    ny, nx = obs.frame_shape
+    fy, fx = obs.fft_shape
+    pixel = np.round(centers)
+    offset = centers - pixel
+    # The stamp image of `PixelMorphology.image`: periodic band-limited shifts.
+    img = _dirichlet_shift(h, offset[..., 0]) @ pixels @ np.swapaxes(_dirichlet_shift(w, offset[..., 1]), -1, -2)
+    corner = pixel.astype(int) - np.array([h // 2, w // 2])
+    canvas = np.zeros((n_cut, n_src, fy, fx), np.float32)
+    for c in range(n_cut):
+        for k in range(n_src):
+            y0, x0 = corner[c, k]
+            ya, yb, xa, xb = max(y0, 0), min(y0 + h, ny), max(x0, 0), min(x0 + w, nx)
+            if ya < yb and xa < xb:
+                canvas[c, k, ya:yb, xa:xb] = img[c, k, ya - y0 : yb - y0, xa - x0 : xb - x0]
+    spec = scipy.fft.rfft2(canvas, workers=-1)
+    kernel = np.asarray(obs.kernel_fft)  # (cutout, band, fy, fx // 2 + 1)
+    a = scipy.fft.irfft2(spec[:, :, None] * kernel[:, None], s=(fy, fx), workers=-1)[..., :ny, :nx]
+    a = np.swapaxes(a, 1, 2).reshape(n_cut, kernel.shape[1], n_src, ny * nx)  # (cutout, band, source, pixel)
+    wgt = np.asarray(obs.weights).reshape(n_cut, -1, ny * nx)
+    data = np.asarray(obs.data).reshape(n_cut, -1, ny * nx)
+    m = (a * wgt[:, :, None]) @ np.swapaxes(a, -1, -2)
+    r = (a @ (wgt * data)[..., None])[..., 0]
+    return m, r
 
 
 _normal_equations_b = eqx.filter_jit(eqx.filter_vmap(_normal_equations_impl))
@@ -319,14 +366,15 @@ def fit_batch(
     learning_rates: Mapping[str, float] | None = None,
     halflife: float | None = None,
     patience: int | None = 5,
-    plateau_rtol: float = PLATEAU_RTOL,
+    plateau_rtol: float | None = None,
+    plateau_factor: float = PLATEAU_FACTOR,
     constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
     chunk: int = 25,
     progress: bool = True,
     shard: bool = False,
-    slots: int | None = 64,
+    slots: int | None = 32,
     refill: int = 10,
 ) -> tuple[Scene, FitResult]:
     """Fit many cutouts at once: `fit` vmapped over a leading cutout axis.
@@ -378,7 +426,9 @@ def fit_batch(
     if source_mask.shape != (n, scenes.n_sources):
         raise ValueError(f"source_mask must be ({n}, {scenes.n_sources}) bool, got {source_mask.shape}")
     masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)], dtype=float) for o in scenes.order)
-    settings = _make_settings(rtol, halflife, patience, min_iter, constraints, morphology_prior, plateau_rtol)
+    settings = _make_settings(
+        rtol, halflife, patience, min_iter, constraints, morphology_prior, plateau_rtol, plateau_factor
+    )
     step_tree = _steps_b(scenes.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
     problem = _Problem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
     if shard:

@@ -44,8 +44,11 @@ def _shift_and_cut(img: np.ndarray, cy: float, cx: float, shape: tuple[int, int]
     h, w = img.shape
     iy, ix = int(round(cy)), int(round(cx))
     ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
-    phase = np.exp(-2j * np.pi * (ky * (iy - cy) + kx * (ix - cx)))
-    shifted = np.fft.ifft2(np.fft.fft2(img) * phase).real
+    if iy == cy and ix == cx:
+        shifted = img  # no sub-pixel part: skip the FFT round trip (PSFs centred on a pixel)
+    else:
+        phase = np.exp(-2j * np.pi * (ky * (iy - cy) + kx * (ix - cx)))
+        shifted = np.fft.ifft2(np.fft.fft2(img) * phase).real
     out = np.zeros(shape)
     ty, tx = shape[0] // 2, shape[1] // 2
     y0, x0 = max(0, iy - ty), max(0, ix - tx)

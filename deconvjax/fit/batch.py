@@ -40,15 +40,14 @@ from .init import (
 from .optimise import (
     PLATEAU_FACTOR,
     FitResult,
-    _State,
     MorphologyPrior,
     _check_steps,
     _group_steps,
     _init_impl,
     _make_settings,
-    _n_params,
     _Problem,
     _run_impl,
+    _State,
 )
 
 
@@ -243,7 +242,6 @@ _steps_b = eqx.filter_jit(
         in_axes=(0, None, None),
     )
 )
-_nparams_b = eqx.filter_jit(eqx.filter_vmap(_n_params))
 
 
 def batch_compilation_count() -> int:
@@ -289,7 +287,9 @@ def _put(tree, idx, values):
     return jax.tree.map(lambda x, v: x.at[idx].set(v), tree, values)
 
 
-def _pool_init_impl(state: _State, problem: _Problem, settings, order, n_slots: int) -> _Pool:
+def _pool_init_impl(problem: _Problem, settings, order, n_slots: int) -> _Pool:
+    # Every cutout's initial state, in the same program as the pool's set-up (one compile).
+    state = jax.vmap(_init_impl, in_axes=(0, None))(problem, settings)
     slot_idx = order[:n_slots]
     out_shape = jax.eval_shape(jax.vmap(_run_impl, in_axes=(0, 0, None, None)), state, problem, settings, jnp.zeros((), jnp.int32))
     out = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), out_shape[1])
@@ -433,7 +433,6 @@ def fit_batch(
     problem = _Problem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
     if shard:
         problem = _shard(problem, n)
-    state = _init_b(problem, settings)
     history = []
     from tqdm.auto import tqdm
 
@@ -441,6 +440,7 @@ def fit_batch(
     if int(refill) < 1:
         raise ValueError(f"refill must be >= 1, got {refill}")
     if n_slots == n:
+        state = _init_b(problem, settings)
         with tqdm(total=int(max_iter), desc=f"fit {n} cutouts", disable=not progress, leave=False) as bar:
             step = 0
             while True:
@@ -456,7 +456,7 @@ def fit_batch(
         # Cutouts with more sources tend to need more steps: start them first, so the
         # last slots to finish are not the slowest cutouts started last.
         order = jnp.asarray(np.argsort(-source_mask.sum(axis=1), kind="stable").astype(np.int32))
-        pool = _pool_init(state, problem, settings, order, n_slots)
+        pool = _pool_init(problem, settings, order, n_slots)
         with tqdm(total=n, desc=f"fit {n} cutouts", disable=not progress, leave=False) as bar:
             clock, finished = 0, 0
             while True:
@@ -476,7 +476,14 @@ def fit_batch(
                     break
         state = pool.state
         groups, loss, chi2, n_valid = pool.out
-    n_params = np.asarray(_nparams_b(step_tree, masks))
+    # Free parameters per cutout: the moving entries of every leaf of the sources present
+    # (`_n_params`, on the host: no program to compile for it).
+    n_params = sum(
+        ((np.asarray(leaf).reshape(*np.shape(leaf)[:2], -1) > 0).sum(axis=-1) * np.asarray(m)).sum(axis=-1)
+        for g, m in zip(step_tree, masks)
+        for leaf in jax.tree.leaves(eqx.filter(g, eqx.is_inexact_array))
+    )
+    n_params = np.asarray(n_params)
     failed = np.asarray(state.failed)
     if failed.any():
         warnings.warn(

@@ -77,7 +77,7 @@ def _scatter_windows(stamps: Float[Array, "n band h w"], starts: Int[Array, "n 2
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _window_adder(shape: tuple[int, int, int]):
     """``(stamps, starts) -> canvas`` for a static canvas ``shape``: the sum of the
     ``(band, h, w)`` stamps placed at their ``(y, x)`` starts.

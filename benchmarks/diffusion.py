@@ -4,29 +4,30 @@ Prints human-readable lines, then (last line) one JSON object with at least
 ``seconds_per_sample_64`` and ``gaussian_cov_rel_err``; ``--png`` (default
 ``benchmarks/out/diffusion_samples.png``) gets shipped-prior samples vs training stamps.
 
-Measured 2026-11-22 08:23-08:27 UTC on the shared 2-core CPU (load average 1.3-3.3, given
-per line in the output), full mode, 240 s in all:
+Measured 2026-12-01 20:20-20:27 UTC on the shared 2-core CPU (another developer's
+benchmarks running; load average 3.1-3.8, given per line in the output), full mode, with
+the shipped prior retrained that day (held-out rows every 5th, 4000 steps):
 
 * 64x64 sampling with the shipped network's weights, batch 16, compile excluded:
-  **0.57 s/sample with 49 NFE** (default ``dpm2m``: DPM-Solver++(2M), 48 steps on the EDM
-  schedule, host loop; load 2.2); EDM Heun 18 steps: 0.42 s/sample with 37 NFE. The same
-  evaluations in diffrax's compiled loop (``ode_fixed``) cost 15x more per NFE (8.6 s/sample
-  at 49 NFE); one 64x64 evaluation costs 12.9 ms/image called directly and 12.8x that
-  inside a ``lax.scan``. Weights closed over as constants: 1.14x (not worth a recompile per
-  denoiser; not used). Anchor: DDPM 10 s per 128x128 sample on an A100 with 950 steps.
+  **0.45 s/sample with 49 NFE** (default ``dpm2m``: DPM-Solver++(2M), 48 steps on the EDM
+  schedule, host loop); EDM Heun 18 steps: 0.32 s/sample with 37 NFE. The same evaluations
+  in diffrax's compiled loop (``ode_fixed``) cost 17.7x more per NFE (8.0 s/sample at 49
+  NFE); one 64x64 evaluation costs 9.3 ms/image called directly and 22.6x that inside a
+  ``lax.scan``. Weights closed over as constants: 0.95x (not used). Anchor: DDPM 10 s per
+  128x128 sample on an A100 with 950 steps. No GPU was available to this session.
 * Gaussian (d=3, 40000 samples) covariance rel. error: pf_ode 0.0073 (56 NFE), dpm2m
   0.0147 (49 NFE), EDM Heun 18 steps 0.099 (37 NFE), EDM Heun 48 steps 0.0141 (97 NFE).
-* Training: 142 images/s (32x32, widths 16/32/32, batch 16, load 1.3), 61 images/s (16/32/64,
-  batch 32).
-* Posterior (MMPS, cg_iters=1, around the shipped prior, 32x32, batch 8, dpm2m): 0.58 s/sample.
-* Shipped prior 32x32: 0.13 s/sample (49 NFE, batch 64). Held-out COSMOS PSNR, Tweedie vs best
-  Gaussian smoothing: 20.95 vs 20.06 (sigma 0.01), 17.80 vs 16.79 (0.03), 15.64 vs 13.55 dB (0.1).
+* Training: 108 images/s (32x32, widths 16/32/32, batch 16), 86 images/s (16/32/64, batch 32).
+* Posterior (MMPS, cg_iters=1, around the shipped prior, 32x32, batch 8, dpm2m): 0.51 s/sample.
+* Shipped prior 32x32: 0.08 s/sample (49 NFE, batch 64). Held-out COSMOS PSNR (rows 4, 9,
+  ..., 99), Tweedie vs best Gaussian smoothing: 24.76 vs 23.94 (sigma 0.01), 21.46 vs 19.67
+  (0.03), 18.93 vs 16.64 dB (0.1).
 * 256 prior samples vs the training set (80 COSMOS x 4 + 1200 simulated): flux q16/50/84
-  3.3/9.2/17.4 vs 2.7/7.4/20.6; half-light radius median 4.0 vs 4.0 px; second-moment size
-  median 5.8 vs 4.9 px; per-image median power ratio 0.97-1.15 for the five lowest |k| bins
-  but 1.7, 3.9, 19 in the three highest: the samples carry pixel noise (between COSMOS's and
+  3.2/7.9/16.7 vs 2.7/7.0/20.4; half-light radius median 3.6 vs 4.0 px; second-moment size
+  median 5.6 vs 4.9 px; per-image median power ratio 0.99-1.22 for the five lowest |k| bins
+  but 2.0, 4.4, 20 in the three highest: the samples carry pixel noise (between COSMOS's and
   none) while 79% of the training stamps are noiseless simulations. The mean power spectrum
-  ratio (0.2-0.4) is dominated by the training set's brightest galaxies.
+  ratio (0.2-0.3) is dominated by the training set's brightest galaxies.
 
     JAX_PLATFORMS=cpu python benchmarks/diffusion.py [--quick] [--png PATH]
 """

@@ -152,6 +152,9 @@ def symmetrise(pixels: Float[Array, "source h w"]) -> Float[Array, "source h w"]
     h, w = pixels.shape[-2:]
     cy, cx = h // 2, w // 2
     ny, nx = min(cy, h - 1 - cy), min(cx, w - 1 - cx)
+    if (2 * ny + 1, 2 * nx + 1) == (h, w):
+        # Odd sizes: every pixel has its mirror (no copy into a core region).
+        return 0.5 * (pixels + pixels[..., ::-1, ::-1])
     core = pixels[..., cy - ny : cy + ny + 1, cx - nx : cx + nx + 1]
     core = 0.5 * (core + core[..., ::-1, ::-1])
     return pixels.at[..., cy - ny : cy + ny + 1, cx - nx : cx + nx + 1].set(core)
@@ -206,7 +209,9 @@ def monotonise(pixels: Float[Array, "source h w"], *, full: bool = True) -> Floa
     h, w = shape
     parents = _parents(shape).reshape(h, w)
     yy, xx = np.mgrid[:h, :w]
-    padded = jnp.pad(pixels, [(0, 0)] * (pixels.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+    # Zero padding: the masks never pick a neighbour outside the stamp, and a constant
+    # pad fuses into the selection (edge padding is a concatenation of slices).
+    padded = jnp.pad(pixels, [(0, 0)] * (pixels.ndim - 2) + [(1, 1), (1, 1)])
     parent = pixels
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
@@ -234,7 +239,11 @@ def project(group: Source, constraints: Constraints, *, full: bool = True) -> So
     if constraints.symmetric:
         p = symmetrise(p)
     if constraints.monotonic:
-        p = monotonise(p, full=full)
+        # Materialise the input first: otherwise XLA fuses everything upstream (the
+        # optimiser update, the exponential, the symmetrisation) into each of the
+        # shifted reads of the sweep, recomputing it ~9 times per pixel (slower to run
+        # and to compile).
+        p = monotonise(jax.lax.optimization_barrier(p), full=full)
     spectrum = group.spectrum
     if constraints.normalise:
         total = jnp.sum(p, axis=(-2, -1))

@@ -184,10 +184,7 @@ def sample(images, psfs, variances, prior_path, n_samples, method, sampler, step
     try:
         frame, obs = make_observations(datas, [_read_psf(p) for p in psfs], variances=noises,
                                        shape=tuple(size))
-        # The learned prior's data scale sets MMPS's preconditioner (cheaper than the
-        # probe of the Jacobian, and better on held-out COSMOS galaxies, see MMPS).
-        mmps = MMPS(cg_iters=cg_iters, prior_variance=prior.denoiser.sigma_data**2)
-        guidance = {"mmps": mmps, "convolved": ConvolvedLikelihood(cg_iters=cg_iters),
+        guidance = {"mmps": MMPS(cg_iters=cg_iters), "convolved": ConvolvedLikelihood(cg_iters=cg_iters),
                     "dps": DPS()}[method]
         post = PosteriorDenoiser(prior, obs, method=guidance)
     except ValueError as err:

@@ -29,10 +29,11 @@ class MMPS(AbstractGuidance):
     CG can then diverge. Measured on 10 held-out COSMOS galaxies brighter than F814W 25
     (shipped 32x32 prior, Moffat FWHM 4 px, peak SNR ~20, mean of 8 samples, dpm2m 24
     steps), posterior-mean PSNR relative to oracle-tuned Tikhonov: ``cg_iters=1`` +0.2 dB
-    with the probed ``c_t``, +0.4 dB with ``prior_variance = sigma_data**2``; 2 iterations
-    -2.6 dB, and 4 iterations with the symmetrised Jacobian ``(J + J^T) / 2`` (one more
-    JVP per iteration) -5.5 dB, some galaxies diverging. Use ``cg_iters=1`` and
-    ``prior_variance = sigma_data**2`` with learned priors (the ``sample`` CLI does);
+    with the probed ``c_t``; 2 iterations -2.6 dB, and 4 iterations with the symmetrised
+    Jacobian ``(J + J^T) / 2`` (one more JVP per iteration) -5.5 dB, some galaxies
+    diverging. A fixed ``prior_variance = sigma_data**2`` (one backward pass fewer) gave
+    +0.4 dB there, but at 1.7x that noise (48 steps) one galaxy of ten diverged (-2.0 dB
+    against the probe's -0.06 dB). Use ``cg_iters=1`` and the probe with learned priors;
     Gaussian / analytic priors converge to the exact answer with more iterations.
 
     **Arguments:**

@@ -425,7 +425,8 @@ def fit_batch(
     source_mask = np.asarray(source_mask, bool)
     if source_mask.shape != (n, scenes.n_sources):
         raise ValueError(f"source_mask must be ({n}, {scenes.n_sources}) bool, got {source_mask.shape}")
-    masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)], dtype=float) for o in scenes.order)
+    f32 = np.dtype(jnp.result_type(float))
+    masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)].astype(f32)) for o in scenes.order)
     settings = _make_settings(
         rtol, halflife, patience, min_iter, constraints, morphology_prior, plateau_rtol, plateau_factor
     )
@@ -465,14 +466,16 @@ def fit_batch(
                     jnp.asarray(int(chunk), jnp.int32), jnp.asarray(int(refill), jnp.int32),
                 )
                 clock += int(chunk)
-                done_now = int(jnp.sum(~pool.stale & (pool.state.done | (pool.state.step >= max_iter))))
+                # Progress on the host, in numpy (eager device ops would each compile).
+                stale = np.asarray(pool.stale)
+                done = np.asarray(pool.state.done) | (np.asarray(pool.state.step) >= max_iter)
+                done_now = int(np.sum(~stale & done))
                 bar.update(done_now - finished)
                 finished = done_now
-                seen = ~np.asarray(pool.stale)
-                history.append((clock, float(np.mean(np.asarray(pool.out[1])[seen])) if seen.any() else float("nan")))
-                if not bool(jnp.any(pool.stale)) and not bool(
-                    jnp.any(~pool.slot_state.done & (pool.slot_state.step < max_iter))
-                ):
+                loss_now = np.asarray(pool.out[1])[~stale]
+                history.append((clock, float(np.mean(loss_now)) if loss_now.size else float("nan")))
+                slots_active = ~np.asarray(pool.slot_state.done) & (np.asarray(pool.slot_state.step) < max_iter)
+                if not stale.any() and not slots_active.any():
                     break
         state = pool.state
         groups, loss, chi2, n_valid = pool.out

@@ -30,13 +30,13 @@ Measured 2026-12-01 20:38-20:57 UTC on the shared 2-core CPU (another developer'
 benchmarks running, load average 3.2-3.8), defaults, shipped prior (every 5th COSMOS row
 held out, 4000 steps):
 
-=======================================  ===========  =========  ===============
-posterior-mean PSNR (SSIM)               MMPS         Tikhonov   Richardson-Lucy
-=======================================  ===========  =========  ===============
-COSMOS held out, F814W < 25 (10)         27.78 (.66)  27.88 (.71)  27.88 (.67)
-COSMOS, all 20 held out                  24.20 (.50)  24.27 (.56)  24.17 (.50)
-simulated, noiseless truths (20)         41.43 (.96)  30.09 (.75)  35.58 (.92)
-=======================================  ===========  =========  ===============
+==================================  ============  ============  ===============
+posterior-mean PSNR dB (SSIM)       MMPS          Tikhonov      Richardson-Lucy
+==================================  ============  ============  ===============
+COSMOS held out, F814W < 25 (10)    27.78 (0.66)  27.88 (0.71)  27.88 (0.67)
+COSMOS, all 20 held out             24.20 (0.50)  24.27 (0.56)  24.17 (0.50)
+simulated, noiseless truths (20)    41.43 (0.96)  30.09 (0.75)  35.58 (0.92)
+==================================  ============  ============  ===============
 
 ``psnr_gain_over_tikhonov_db`` -0.10 (target +3: missed), -0.07 on all 20, +11.3 on the
 noiseless simulated truths (+5.9 over Richardson-Lucy); the observations themselves are at

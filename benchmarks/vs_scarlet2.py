@@ -23,34 +23,53 @@ The last line printed is a JSON object with ``speedup_per_iter_50``,
 ``speedup_256_cutouts`` and ``flux_error_ratio`` (deconvjax's median flux error over
 scarlet2's on the same blends). Run ``--quick`` for a small smoke run.
 
-Measured 2026-11-22 on the shared 2-core CPU (other developers' jobs running; load
-averages 2.4-3.4 at start and end of each run), two full runs with default arguments:
+Measured 2026-12-01 on the shared 2-core CPU (another developer's posterior-sampling jobs
+running throughout), two full runs with default arguments:
 
 =====================================  ===================  ===================
-                                       run A (08:25 UTC)    run B (08:36 UTC)
+                                       run A (20:43 UTC)    run B (20:47 UTC)
 =====================================  ===================  ===================
-median flux error, 25 blends           0.0885 vs 0.544      0.0885 vs 0.544
-flux_error_ratio                       0.163                0.163
-per iteration, 5 sources               1.19 vs 4.78 ms      1.40 vs 6.08 ms
-per iteration, 20 sources              2.08 vs 10.5 ms      2.02 vs 12.0 ms
-per iteration, 50 sources              3.23 vs 24.3 ms      4.30 vs 24.9 ms
-speedup_per_iter_50                    7.5x                 5.8x
-256 cutouts end to end (deconvjax)     45.9 s               44.9 s
-scarlet2 per cutout (8 measured)       2.96 s (1.9-3.9)     2.18 s (1.4-3.1)
-speedup_256_cutouts                    16.5x                12.4x
+load average (1, 5, 15 min), start     3.1, 3.4, 3.6        3.0, 3.4, 3.6
+load average (1, 5, 15 min), end       3.6, 3.5, 3.7        1.6, 2.8, 3.4
+median flux error, 25 blends           0.0846 vs 0.544      0.0846 vs 0.544
+flux_error_ratio                       0.156                0.156
+per iteration, 5 sources               2.03 vs 4.83 ms      1.12 vs 5.76 ms
+per iteration, 20 sources              1.77 vs 9.47 ms      1.21 vs 7.82 ms
+per iteration, 50 sources              2.20 vs 20.0 ms      1.77 vs 13.6 ms
+speedup_per_iter_50                    9.1x                 7.7x
+256 cutouts end to end (deconvjax)     16.4 s               13.8 s
+  observations / init / fit+compile    0.6 / 1.5 / 14.3 s   0.4 / 1.3 / 12.1 s
+scarlet2 per cutout (8 measured)       1.85 s (1.09-2.29)   1.09 s (0.68-1.56)
+speedup_256_cutouts                    28.8x                20.2x
 =====================================  ===================  ===================
 
-(deconvjax first, scarlet2 second.) Run B's breakdown of the 256 cutouts: observations
-2.1 s, init 5.9 s, fit 37.0 s with compilation (~6 s); the vmapped while loop runs until the
-slowest cutout stops (200 steps; median 141, 193/256 converged at rtol 1e-4). deconvjax's
-iterations to convergence on the 100 accuracy blends: median 181, 57/100 converged within
-200 steps. Timings of either tool move by 30% or more with the other jobs' load (runs with a
-busier machine measured scarlet2 at 37-65 ms per iteration at 50 sources), so only the ratio
-within one run means anything. Neither speed target of the issue (10x per iteration at 50
-sources, 50x on 256 cutouts) is met: one iteration at 50 sources is dominated by the PSF
-matching's four 144x144 FFTs per band (forward and adjoint), and a cutout-iteration
-(~0.6 ms) by the same on 80x80; the in-jit while loop is not the bottleneck here (3.6 ms
-per iteration inside it against 3.9-6.6 ms for the same step as its own jitted call).
+(deconvjax first, scarlet2 second; run A's 5-source deconvjax figure was hit by a load
+spike.) The previous figures (2026-11-22: 5.8-7.5x per iteration at 50 sources, 12-16x on
+256 cutouts, flux error ratio 0.163) came from the same script before the changes below.
+Timings of both tools move by 30% or more with the other jobs' load, and scarlet2, whose
+step is dominated by host-side dispatch, gains more than deconvjax when cores are free
+(run B), so only the ratio within one run means anything. Neither speed target of the issue
+(10x per iteration at 50 sources, 50x on 256 cutouts) is met.
+
+Where the time goes. One deconvjax iteration at 50 sources (3-band 128x128 field, 27x27
+free-form stamps; XLA CPU profile, ~3 ms summed over ops at load ~3.5): the four 144x144
+FFTs per band of PSF matching (forward rfft/irfft and the transposes in the gradient)
+~0.8 ms, plus ~0.35 ms of padding, cropping and kernel products around them; the stamps'
+sub-pixel shifts (Dirichlet-kernel matmuls, 2 forward and 4 backward, and the centres'
+derivatives) ~0.7 ms; adding the stamps into the frame (a loop of slice updates) and
+their gradient (a gather) ~0.2 ms; the log/exp parametrisation and the projections
+(symmetry, one monotonicity sweep, unit-sum normalisation) ~0.35 ms; Adam, the
+convergence test and small reductions the rest. No float64 appears in the step.
+
+256 cutouts (run A): observations 0.6 s and init 1.5 s (moments and the spectra's normal
+equations on the host in numpy, no compile), then the fit: compiling the slot-pool program
+~4.5-5 s, and running it ~9 s. The fit runs 32 slots at a time, a finished cutout's slot
+taking the next cutout every 10 steps (continuous batching), so it costs the sum of the
+cutouts' iterations (~20,300: median 74, max 191, all 256 converged at rtol 1e-4) rather
+than 256 times the slowest one's (51,200), at ~0.4 ms per cutout-iteration, about half of
+it the 80x80 FFTs. deconvjax's iterations to convergence on the 100 accuracy blends:
+median 87 (was 181), 99/100 converged within 200 steps (was 57/100): the default steps for
+free-form scenes are three times scarlet2's quick-start ones, with reduce-on-plateau.
 """
 
 from __future__ import annotations
@@ -290,8 +309,8 @@ def main(argv=None):
               f"per cutout -> {s2_total:.0f} s for all (scaled from {n2}); speedup {s2_total / dj_wall:.1f}x")
         bd = res.breakdown
         print(f"[cutouts] deconvjax: observations {bd['observations']:.1f} s, init {bd['init']:.1f} s, fit "
-              f"{bd['fit_with_compile']:.1f} s (compile included; {int(np.max(res.iterations))} steps, the slowest "
-              f"cutout's: a vmapped while loop runs until all are done; median {int(np.median(res.iterations))}, "
+              f"{bd['fit_with_compile']:.1f} s (compile included; steps per cutout: median "
+              f"{int(np.median(res.iterations))}, max {int(np.max(res.iterations))}, sum {int(np.sum(res.iterations))}; "
               f"converged {int(np.sum(res.converged))}/{a.n_cutouts}); scarlet2 per cutout min "
               f"{np.min(s2_times):.2f} s, max {np.max(s2_times):.2f} s")
         out.update(time_cutouts_deconvjax=dj_wall, time_cutouts_scarlet2=s2_total, n_cutouts=a.n_cutouts,

@@ -5,7 +5,10 @@ stamp shapes and numbers of sources), which `init_batch` arranges by padding eac
 with absent sources (masked: zero flux, never fitted); missing pixels are weight 0 in the
 observations. The step is the very one `fit` runs, vmapped, and a cutout that has
 converged stops moving while others go on (``lax.while_loop`` under ``vmap``), so each
-result equals the cutout fitted alone.
+result equals the cutout fitted alone. Cutouts are fitted a fixed number of slots at a
+time, each finished cutout's slot taking the next one of the queue inside the compiled
+loop (continuous batching: the cost follows the sum of the cutouts' iterations, not their
+number times the slowest one's).
 """
 
 from __future__ import annotations

@@ -202,7 +202,11 @@ class Scene(eqx.Module):
         )
 
     def render(self) -> Cube:
-        """The model cube ``(band, ny, nx)``: the sum of all sources."""
+        """The model cube ``(band, ny, nx)``: the sum of all sources.
+
+        Works under `jit`, `vmap`, `grad`/`vjp` and `jvp`; `jax.linear_transpose` of it
+        is not supported (the window sum's batching rule has no transpose): use
+        `jax.vjp`."""
         _, ny, nx = self.shape
         model = None
         for stamps, corners in self.stamps():

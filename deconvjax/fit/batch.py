@@ -47,7 +47,9 @@ from .optimise import (
     _check_steps,
     _group_steps,
     _init_impl,
+    _loop_impl,
     _make_settings,
+    _outputs_impl,
     _Problem,
     _run_impl,
     _State,
@@ -253,6 +255,7 @@ def batch_compilation_count() -> int:
         + int(_init_b._cached._cache_size())
         + int(_pool_run._cached._cache_size())
         + int(_pool_init._cached._cache_size())
+        + int(_outputs_b._cached._cache_size())
     )
 
 
@@ -270,12 +273,12 @@ def _shard(tree, n: int):
 
 class _Pool(eqx.Module):
     """A fixed number of slots, each fitting one cutout; a slot whose cutout has finished
-    takes the next one from the queue (continuous batching). ``state`` and ``out`` hold
-    every cutout's latest state and outputs; the slots' own states are ``slot_state``."""
+    takes the next one from the queue (continuous batching). ``state`` holds every
+    cutout's latest state (``pending``: not yet through a round), the slots' own states
+    are ``slot_state``."""
 
     state: _State
-    out: tuple
-    stale: Array
+    pending: Array
     slot_idx: Array
     slot_state: _State
     next_ptr: Array
@@ -294,13 +297,10 @@ def _pool_init_impl(problem: _Problem, settings, order, n_slots: int) -> _Pool:
     # Every cutout's initial state, in the same program as the pool's set-up (one compile).
     state = jax.vmap(_init_impl, in_axes=(0, None))(problem, settings)
     slot_idx = order[:n_slots]
-    out_shape = jax.eval_shape(jax.vmap(_run_impl, in_axes=(0, 0, None, None)), state, problem, settings, jnp.zeros((), jnp.int32))
-    out = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), out_shape[1])
     n = order.shape[0]
     return _Pool(
         state=state,
-        out=out,
-        stale=jnp.ones(n, bool),
+        pending=jnp.ones(n, bool),
         slot_idx=slot_idx,
         slot_state=_take(state, slot_idx),
         next_ptr=jnp.asarray(n_slots, jnp.int32),
@@ -311,24 +311,24 @@ def _pool_init_impl(problem: _Problem, settings, order, n_slots: int) -> _Pool:
 def _pool_run_impl(pool: _Pool, problem: _Problem, settings, max_iter, budget, refill):
     """Run the slots ``refill`` steps at a time (each slot's cutout at most ``max_iter``
     in all), writing every slot back and refilling the finished ones, until every cutout
-    is done or ``budget`` steps have passed."""
+    is done or ``budget`` steps have passed. The outputs (groups, loss, chi2) are computed
+    once at the end, by `_outputs_b`, not every round."""
     n = pool.order.shape[0]
-    step_b = jax.vmap(_run_impl, in_axes=(0, 0, None, 0))
+    loop_b = jax.vmap(_loop_impl, in_axes=(0, 0, None, 0))
 
     def active(p):
         return ~p.slot_state.done & (p.slot_state.step < max_iter)
 
     def cond(carry):
         p, clock = carry
-        return (jnp.any(p.stale) | jnp.any(active(p))) & (clock < budget)
+        return (jnp.any(p.pending) | jnp.any(active(p))) & (clock < budget)
 
     def body(carry):
         p, clock = carry
         until = jnp.minimum(p.slot_state.step + refill, max_iter)
-        slot_state, slot_out = step_b(p.slot_state, _take(problem, p.slot_idx), settings, until)
+        slot_state = loop_b(p.slot_state, _take(problem, p.slot_idx), settings, until)
         state = _put(p.state, p.slot_idx, slot_state)
-        out = _put(p.out, p.slot_idx, slot_out)
-        stale = p.stale.at[p.slot_idx].set(False)
+        pending = p.pending.at[p.slot_idx].set(False)
         # Finished slots take the next cutouts of the queue, in slot order.
         finished = slot_state.done | (slot_state.step >= max_iter)
         cand = p.next_ptr + jnp.cumsum(finished) - 1
@@ -340,8 +340,7 @@ def _pool_run_impl(pool: _Pool, problem: _Problem, settings, max_iter, budget, r
         )
         p = _Pool(
             state=state,
-            out=out,
-            stale=stale,
+            pending=pending,
             slot_idx=slot_idx,
             slot_state=slot_state,
             next_ptr=p.next_ptr + jnp.sum(take).astype(jnp.int32),
@@ -355,6 +354,7 @@ def _pool_run_impl(pool: _Pool, problem: _Problem, settings, max_iter, budget, r
 
 _pool_init = eqx.filter_jit(_pool_init_impl)
 _pool_run = eqx.filter_jit(_pool_run_impl)
+_outputs_b = eqx.filter_jit(eqx.filter_vmap(_outputs_impl, in_axes=(0, 0, None)))
 
 
 def fit_batch(
@@ -405,7 +405,7 @@ def fit_batch(
 
     **Returns:** the stacked fitted scenes and a `FitResult` whose fields are arrays over
     cutouts (``loss_history`` holds ``(step, mean loss)``; with slots, the steps of the
-    pool's clock and the mean over the cutouts fitted so far).
+    pool's clock, and the mean final loss once every cutout is done, NaN before).
     """
     t0 = time.perf_counter()
     if not isinstance(scenes, Scene):
@@ -470,18 +470,18 @@ def fit_batch(
                 )
                 clock += int(chunk)
                 # Progress on the host, in numpy (eager device ops would each compile).
-                stale = np.asarray(pool.stale)
+                pending = np.asarray(pool.pending)
                 done = np.asarray(pool.state.done) | (np.asarray(pool.state.step) >= max_iter)
-                done_now = int(np.sum(~stale & done))
+                done_now = int(np.sum(~pending & done))
                 bar.update(done_now - finished)
                 finished = done_now
-                loss_now = np.asarray(pool.out[1])[~stale]
-                history.append((clock, float(np.mean(loss_now)) if loss_now.size else float("nan")))
+                history.append((clock, done_now))
                 slots_active = ~np.asarray(pool.slot_state.done) & (np.asarray(pool.slot_state.step) < max_iter)
-                if not stale.any() and not slots_active.any():
+                if not pending.any() and not slots_active.any():
                     break
         state = pool.state
-        groups, loss, chi2, n_valid = pool.out
+        groups, loss, chi2, n_valid = _outputs_b(state, problem, settings)
+        history = [(c, float(np.mean(np.asarray(loss))) if k == n else float("nan")) for c, k in history]
     # Free parameters per cutout: the moving entries of every leaf of the sources present
     # (`_n_params`, on the host: no program to compile for it).
     n_params = sum(

@@ -305,15 +305,18 @@ def _step(state: _State, problem: _Problem, settings: _Settings, moving) -> _Sta
     )
 
 
-def _run_impl(state: _State, problem: _Problem, settings: _Settings, until: Int[Array, ""]):
-    """Up to ``until`` steps; also returns the constrained groups, loss, chi2 and number
-    of valid pixels at the state reached (one compiled function serves both)."""
+def _loop_impl(state: _State, problem: _Problem, settings: _Settings, until: Int[Array, ""]) -> _State:
+    """Up to ``until`` steps (fewer if the fit converges or fails first)."""
 
     def cond(s):
         return (~s.done) & (s.step < until)
 
     moving = _moving(problem.steps, problem.masks)
-    state = jax.lax.while_loop(cond, lambda s: _step(s, problem, settings, moving), state)
+    return jax.lax.while_loop(cond, lambda s: _step(s, problem, settings, moving), state)
+
+
+def _outputs_impl(state: _State, problem: _Problem, settings: _Settings):
+    """The constrained groups, loss, chi2 and number of valid pixels at ``state``."""
     # Inside the loop monotonicity is one inward sweep per step; finish it exactly.
     u = tuple(
         to_unconstrained(project(from_unconstrained(g, settings.constraints), settings.constraints), settings.constraints)
@@ -324,7 +327,14 @@ def _run_impl(state: _State, problem: _Problem, settings: _Settings, until: Int[
     # One render gives the loss, the chi2 and the groups.
     loss, (groups, chi2) = _loss_and_groups(u, problem, settings)
     n_valid = sum(obs.n_valid for obs in problem.observations)
-    return state, (groups, loss, chi2, n_valid)
+    return groups, loss, chi2, n_valid
+
+
+def _run_impl(state: _State, problem: _Problem, settings: _Settings, until: Int[Array, ""]):
+    """Up to ``until`` steps; also returns the constrained groups, loss, chi2 and number
+    of valid pixels at the state reached (one compiled function serves both)."""
+    state = _loop_impl(state, problem, settings, until)
+    return state, _outputs_impl(state, problem, settings)
 
 
 _init = eqx.filter_jit(_init_impl)

@@ -24,32 +24,36 @@ The last line printed is a JSON object with ``speedup_per_iter_50``,
 scarlet2's on the same blends). Run ``--quick`` for a small smoke run.
 
 Measured 2026-12-01 on the shared 2-core CPU (another developer's posterior-sampling jobs
-running throughout), two full runs with default arguments:
+running throughout), four full runs with default arguments (A and B before the last change
+to `fit_batch`, which computes the outputs once at the end instead of every round; it does
+not touch the per-iteration part; C and D on the final code):
 
-=====================================  ===================  ===================
-                                       run A (20:43 UTC)    run B (20:47 UTC)
-=====================================  ===================  ===================
-load average (1, 5, 15 min), start     3.1, 3.4, 3.6        3.0, 3.4, 3.6
-load average (1, 5, 15 min), end       3.6, 3.5, 3.7        1.6, 2.8, 3.4
-median flux error, 25 blends           0.0846 vs 0.544      0.0846 vs 0.544
-flux_error_ratio                       0.156                0.156
-per iteration, 5 sources               2.03 vs 4.83 ms      1.12 vs 5.76 ms
-per iteration, 20 sources              1.77 vs 9.47 ms      1.21 vs 7.82 ms
-per iteration, 50 sources              2.20 vs 20.0 ms      1.77 vs 13.6 ms
-speedup_per_iter_50                    9.1x                 7.7x
-256 cutouts end to end (deconvjax)     16.4 s               13.8 s
-  observations / init / fit+compile    0.6 / 1.5 / 14.3 s   0.4 / 1.3 / 12.1 s
-scarlet2 per cutout (8 measured)       1.85 s (1.09-2.29)   1.09 s (0.68-1.56)
-speedup_256_cutouts                    28.8x                20.2x
-=====================================  ===================  ===================
+==================================  ================  ================  ================  ================
+                                    A (20:43 UTC)     B (20:47 UTC)     C (20:55 UTC)     D (20:59 UTC)
+==================================  ================  ================  ================  ================
+load average 1/5/15 min, start      3.1, 3.4, 3.6     3.0, 3.4, 3.6     3.5, 3.0, 3.2     3.7, 3.4, 3.3
+load average 1/5/15 min, end        3.6, 3.5, 3.7     1.6, 2.8, 3.4     3.8, 3.4, 3.3     3.4, 3.5, 3.4
+median flux error, 25 blends        0.0846 vs 0.544   0.0846 vs 0.544   0.0846 vs 0.544   0.0846 vs 0.544
+flux_error_ratio                    0.156             0.156             0.156             0.156
+per iteration, 5 sources            2.03 vs 4.83 ms   1.12 vs 5.76 ms   1.17 vs 4.28 ms   1.02 vs 3.87 ms
+per iteration, 20 sources           1.77 vs 9.47 ms   1.21 vs 7.82 ms   1.29 vs 13.6 ms   1.21 vs 10.6 ms
+per iteration, 50 sources           2.20 vs 20.0 ms   1.77 vs 13.6 ms   2.95 vs 18.4 ms   2.84 vs 15.6 ms
+speedup_per_iter_50                 9.1x              7.7x              6.2x              5.5x
+256 cutouts end to end, deconvjax   16.4 s            13.8 s            18.8 s            17.4 s
+  observations / init / fit         0.6 / 1.5 / 14.3  0.4 / 1.3 / 12.1  0.6 / 1.8 / 16.4  0.4 / 1.5 / 15.5
+scarlet2 per cutout (8 measured)    1.85 (1.09-2.29)  1.09 (0.68-1.56)  1.66 (1.12-2.32)  1.74 (1.22-2.21)
+speedup_256_cutouts                 28.8x             20.2x             22.6x             25.6x
+==================================  ================  ================  ================  ================
 
-(deconvjax first, scarlet2 second; run A's 5-source deconvjax figure was hit by a load
-spike.) The previous figures (2026-11-22: 5.8-7.5x per iteration at 50 sources, 12-16x on
-256 cutouts, flux error ratio 0.163) came from the same script before the changes below.
-Timings of both tools move by 30% or more with the other jobs' load, and scarlet2, whose
-step is dominated by host-side dispatch, gains more than deconvjax when cores are free
-(run B), so only the ratio within one run means anything. Neither speed target of the issue
-(10x per iteration at 50 sources, 50x on 256 cutouts) is met.
+(deconvjax first, scarlet2 second; seconds unless marked. The deconvjax per-iteration
+figures of C and D at 50 sources and of A at 5 sources were hit by load bursts: the same
+step measured alone at load ~3.5 right after run D took 2.1-2.4 ms.) The previous figures
+(2026-11-22: 5.8-7.5x per iteration at 50 sources, 12-16x on 256 cutouts, flux error
+ratio 0.163) came from the same script before the changes below. Timings of both tools
+move by 30% or more with the other jobs' load, and scarlet2, whose step is dominated by
+host-side dispatch, gains more than deconvjax when cores are free (run B), so only the
+ratio within one run means anything. Neither speed target of the issue (10x per iteration
+at 50 sources, 50x on 256 cutouts) is met.
 
 Where the time goes. One deconvjax iteration at 50 sources (3-band 128x128 field, 27x27
 free-form stamps; XLA CPU profile, ~3 ms summed over ops at load ~3.5): the four 144x144
@@ -61,15 +65,21 @@ their gradient (a gather) ~0.2 ms; the log/exp parametrisation and the projectio
 (symmetry, one monotonicity sweep, unit-sum normalisation) ~0.35 ms; Adam, the
 convergence test and small reductions the rest. No float64 appears in the step.
 
-256 cutouts (run A): observations 0.6 s and init 1.5 s (moments and the spectra's normal
-equations on the host in numpy, no compile), then the fit: compiling the slot-pool program
-~4.5-5 s, and running it ~9 s. The fit runs 32 slots at a time, a finished cutout's slot
+256 cutouts (run D): observations 0.4 s and init 1.5 s (moments and the spectra's normal
+equations on the host in numpy, no compile), then the fit (15.5 s): compiling the slot-pool
+program ~5 s, and running it ~9-10 s. The fit runs 32 slots at a time, a finished cutout's slot
 taking the next cutout every 10 steps (continuous batching), so it costs the sum of the
 cutouts' iterations (~20,300: median 74, max 191, all 256 converged at rtol 1e-4) rather
-than 256 times the slowest one's (51,200), at ~0.4 ms per cutout-iteration, about half of
+than 256 times the slowest one's (51,200), at ~0.45 ms per cutout-iteration, about half of
 it the 80x80 FFTs. deconvjax's iterations to convergence on the 100 accuracy blends:
 median 87 (was 181), 99/100 converged within 200 steps (was 57/100): the default steps for
 free-form scenes are three times scarlet2's quick-start ones, with reduce-on-plateau.
+
+What the targets would take: at scarlet2's 1.1-1.9 s per cutout here, 50x means 6-9 s for
+all 256 cutouts, about the compile (~5 s) plus the ~20,000 cutout-iterations at ~0.2 ms
+each, half of today's cost per iteration; and 10x per iteration at 50 sources means
+1.4-2.0 ms against scarlet2's 14-20 ms, roughly what the FFTs and the stamp shifts alone
+take now.
 """
 
 from __future__ import annotations
@@ -310,7 +320,8 @@ def main(argv=None):
         bd = res.breakdown
         print(f"[cutouts] deconvjax: observations {bd['observations']:.1f} s, init {bd['init']:.1f} s, fit "
               f"{bd['fit_with_compile']:.1f} s (compile included; steps per cutout: median "
-              f"{int(np.median(res.iterations))}, max {int(np.max(res.iterations))}, sum {int(np.sum(res.iterations))}; "
+              f"{int(np.median(res.iterations))}, max {int(np.max(res.iterations))}, "
+              f"sum {int(np.sum(res.iterations))}; "
               f"converged {int(np.sum(res.converged))}/{a.n_cutouts}); scarlet2 per cutout min "
               f"{np.min(s2_times):.2f} s, max {np.max(s2_times):.2f} s")
         out.update(time_cutouts_deconvjax=dj_wall, time_cutouts_scarlet2=s2_total, n_cutouts=a.n_cutouts,

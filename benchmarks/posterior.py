@@ -255,7 +255,7 @@ def main():
         res.update(compare(sims, {"_sim": ("simulated, noiseless truths",
                                            np.ones(len(sims), bool))}, 1)[0])
 
-    # Seconds per 64x64 posterior sample: 64 trajectories of one galaxy, warm.
+    # Seconds per 64x64 posterior sample: `--n-timing` trajectories of one galaxy, warm.
     s64 = 64
     if size == s64:
         den64, obs64 = prior, template

@@ -134,3 +134,37 @@ def test_cosmos_heldout_indices():
     assert cosmos_heldout_indices(10).tolist() == []
     with pytest.raises(ValueError, match="every"):
         cosmos_heldout_indices(10, every=-1)
+
+
+@pytest.mark.parametrize("n_in, size", [(90, 32), (40, 64), (50, 50)])
+def test_resampled_noise_variance_white_matches_exact(n_in, size):
+    import galsim
+
+    from deconvjax.diffusion.data import _resampled_noise_variance, resampled_white_noise_variance
+
+    exact = resampled_white_noise_variance(n_in, size, 2.0)
+    mc = _resampled_noise_variance(n_in, size, galsim.GaussianNoise(sigma=np.sqrt(2.0)), 40,
+                                   galsim.BaseDeviate(3))
+    # 40 draws of size**2 pixels: the Monte Carlo variance is good to about 1%.
+    assert abs(mc / exact - 1) < 0.05, (mc, exact)
+    if n_in == size:  # the identity resampling keeps the variance
+        assert exact == pytest.approx(2.0)
+
+
+@pytest.mark.skipif(not COSMOS.exists(), reason="COSMOS data folder not present")
+def test_cosmos_noise_variance_correlated_exceeds_white():
+    from astropy.io import fits
+
+    from deconvjax.diffusion.data import cosmos_noise_variance, resampled_white_noise_variance
+
+    rows = np.array([4, 19])  # 92 and 76 px stamps, downsampled to 64
+    var = cosmos_noise_variance(COSMOS, 64, rows, n_draws=4)
+    cat = fits.getdata(COSMOS / "real_galaxy_catalog_26_extension_example.fits")
+    with fits.open(COSMOS / "real_galaxy_images_extension.fits") as h:
+        white = np.array([resampled_white_noise_variance(h[int(cat["GAL_HDU"][i])].data.shape[0], 64,
+                                                         float(cat["NOISE_VARIANCE"][i])) for i in rows])
+    # ACS noise is positively correlated between neighbouring pixels: rebinning averages
+    # it down less than white noise.
+    assert np.all(var > 1.2 * white), (var, white)
+    with pytest.raises(ValueError, match="n_draws"):
+        cosmos_noise_variance(COSMOS, 64, rows, n_draws=0)

@@ -48,7 +48,7 @@ class PixelMorphology(AbstractMorphology):
         # For odd sizes the Fourier phase shift is exactly a periodic convolution with
         # the Dirichlet kernel along each axis: two small matmuls, several times faster
         # on CPU than an rfft2 / irfft2 pair (and its gradient).
-        return shift_matrix(h, offset[0]) @ self.pixels @ shift_matrix(w, offset[1]).T
+        return _shift_image(self.pixels, jnp.asarray(offset, dtype=self.pixels.dtype))
 
 
 def shift_matrix(n: int, shift: Float[Array, ""]) -> Float[Array, "n n"]:
@@ -101,3 +101,42 @@ def _shift_matrix_jvp(n, primals, tangents):
     (d,), (dd,) = primals, tangents
     value, deriv = _shift_terms(n, d)
     return value, deriv * dd
+
+
+@functools.cache
+def _derivative_matrix(n: int) -> np.ndarray:
+    """``D`` with ``dS(d)/dd = S(d) @ D`` for the ``(n, n)`` shift matrices of
+    `shift_matrix` (``n`` odd): the shifts are circulants of one group,
+    ``S(d + e) = S(d) S(e)``, so ``D = dS/dd`` at ``d = 0``, ``D[i, j] = -D'(i - j)`` with
+    ``D'(m) = pi (-1)^m / (n sin(pi m / n))`` the Dirichlet kernel's slope at integers."""
+    k = np.arange(n)[:, None] - np.arange(n)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = -np.pi * (-1.0) ** k / (n * np.sin(np.pi * k / n))
+    return np.where(k == 0, 0.0, out)
+
+
+@jax.custom_jvp
+def _shift_image(pixels: Float[Array, "h w"], offset: Float[Array, "2"]) -> Float[Array, "h w"]:
+    """``S_y pixels S_x^T``, the band-limited sub-pixel shift of an odd-sized stamp."""
+    h, w = pixels.shape
+    return _shift_terms(h, offset[0])[0] @ pixels @ _shift_terms(w, -offset[1])[0]
+
+
+@_shift_image.defjvp
+def _shift_image_jvp(primals, tangents):
+    # With dS/dd = S D (`_derivative_matrix`) the tangent is S_y (dP + dy D_y P + dx P D_x^T) S_x^T:
+    # reverse mode transposes it into S_y^T G S_x (two batched matmuls, as the pixels'
+    # gradient needs anyway) and the centre's gradient is <S_y^T G S_x, D_y P> (and the
+    # same with P D_x^T), products with constant matrices, instead of two more batched
+    # matmuls of the gradient with dS. The transposes S^T = S(-d) are built directly and
+    # the products written so that their transposes are plain (untransposed) matmuls.
+    (p, d), (dp, dd) = primals, tangents
+    h, w = p.shape
+    sy, syt = _shift_terms(h, d[0])[0], _shift_terms(h, -d[0])[0]
+    sx, sxt = _shift_terms(w, d[1])[0], _shift_terms(w, -d[1])[0]
+    out = sy @ p @ sxt
+    dyp = jnp.asarray(_derivative_matrix(h), p.dtype) @ p
+    pdx = p @ jnp.asarray(_derivative_matrix(w).T, p.dtype)
+    t = dp + dd[0] * dyp + dd[1] * pdx
+    u = jnp.einsum("ji,jk->ik", syt, t)  # S_y t
+    return out, jnp.einsum("ik,jk->ij", u, sx)  # (S_y t) S_x^T

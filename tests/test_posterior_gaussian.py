@@ -150,3 +150,34 @@ def test_report_other_methods(problem, name, method, sampler):
         # Euler-Maruyama with 64 steps: a small discretisation bias on top of noise.
         assert abs(log_ratio) < 0.15 and z2 < 2.0
 
+
+
+def test_mmps_trust_bound():
+    """The data-space trust bound never binds for a Gaussian prior with a converged solve,
+    and caps the correction of a denoiser whose Jacobian is no covariance (here 5 I, with a
+    preconditioner that assumes a small prior variance: the update then overshoots the
+    residual several times)."""
+    prior, _, _, observations = _problem(seed=2)
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(1, N, N)), jnp.float32)
+    for sigma in (0.05, 0.5, 5.0):
+        bound = PosteriorDenoiser(prior, observations, method=MMPS(cg_iters=20))(x, sigma)
+        free = PosteriorDenoiser(prior, observations, method=MMPS(cg_iters=20, trust=None))(x, sigma)
+        np.testing.assert_allclose(np.asarray(bound), np.asarray(free), rtol=1e-5, atol=1e-6)
+
+    def bad(u, sigma):  # Jacobian 5 I: eigenvalues above 1
+        return 5.0 * u
+
+    def lengths(method, sigma=1.0):
+        post = PosteriorDenoiser(bad, observations, method=method, x_shape=(1, N, N))
+        d = bad(x, sigma)
+        r = post.residual_white(d)
+        q = post.forward_white(post(x, sigma) - d)
+        return float(np.sqrt(sum(np.sum(np.square(v)) for v in q))), float(
+            np.sqrt(sum(np.sum(np.square(v)) for v in r)))
+
+    q_free, r = lengths(MMPS(cg_iters=0, prior_variance=0.01, trust=None))
+    assert q_free > 2 * r  # the unbounded update overshoots
+    q_bound, r = lengths(MMPS(cg_iters=0, prior_variance=0.01))
+    assert q_bound <= r * (1 + 1e-4) and q_bound > 0.5 * r
+    with pytest.raises(ValueError, match="trust"):
+        MMPS(trust=0.0)

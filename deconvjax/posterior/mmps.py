@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .base import AbstractGuidance
+from .base import AbstractGuidance, _dot
 
 __all__ = ["MMPS"]
 
@@ -36,6 +36,18 @@ class MMPS(AbstractGuidance):
     against the probe's -0.06 dB). Use ``cg_iters=1`` and the probe with learned priors;
     Gaussian / analytic priors converge to the exact answer with more iterations.
 
+    The correction is kept inside a trust region in data space. The exact update moves the
+    whitened model ``W^{1/2} A E x`` by ``S (I + S)^-1 r`` (``S`` the whitened prior
+    covariance in data space, PSD; ``r`` the whitened residual of ``D``), which is never
+    longer than ``r``. With a learned Jacobian an approximate solve can break that bound by
+    orders of magnitude, and the sampler then diverges; the correction is scaled down to
+    ``trust * |r|`` when it does. Measured on the 10 bright held-out COSMOS galaxies above
+    (64x64 prior, dpm2m 48 steps, mean of 8 samples, gain over Tikhonov at blurred-peak SNR
+    20 / 5 / 2): without the bound -0.06 / +0.65 / -0.78 dB (one galaxy diverged to 8 dB at
+    SNR 2); ``trust=1`` -0.27 / +0.54 / +1.15; ``trust=2`` -0.18 / +0.53 / +1.09;
+    ``trust=4`` -0.14 / +0.71 / +1.02. The default is the exact update's own bound, 1.
+    With a Gaussian prior and a converged solve the bound never binds.
+
     **Arguments:**
 
     - `cg_iters`: unrolled preconditioned CG iterations (0: the Fourier-diagonal
@@ -44,14 +56,20 @@ class MMPS(AbstractGuidance):
       ``sigma^2 v / (v + sigma^2)`` for this per-pixel prior variance ``v``; by default
       (None) ``c_t = sigma^2 <z, J z> / <z, z>`` from one fixed Rademacher probe ``z``
       (one more backward pass per call: a third of the cost at ``cg_iters=1``).
+    - `trust`: the largest whitened data-space length of the correction, in units of the
+      whitened residual's length (see above; one more forward operator per call, no
+      network pass); None disables the bound.
     """
 
     cg_iters: int = eqx.field(static=True, default=3)
     prior_variance: float | None = eqx.field(static=True, default=None)
+    trust: float | None = eqx.field(static=True, default=1.0)
 
     def __check_init__(self):
         if int(self.cg_iters) < 0:
             raise ValueError(f"cg_iters: expected a non-negative integer, got {self.cg_iters}")
+        if self.trust is not None and not float(self.trust) > 0:
+            raise ValueError(f"trust: expected a positive float or None, got {self.trust}")
 
     def __call__(self, post, x, sigma):
         d, vjp = jax.vjp(lambda u: post.prior(u, sigma), x)
@@ -67,5 +85,12 @@ class MMPS(AbstractGuidance):
         else:
             v = float(self.prior_variance)
             c = s2 * v / (v + s2)
-        u = post.solve(cov, post.residual_white(d), c, int(self.cg_iters))
-        return d + cov(post.adjoint_white(u))
+        r = post.residual_white(d)
+        u = post.solve(cov, r, c, int(self.cg_iters))
+        delta = cov(post.adjoint_white(u))
+        if self.trust is not None:
+            q = post.forward_white(delta)
+            qq, rr = _dot(q, q), _dot(r, r)
+            limit = float(self.trust) ** 2 * rr
+            delta = delta * jnp.where(qq > limit, jnp.sqrt(limit / jnp.where(qq > 0, qq, 1.0)), 1.0)
+        return d + delta

@@ -42,8 +42,8 @@ class MMPS(AbstractGuidance):
     longer than ``r``. With a learned Jacobian an approximate solve can break that bound by
     orders of magnitude, and the sampler then diverges; the correction is scaled down to
     ``trust * |r|`` when it does. Measured on the 10 bright held-out COSMOS galaxies above
-    (64x64 prior, dpm2m 48 steps, mean of 8 samples, gain over Tikhonov at blurred-peak SNR
-    20 / 5 / 2): without the bound -0.06 / +0.65 / -0.78 dB (one galaxy diverged to 8 dB at
+    (shipped 32x32 prior, dpm2m 48 steps, mean of 8 samples, gain over Tikhonov at
+    blurred-peak SNR 20 / 5 / 2): without the bound -0.06 / +0.65 / -0.78 dB (one galaxy diverged to 8 dB at
     SNR 2); ``trust=1`` -0.27 / +0.54 / +1.15; ``trust=2`` -0.18 / +0.53 / +1.09;
     ``trust=4`` -0.14 / +0.71 / +1.02. The default is the exact update's own bound, 1.
     With a Gaussian prior and a converged solve the bound never binds.

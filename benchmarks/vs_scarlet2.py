@@ -23,63 +23,64 @@ The last line printed is a JSON object with ``speedup_per_iter_50``,
 ``speedup_256_cutouts`` and ``flux_error_ratio`` (deconvjax's median flux error over
 scarlet2's on the same blends). Run ``--quick`` for a small smoke run.
 
-Measured 2026-12-01 on the shared 2-core CPU (another developer's posterior-sampling jobs
-running throughout), four full runs with default arguments (A and B before the last change
-to `fit_batch`, which computes the outputs once at the end instead of every round; it does
-not touch the per-iteration part; C and D on the final code):
+Measured 2026-12-01 on the shared 2-core CPU (another developer's jobs running
+throughout), two full runs with default arguments on the final code of that evening
+(E, F), after the stamp-shift JVP, the 8-slot default of `fit_batch` and the window
+loop's unroll (see below); the last run before them (D) for comparison:
 
-==================================  ================  ================  ================  ================
-                                    A (20:43 UTC)     B (20:47 UTC)     C (20:55 UTC)     D (20:59 UTC)
-==================================  ================  ================  ================  ================
-load average 1/5/15 min, start      3.1, 3.4, 3.6     3.0, 3.4, 3.6     3.5, 3.0, 3.2     3.7, 3.4, 3.3
-load average 1/5/15 min, end        3.6, 3.5, 3.7     1.6, 2.8, 3.4     3.8, 3.4, 3.3     3.4, 3.5, 3.4
-median flux error, 25 blends        0.0846 vs 0.544   0.0846 vs 0.544   0.0846 vs 0.544   0.0846 vs 0.544
-flux_error_ratio                    0.156             0.156             0.156             0.156
-per iteration, 5 sources            2.03 vs 4.83 ms   1.12 vs 5.76 ms   1.17 vs 4.28 ms   1.02 vs 3.87 ms
-per iteration, 20 sources           1.77 vs 9.47 ms   1.21 vs 7.82 ms   1.29 vs 13.6 ms   1.21 vs 10.6 ms
-per iteration, 50 sources           2.20 vs 20.0 ms   1.77 vs 13.6 ms   2.95 vs 18.4 ms   2.84 vs 15.6 ms
-speedup_per_iter_50                 9.1x              7.7x              6.2x              5.5x
-256 cutouts end to end, deconvjax   16.4 s            13.8 s            18.8 s            17.4 s
-  observations / init / fit         0.6 / 1.5 / 14.3  0.4 / 1.3 / 12.1  0.6 / 1.8 / 16.4  0.4 / 1.5 / 15.5
-scarlet2 per cutout (8 measured)    1.85 (1.09-2.29)  1.09 (0.68-1.56)  1.66 (1.12-2.32)  1.74 (1.22-2.21)
-speedup_256_cutouts                 28.8x             20.2x             22.6x             25.6x
-==================================  ================  ================  ================  ================
+==================================  ================  ================  ================
+                                    D (20:59 UTC)     E (23:15 UTC)     F (23:20 UTC)
+==================================  ================  ================  ================
+load average 1/5/15 min, start      3.7, 3.4, 3.3     2.9, 3.2, 2.5     3.6, 3.5, 2.8
+load average 1/5/15 min, end        3.4, 3.5, 3.4     3.8, 3.5, 2.8     4.1, 3.9, 3.2
+median flux error, 25 blends        0.0846 vs 0.544   0.0846 vs 0.544   0.0846 vs 0.544
+flux_error_ratio                    0.156             0.156             0.156
+per iteration, 5 sources            1.02 vs 3.87 ms   1.05 vs 6.34 ms   1.90 vs 6.56 ms
+per iteration, 20 sources           1.21 vs 10.6 ms   1.68 vs 13.6 ms   1.85 vs 15.5 ms
+per iteration, 50 sources           2.84 vs 15.6 ms   2.79 vs 30.3 ms   2.88 vs 29.3 ms
+speedup_per_iter_50                 5.5x              10.9x             10.2x
+256 cutouts end to end, deconvjax   17.4 s            20.8 s            20.9 s
+  observations / init / fit         0.4 / 1.5 / 15.5  0.7 / 2.2 / 17.9  0.8 / 2.0 / 18.1
+scarlet2 per cutout (8 measured)    1.74 (1.22-2.21)  2.27 (1.37-3.04)  2.61 (1.85-3.29)
+speedup_256_cutouts                 25.6x             27.9x             32.0x
+==================================  ================  ================  ================
 
-(deconvjax first, scarlet2 second; seconds unless marked. The deconvjax per-iteration
-figures of C and D at 50 sources and of A at 5 sources were hit by load bursts: the same
-step measured alone at load ~3.5 right after run D took 2.1-2.4 ms.) The previous figures
-(2026-11-22: 5.8-7.5x per iteration at 50 sources, 12-16x on 256 cutouts, flux error
-ratio 0.163) came from the same script before the changes below. Timings of both tools
-move by 30% or more with the other jobs' load, and scarlet2, whose step is dominated by
-host-side dispatch, gains more than deconvjax when cores are free (run B), so only the
-ratio within one run means anything. Neither speed target of the issue (10x per iteration
-at 50 sources, 50x on 256 cutouts) is met.
+(deconvjax first, scarlet2 second; seconds unless marked.) Runs E and F met a heavier
+load than D (3 to 4), which slows scarlet2's host-bound step more than deconvjax's and
+both tools' figures by 30% or more, so only ratios within one run mean anything, and
+those too move with the load: at load ~0.1 the code before these changes gave 9.66x at
+50 sources (2.47 vs 23.9 ms) and 18.7x on the cutouts (21.0 s, scarlet2 1.53 s per
+cutout). Changes of that evening, each measured A/B in one process or back to back:
+the free-form stamps' sub-pixel shift has its own JVP (two batched 27x27 matmuls fewer
+per step; ~15% per iteration at 50 sources); the window loop's unroll factor divides the
+number of windows (a remainder of 2 windows had been peeled by XLA into the padding
+fusion before the FFT, 0.2 ms of the 50-source step; ~7%); `fit_batch` steps 8 slots
+instead of 32 (the slots' FFT buffers stay in the 1 MiB L2 cache per core; the 256
+cutouts' fit ran in ~9 s instead of ~12.5 s back to back). The 10x target per iteration
+at 50 sources is met, thinly (10.2-10.9x under load); the 50x target on 256 cutouts is
+not (28-32x).
 
 Where the time goes. One deconvjax iteration at 50 sources (3-band 128x128 field, 27x27
-free-form stamps; XLA CPU profile, ~3 ms summed over ops at load ~3.5): the four 144x144
-FFTs per band of PSF matching (forward rfft/irfft and the transposes in the gradient)
-~0.8 ms, plus ~0.35 ms of padding, cropping and kernel products around them; the stamps'
-sub-pixel shifts (Dirichlet-kernel matmuls, 2 forward and 4 backward, and the centres'
-derivatives) ~0.7 ms; adding the stamps into the frame (a loop of slice updates) and
-their gradient (a gather) ~0.2 ms; the log/exp parametrisation and the projections
-(symmetry, one monotonicity sweep, unit-sum normalisation) ~0.35 ms; Adam, the
-convergence test and small reductions the rest. No float64 appears in the step.
+free-form stamps; XLA CPU profile, ~3.4 ms summed over ops at load ~3): the four 144x144
+FFTs per band of PSF matching ~0.9 ms (rfft and irfft, forward and transposed; packing
+two bands into one complex FFT was slower, as were split 1-d FFTs and other sizes), the
+stamps' shifts (four batched 27x27 matmuls and two products with constant derivative
+matrices) and the band sums around them ~0.5 ms, the window loop ~0.15 ms, the rest
+(padding, kernel products, the log/exp parametrisation, symmetry, one monotonicity
+sweep, normalisation, Adam, the convergence test) in many small fusions of 0.02-0.1 ms.
 
-256 cutouts (run D): observations 0.4 s and init 1.5 s (moments and the spectra's normal
-equations on the host in numpy, no compile), then the fit (15.5 s): compiling the slot-pool
-program ~5 s, and running it ~9-10 s. The fit runs 32 slots at a time, a finished cutout's slot
-taking the next cutout every 10 steps (continuous batching), so it costs the sum of the
-cutouts' iterations (~20,300: median 74, max 191, all 256 converged at rtol 1e-4) rather
-than 256 times the slowest one's (51,200), at ~0.45 ms per cutout-iteration, about half of
-it the 80x80 FFTs. deconvjax's iterations to convergence on the 100 accuracy blends:
-median 87 (was 181), 99/100 converged within 200 steps (was 57/100): the default steps for
-free-form scenes are three times scarlet2's quick-start ones, with reduce-on-plateau.
-
-What the targets would take: at scarlet2's 1.1-1.9 s per cutout here, 50x means 6-9 s for
-all 256 cutouts, about the compile (~5 s) plus the ~20,000 cutout-iterations at ~0.2 ms
-each, half of today's cost per iteration; and 10x per iteration at 50 sources means
-1.4-2.0 ms against scarlet2's 14-20 ms, roughly what the FFTs and the stamp shifts alone
-take now.
+256 cutouts: observations 0.7-1.3 s (~5 ms per cutout: PSF kernels and the difference
+kernel's FFTs in numpy, three device transfers, Equinox module overhead), init 1.8-2.2 s
+(the spectra's normal equations ~0.6 s, 3072 inverse FFTs in scipy; moments ~0.4 s, a
+loop over cutouts; stacking and transfers), then the fit: compiling ~4.2 s (the slot
+pool's program ~2.5 s plus ~0.7 s tracing and lowering, its set-up program ~0.45 s, the
+outputs program ~0.5 s, the step sizes 0.1 s; XLA backend optimisation levels 1 and 2
+compile no faster within the noise, level 0 runs 3x slower), and running the ~20,300
+cutout-iterations (median 74 per cutout, all 256 converged at rtol 1e-4) at ~0.45 ms
+each, half of it the 80x80 FFTs (the inverse ones twice the forward ones'), ~13 s under
+load ~3.5 and ~9 s when quieter. The outputs (groups, loss, chi2 of all 256 at once)
+then run in ~0.17 s. 50x would need ~8-12 s end to end here, about the compile and the
+host-side set-up alone plus a third of today's cost per cutout-iteration.
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def test_mmps_trust_bound():
     prior, _, _, observations = _problem(seed=2)
     x = jnp.asarray(np.random.default_rng(5).normal(size=(1, N, N)), jnp.float32)
     for sigma in (0.05, 0.5, 5.0):
-        bound = PosteriorDenoiser(prior, observations, method=MMPS(cg_iters=20))(x, sigma)
+        bound = PosteriorDenoiser(prior, observations, method=MMPS(cg_iters=20, trust=1.0))(x, sigma)
         free = PosteriorDenoiser(prior, observations, method=MMPS(cg_iters=20, trust=None))(x, sigma)
         np.testing.assert_allclose(np.asarray(bound), np.asarray(free), rtol=1e-5, atol=1e-6)
 
@@ -177,7 +177,9 @@ def test_mmps_trust_bound():
 
     q_free, r = lengths(MMPS(cg_iters=0, prior_variance=0.01, trust=None))
     assert q_free > 2 * r  # the unbounded update overshoots
-    q_bound, r = lengths(MMPS(cg_iters=0, prior_variance=0.01))
+    q_bound, r = lengths(MMPS(cg_iters=0, prior_variance=0.01, trust=1.0))
     assert q_bound <= r * (1 + 1e-4) and q_bound > 0.5 * r
+    q_bound, r = lengths(MMPS(cg_iters=0, prior_variance=0.01, trust=0.5))
+    assert q_bound <= 0.5 * r * (1 + 1e-4)
     with pytest.raises(ValueError, match="trust"):
         MMPS(trust=0.0)

@@ -50,7 +50,10 @@ load than D (3 to 4), which slows scarlet2's host-bound step more than deconvjax
 both tools' figures by 30% or more, so only ratios within one run mean anything, and
 those too move with the load: at load ~0.1 the code before these changes gave 9.66x at
 50 sources (2.47 vs 23.9 ms) and 18.7x on the cutouts (21.0 s, scarlet2 1.53 s per
-cutout). Changes of that evening, each measured A/B in one process or back to back:
+cutout); run G on the final code at load ~0.1-1.3 (23:44 UTC) gave 12.4x at 50 sources
+(1.35 vs 16.7 ms; 6.3x at 5, 7.1x at 20) and 19.5x on the cutouts (11.3 s: observations
+0.5, init 1.3, fit 9.5 s; scarlet2 0.86 s per cutout, faster than at 21:44 on a quiet
+machine too), flux error ratio 0.156. Changes of that evening, each measured A/B in one process or back to back:
 the free-form stamps' sub-pixel shift has its own JVP (two batched 27x27 matmuls fewer
 per step; ~15% per iteration at 50 sources); the window loop's unroll factor divides the
 number of windows (a remainder of 2 windows had been peeled by XLA into the padding

@@ -72,20 +72,24 @@ def cosmos_stamps(path: str | os.PathLike, size: int = 32,
     if not cats:
         raise ValueError(f"data: no real_galaxy_catalog*.fits in {path}")
     cat = fits.getdata(cats[0])
+    out = [resample_stamp(np.asarray(img, dtype=np.float64), size)
+           for _, img in _cosmos_images(path, cat, indices)]
+    return np.stack(out)[:, None]
+
+
+def _cosmos_images(path: Path, cat, indices: np.ndarray | None):
+    """Yield ``(row, image)`` for the catalog rows, each galaxy file opened once."""
     idx = np.arange(len(cat)) if indices is None else np.asarray(indices)
-    out = []
     files: dict[str, fits.HDUList] = {}
     try:
         for i in idx:
             fname = str(cat["GAL_FILENAME"][i]).strip()
             if fname not in files:
                 files[fname] = fits.open(path / fname, memmap=False)
-            img = np.asarray(files[fname][int(cat["GAL_HDU"][i])].data, dtype=np.float64)
-            out.append(resample_stamp(img, size))
+            yield int(i), files[fname][int(cat["GAL_HDU"][i])].data
     finally:
         for f in files.values():
             f.close()
-    return np.stack(out)[:, None]
 
 
 def resampled_white_noise_variance(n_in: int, size: int, variance: float) -> float:
@@ -133,22 +137,11 @@ def cosmos_noise_variance(path: str | os.PathLike, size: int = 32,
         raise ValueError(f"path: expected a COSMOS folder with real_galaxy_catalog*.fits and "
                          f"acs_I_unrot_sci_*_cf.fits, got {path}")
     cat = fits.getdata(cats[0])
-    idx = np.arange(len(cat)) if indices is None else np.asarray(indices)
     base = galsim.getCOSMOSNoise(file_name=str(cfs[0]))
     rng = galsim.BaseDeviate(int(seed) + 1)  # galsim treats seed 0 as "from the clock"
-    out = []
-    files: dict[str, fits.HDUList] = {}
-    try:
-        for i in idx:
-            fname = str(cat["GAL_FILENAME"][i]).strip()
-            if fname not in files:
-                files[fname] = fits.open(path / fname, memmap=False)
-            n_in = files[fname][int(cat["GAL_HDU"][i])].data.shape[0]
-            noise = base.withVariance(float(cat["NOISE_VARIANCE"][i]))
-            out.append(_resampled_noise_variance(n_in, size, noise, n_draws, rng))
-    finally:
-        for f in files.values():
-            f.close()
+    out = [_resampled_noise_variance(img.shape[0], size,
+                                     base.withVariance(float(cat["NOISE_VARIANCE"][i])), n_draws, rng)
+           for i, img in _cosmos_images(path, cat, indices)]
     return np.asarray(out)
 
 

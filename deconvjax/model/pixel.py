@@ -58,7 +58,7 @@ def shift_matrix(n: int, shift: Float[Array, ""]) -> Float[Array, "n n"]:
     ``exp(-2 pi i k shift / n)``."""
     if n % 2 == 0:
         raise ValueError(f"shift_matrix needs an odd size, got {n}")
-    return _shift_matrix(n, jnp.asarray(shift, dtype=jnp.result_type(float)))
+    return _shift_terms(n, jnp.asarray(shift, dtype=jnp.result_type(float)))[0]
 
 
 def _shift_terms(n: int, d):
@@ -87,20 +87,6 @@ def _shift_terms(n: int, d):
         jnp.pi * (cd * n * sn_safe - sd * cn) / (n * sn_safe) ** 2,
     )
     return jnp.where(diag, centre, off), jnp.where(diag, d_centre, d_off)
-
-
-# The derivative in closed form: reverse mode then needs one multiply-and-sum per shift,
-# where differentiating the expression above took a handful of reductions over the matrix.
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _shift_matrix(n: int, d):
-    return _shift_terms(n, d)[0]
-
-
-@_shift_matrix.defjvp
-def _shift_matrix_jvp(n, primals, tangents):
-    (d,), (dd,) = primals, tangents
-    value, deriv = _shift_terms(n, d)
-    return value, deriv * dd
 
 
 @functools.cache

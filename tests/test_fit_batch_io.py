@@ -44,8 +44,8 @@ def test_batched_fit_equals_individual_fits(fields):
     assert float(obs[2].n_valid) == 2 * (40 * 40 - 36)
     scenes, mask = init_batch(frame, obs, pos, n_max=2, stamp_size=21)
     assert mask.tolist() == [[True, False], [True, True], [True, False], [True, True]]
-    fitted, result = fit_batch(scenes, stack(obs), source_mask=mask, max_iter=60, rtol=1e-3, progress=False)
-    count = batch_compilation_count()
+    # One worker of 8 slots for 4 cutouts: the one vmapped loop.
+    fitted, result = fit_batch(scenes, stack(obs), source_mask=mask, max_iter=60, rtol=1e-3, progress=False, workers=1)
     singles = unstack(scenes, len(fields))
     for i in range(len(fields)):
         one, r1 = fit(singles[i], obs[i], source_mask=mask[i], max_iter=60, rtol=1e-3, progress=False)
@@ -57,21 +57,28 @@ def test_batched_fit_equals_individual_fits(fields):
         # Padding sources keep zero flux.
         flux = source_fluxes(unstack(fitted, len(fields))[i])
         assert np.all(flux[~mask[i]] == 0)
-    # Continuous batching (2 slots refilled every 7 steps, the host touched every 9) fits
-    # every cutout exactly as the one vmapped loop does.
-    pooled, pres = fit_batch(
-        scenes, stack(obs), source_mask=mask, max_iter=60, rtol=1e-3, progress=False, slots=2, refill=7, chunk=9
-    )
-    np.testing.assert_array_equal(pres.iterations, result.iterations)
-    np.testing.assert_array_equal(pres.converged, result.converged)
-    np.testing.assert_allclose(pres.chi2_per_dof, result.chi2_per_dof, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(pooled), jax.tree.leaves(fitted)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6 * float(np.abs(np.asarray(b)).max()))
+    # Continuous batching fits every cutout exactly as the one vmapped loop does: one pool
+    # of 2 slots refilled every 7 steps, the host touched every 9; two pools of 2 slots
+    # in two threads; three pools of one slot, over queues of 2, 1 and 1 cutouts.
+    for workers, slots in ((1, 2), (2, 2), (3, 8)):
+        pooled, pres = fit_batch(
+            scenes, stack(obs), source_mask=mask, max_iter=60, rtol=1e-3, progress=False, slots=slots, refill=7,
+            chunk=9, workers=workers,
+        )
+        np.testing.assert_array_equal(pres.iterations, result.iterations)
+        np.testing.assert_array_equal(pres.converged, result.converged)
+        np.testing.assert_allclose(pres.chi2_per_dof, result.chi2_per_dof, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(pooled), jax.tree.leaves(fitted)):
+            atol = 1e-6 * float(np.abs(np.asarray(b)).max())
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=atol)
     count = batch_compilation_count()
     # New data of the same shapes: no recompilation.
-    fit_batch(scenes, stack(obs[::-1]), source_mask=mask[::-1], max_iter=10, progress=False)
-    fit_batch(scenes, stack(obs[::-1]), source_mask=mask[::-1], max_iter=10, progress=False, slots=2, refill=7, chunk=9)
+    fit_batch(scenes, stack(obs[::-1]), source_mask=mask[::-1], max_iter=10, progress=False, workers=1)
+    fit_batch(scenes, stack(obs[::-1]), source_mask=mask[::-1], max_iter=10, progress=False, slots=2, refill=7, chunk=9,
+              workers=2)
     assert batch_compilation_count() == count
+    with pytest.raises(ValueError, match="workers"):
+        fit_batch(scenes, stack(obs), source_mask=mask, max_iter=5, progress=False, workers=0)
 
 
 def test_save_load_round_trip(fields, tmp_path):

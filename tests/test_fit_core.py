@@ -154,6 +154,25 @@ def test_bad_arguments(frame, blend):
         init_scene(frame, obs, [[100.0, 3.0]])
     with pytest.raises(ValueError, match="pixels"):
         Constraints(pixels="softmax")
+    with pytest.raises(ValueError, match="late_patience"):
+        fit(truth, obs, late_patience=0, progress=False)
+
+
+def test_late_patience_shortens_the_annealing():
+    # Once the steps have shrunk three times, each further shrink waits 2 stalled steps
+    # instead of 5: a noisy blend's fit converges sooner, to the same chi2.
+    import deconvjax.sims as sims
+
+    field = sims.simulate_field("lsst", seed=3, shape=(40, 40), n_sources=2, bands=("g", "r"))
+    frame = field.frame()
+    obs = field.to_observation(frame)
+    pos = np.stack([field.truth["y"], field.truth["x"]], 1)
+    start = init_scene(frame, obs, pos, kind="pixel", stamp_size=21)
+    _, late = fit(start, obs, max_iter=300, progress=False)
+    _, slow = fit(start, obs, max_iter=300, progress=False, late_patience=None)
+    assert late.converged and slow.converged
+    assert late.iterations < slow.iterations - 5
+    np.testing.assert_allclose(late.chi2_per_dof, slow.chi2_per_dof, rtol=0.02)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

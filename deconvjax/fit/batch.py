@@ -44,6 +44,7 @@ from .init import (
     positions_from,
 )
 from .optimise import (
+    LATE_PATIENCE,
     PLATEAU_FACTOR,
     FitResult,
     MorphologyPrior,
@@ -455,6 +456,7 @@ def fit_batch(
     patience: int | None = 5,
     plateau_rtol: float | None = None,
     plateau_factor: float = PLATEAU_FACTOR,
+    late_patience: int | None = LATE_PATIENCE,
     constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
@@ -522,7 +524,7 @@ def fit_batch(
     f32 = np.dtype(jnp.result_type(float))
     masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)].astype(f32)) for o in scenes.order)
     settings = _make_settings(
-        rtol, halflife, patience, min_iter, constraints, morphology_prior, plateau_rtol, plateau_factor
+        rtol, halflife, patience, min_iter, constraints, morphology_prior, plateau_rtol, plateau_factor, late_patience
     )
     step_tree = _steps_b(scenes.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
     problem = _Problem(scene=scenes, observations=observations, masks=masks, steps=step_tree)

@@ -52,6 +52,22 @@ PLATEAU_RTOL = 20.0
 #: convergence test in 20-30% fewer iterations on the benchmark's blends and cutouts at a
 #: ~10% larger flux error, but stalls high-S/N free-form fits short of their chi2.
 PLATEAU_FACTOR = 0.5
+#: Default patience once the steps have shrunk `LATE_AFTER` times (to 1/8 with the default
+#: factor). By then the loss has long stopped moving by ``plateau_rtol`` and each shrink
+#: only waits out the jitter of a step that is already small; the shorter wait cut the
+#: steps to converge by ~15% on the benchmark's cutouts and blends at the same chi2 and
+#: flux errors (a short patience from the start, instead, stops fits short of their chi2:
+#: patience 2 throughout raised the blends' median flux error from 0.076 to 0.112).
+LATE_PATIENCE = 2
+LATE_AFTER = 3
+#: Adam's first-moment decay. Less momentum than the usual 0.9 follows the jittery early
+#: descent of free-form fits better. On the benchmark's 256 cutouts (1-4 galaxies) and
+#: 100 blends (2-6), with `LATE_PATIENCE`: 14,060 and 6,620 steps in all to converge,
+#: median flux errors 0.046 and 0.067, against 20,296 and 9,555 steps, 0.054 and 0.076
+#: with 0.9 and patience 5 throughout. Less still (0.5-0.7) converged a little faster
+#: again, but its trajectories amplify float rounding: a long, jumpy descent then ends
+#: differently vmapped and alone (3% of the peak pixel apart at 0.5, 7e-5 at 0.8).
+ADAM_B1 = 0.8
 
 MorphologyPrior = Callable[[Float[Array, "source band h w"]], Float[Array, ""]]
 
@@ -113,6 +129,8 @@ class _Settings(eqx.Module):
     sparsity: Float[Array, ""]
     plateau_rtol: Float[Array, ""]
     plateau_factor: Float[Array, ""]
+    late_patience: Int[Array, ""]
+    late_scale: Float[Array, ""]
     constraints: Constraints = eqx.field(static=True)
     prior: MorphologyPrior | None = eqx.field(static=True)
 
@@ -238,7 +256,7 @@ def _finite(tree) -> Bool[Array, ""]:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
 
 
-_ADAM = optax.scale_by_adam()
+_ADAM = optax.scale_by_adam(b1=ADAM_B1)
 
 
 def _init_impl(problem: _Problem, settings: _Settings) -> _State:
@@ -270,7 +288,8 @@ def _step(state: _State, problem: _Problem, settings: _Settings, moving) -> _Sta
     # optionally also every `halflife` steps.
     improved = loss < state.best - settings.plateau_rtol * jnp.abs(state.best)
     stall = jnp.where(improved, 0, state.stall + 1)
-    plateau = stall >= settings.patience
+    patience = jnp.where(state.scale <= settings.late_scale, settings.late_patience, settings.patience)
+    plateau = stall >= patience
     scale = jnp.where(plateau, settings.plateau_factor * state.scale, state.scale)
     stall = jnp.where(plateau, 0, stall)
     # The reference moves only on an improvement, so slow steady progress counts too.
@@ -351,12 +370,24 @@ def compilation_count() -> int:
 
 
 def _make_settings(
-    rtol, halflife, patience, min_iter, constraints, prior, plateau_rtol=None, plateau_factor=PLATEAU_FACTOR
+    rtol,
+    halflife,
+    patience,
+    min_iter,
+    constraints,
+    prior,
+    plateau_rtol=None,
+    plateau_factor=PLATEAU_FACTOR,
+    late_patience=LATE_PATIENCE,
 ) -> _Settings:
     if patience is None:
         patience = np.iinfo(np.int32).max
     if int(patience) < 1:
         raise ValueError(f"patience must be a positive int or None, got {patience}")
+    if late_patience is None:
+        late_patience = patience
+    if int(late_patience) < 1:
+        raise ValueError(f"late_patience must be a positive int or None, got {late_patience}")
     if plateau_rtol is None:
         plateau_rtol = PLATEAU_RTOL * float(rtol)
     if not float(plateau_rtol) >= 0:
@@ -371,6 +402,10 @@ def _make_settings(
         sparsity=jnp.asarray(float(constraints.sparsity)),
         plateau_rtol=jnp.asarray(float(plateau_rtol)),
         plateau_factor=jnp.asarray(float(plateau_factor)),
+        late_patience=jnp.asarray(min(int(late_patience), int(patience)), jnp.int32),
+        # Just above factor ** LATE_AFTER, so that float rounding of the products cannot
+        # miss it (a factor of 1 never shrinks: the late patience then never applies).
+        late_scale=jnp.asarray(float(plateau_factor) ** LATE_AFTER * (1 + 1e-4) if plateau_factor < 1 else 0.0),
         constraints=constraints,
         prior=prior,
     )
@@ -435,6 +470,7 @@ def fit(
     patience: int | None = 5,
     plateau_rtol: float | None = None,
     plateau_factor: float = PLATEAU_FACTOR,
+    late_patience: int | None = LATE_PATIENCE,
     constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
@@ -464,6 +500,8 @@ def fit(
     - `plateau_rtol`: the relative loss improvement that counts as progress for
       `patience` (default: ``PLATEAU_RTOL`` times ``rtol``).
     - `plateau_factor`: the factor in ``(0, 1]`` applied to the steps at each plateau.
+    - `late_patience`: the patience once the steps have shrunk `LATE_AFTER` times
+      (``None``: ``patience`` throughout).
     - `halflife`: also anneal the step sizes, halving them every ``halflife`` steps
       (``None``: no such schedule).
     - `constraints`: a `Constraints` (positivity, symmetry, monotonicity, sparsity).
@@ -492,7 +530,7 @@ def fit(
         raise ValueError("scene has NaN or inf parameters")
     masks = _masks_for(scene, source_mask)
     settings = _make_settings(
-        rtol, halflife, patience, min_iter, constraints, morphology_prior, plateau_rtol, plateau_factor
+        rtol, halflife, patience, min_iter, constraints, morphology_prior, plateau_rtol, plateau_factor, late_patience
     )
     step_tree = _steps_of(scene.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
     problem = _Problem(scene=scene, observations=observations, masks=masks, steps=step_tree)

@@ -438,6 +438,7 @@ def _fit_pools(problem, settings, source_mask, n_slots, workers, max_iter, chunk
             pools = list(ex.map(drive, range(workers)))
     return _merge_queues(initial, pools, [len(q) for q in queues]), history
 
+
 _pool_run = eqx.filter_jit(_pool_run_impl)
 _outputs_b = eqx.filter_jit(eqx.filter_vmap(_outputs_impl, in_axes=(0, 0, None)))
 

@@ -384,6 +384,9 @@ def _merge_queues(initial: _State, pools: Sequence[_Pool], n_queues: Sequence[in
 
 
 _pool_init = eqx.filter_jit(_pool_init_impl)
+_pool_run = eqx.filter_jit(_pool_run_impl)
+_outputs_b = eqx.filter_jit(eqx.filter_vmap(_outputs_impl, in_axes=(0, 0, None)))
+
 
 def _fit_pools(problem, settings, source_mask, n_slots, workers, max_iter, chunk, refill, progress):
     """Fit every cutout with ``workers`` slot pools of ``n_slots`` slots, each driven by
@@ -439,10 +442,6 @@ def _fit_pools(problem, settings, source_mask, n_slots, workers, max_iter, chunk
     return _merge_queues(initial, pools, [len(q) for q in queues]), history
 
 
-_pool_run = eqx.filter_jit(_pool_run_impl)
-_outputs_b = eqx.filter_jit(eqx.filter_vmap(_outputs_impl, in_axes=(0, 0, None)))
-
-
 def fit_batch(
     scenes: Scene,
     observations: Observation | Sequence[Observation],
@@ -486,9 +485,9 @@ def fit_batch(
       of the unstacked scenes (default: all present).
     - `shard`: spread the cutouts over all local devices (``jax.sharding``); all cutouts
       then step together (no slots).
-    - `slots`: cutouts stepped together in each pool (``None``: all of them at once, in one). Few slots are
-      faster per cutout-iteration on CPU: the slots' FFT buffers then stay in cache
-      (8 slots of 3-band 64x64 cutouts fit 256 of them ~30% faster than 32 slots).
+    - `slots`: cutouts stepped together in each pool (``None``: all of them at once, in
+      one). Few slots are faster per cutout-iteration on CPU: the slots' FFT buffers then
+      stay in cache (8 slots of 3-band 64x64 cutouts fit 256 of them ~30% faster than 32).
     - `refill`: steps between refills of finished slots.
     - `workers`: slot pools run at once, each from its own host thread over its share of
       the cutouts (``None``: one per CPU core on a CPU backend, one on accelerators).

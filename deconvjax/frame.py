@@ -55,10 +55,10 @@ class Frame:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 2 or min(shape) < 1:
             raise ValueError(f"shape must be (ny, nx) with positive sizes, got {shape}")
-        wcs, pixel_scale = checked_wcs(wcs, pixel_scale)
+        wcs, pixel_scale = checked_wcs(wcs, pixel_scale, owner="frame")
         pixel_scale = 1.0 if pixel_scale is None else float(pixel_scale)
-        if not pixel_scale > 0:
-            raise ValueError(f"pixel_scale must be positive, got {pixel_scale}")
+        if not (pixel_scale > 0 and np.isfinite(pixel_scale)):
+            raise ValueError(f"pixel_scale must be positive and finite, got {pixel_scale}")
         if psf is None:
             psf = GaussianPSF(1.0 * pixel_scale)
         if not isinstance(psf, AbstractPSF):

@@ -10,21 +10,25 @@ import numpy as np
 from astropy.wcs import WCS
 from jaxtyping import Array, Complex, Float
 
+from ._checks import real_array
 from ._fft import good_fft_size
 from ._types import Cube
 from .frame import Frame
 from .likelihood import AbstractLikelihood, GaussianLikelihood
 from .psf import AbstractPSF, ArrayPSF, difference_kernel_fft
-from .resample import Method, bin_pixels, interpolate
+from .psf.matching import reshape_pixel_response
+from .resample import Method, bin_pixels, bspline3_prefilter, interpolate
 from .wcs import affine_grid, checked_wcs, warp_grid
 
 
 def _as_cube(arr, name: str) -> np.ndarray:
-    arr = np.asarray(arr, dtype=np.float64)
+    arr = real_array(arr, name, "a (y, x) or (band, y, x) array of real numbers")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
         raise ValueError(f"{name} must be (y, x) or (band, y, x), got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); expected at least one band and one pixel")
     return arr
 
 
@@ -36,7 +40,7 @@ def _weights_from(data, weights, variance, rms) -> np.ndarray:
             f"variance or rms; got {given or 'none'}"
         )
     name = given[0]
-    value = np.asarray({"weights": weights, "variance": variance, "rms": rms}[name], dtype=np.float64)
+    value = real_array({"weights": weights, "variance": variance, "rms": rms}[name], name)
     if value.ndim == 0:
         value = np.full(data.shape, float(value))
     value = _as_cube(value, name)
@@ -91,6 +95,17 @@ def _same_wcs(a: WCS, b: WCS) -> bool:
         return False
 
 
+def _pixel_footprint(coords: np.ndarray) -> np.ndarray:
+    """The ``(2, 2)`` matrix whose columns are the model-frame ``(y, x)`` steps from one
+    (sub-)pixel centre to the next along the observation's y and x axes (medians over
+    ``coords`` ``(sy, sx, 2)``); identity-like for a grid of the model's own pixels."""
+    step_y = np.diff(coords, axis=0).reshape(-1, 2) if coords.shape[0] > 1 else None
+    step_x = np.diff(coords, axis=1).reshape(-1, 2) if coords.shape[1] > 1 else None
+    if step_y is None or step_x is None:
+        return np.eye(2)
+    return np.stack([np.median(step_y, axis=0), np.median(step_x, axis=0)], axis=-1)
+
+
 def _padding_ladder(box: tuple[int, int], frame_shape: tuple[int, int]) -> tuple[int, int]:
     out = []
     for b, n in zip(box, frame_shape):
@@ -110,13 +125,18 @@ class Observation(eqx.Module):
 
     1. **band selection**: the model bands this observation saw;
     2. **PSF matching**: convolution with the difference kernel between the model PSF
-       and this observation's PSF, precomputed in Fourier space;
-    3. **resampling**: interpolation (bicubic or Lanczos-3) at the model-frame positions
-       of this observation's pixels, from a warp grid computed on the host in float64
-       through both WCSs (distortions included), scaled by each pixel's area;
-    4. **binning**: when this observation's pixels are coarser than the model's, each is
-       split into ``s x s`` sub-pixels that are resampled, then summed (flux is
-       conserved).
+       and this observation's PSF, precomputed in Fourier space. For an optical PSF
+       (`GaussianPSF`, `MoffatPSF`) the target is the PSF integrated over the footprint
+       that each resampled point stands for (a whole pixel, or a sub-pixel of step 4,
+       rotated and sheared as the WCSs say), so the pixel response is exact at any pixel
+       ratio; an effective PSF (`ArrayPSF`) holds its pixel response already;
+    3. **resampling**: interpolation (cubic B-spline by default, its prefilter folded into
+       step 2; or Keys bicubic, or Lanczos-3) at the model-frame positions of this
+       observation's pixels, from a warp grid computed on the host in float64 through
+       both WCSs (distortions included), scaled by each pixel's area;
+    4. **binning**: when this observation's pixels are coarser than the model's and its
+       PSF is optical, each is split into ``s x s`` sub-pixels (``s`` the pixel ratio
+       rounded up) that are resampled, then summed (flux is conserved).
 
     Steps 3-4 are skipped when the observation sits on the model grid. Everything is
     linear in the model cube, so `adjoint` is a VJP.
@@ -135,7 +155,8 @@ class Observation(eqx.Module):
       grid. Without any WCS, both grids share centre and axes.
     - `pixel_scale`: arcsec per pixel (default: from the WCS, else the frame's).
     - `likelihood`: the noise model (default `GaussianLikelihood`).
-    - `interpolation`: ``"bicubic"`` (default) or ``"lanczos3"``.
+    - `interpolation`: ``"bspline3"`` (default), ``"bicubic"`` or ``"lanczos3"`` (see
+      `deconvjax.resample.interpolate`).
     """
 
     data: Cube
@@ -147,6 +168,7 @@ class Observation(eqx.Module):
     bands: tuple[str, ...] = eqx.field(static=True)
     band_index: tuple[int, ...] = eqx.field(static=True)
     frame_shape: tuple[int, int] = eqx.field(static=True)
+    n_frame_bands: int = eqx.field(static=True)
     fft_shape: tuple[int, int] = eqx.field(static=True)
     subsample: int = eqx.field(static=True)
     interpolation: str = eqx.field(static=True)
@@ -164,7 +186,7 @@ class Observation(eqx.Module):
         wcs: WCS | None = None,
         pixel_scale: float | None = None,
         likelihood: AbstractLikelihood | None = None,
-        interpolation: Method = "bicubic",
+        interpolation: Method = "bspline3",
     ):
         if not isinstance(frame, Frame):
             raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
@@ -193,10 +215,10 @@ class Observation(eqx.Module):
         if missing:
             raise ValueError(f"bands {missing} are not in the frame's bands {frame.bands}")
 
-        wcs, pixel_scale = checked_wcs(wcs, pixel_scale)
+        wcs, pixel_scale = checked_wcs(wcs, pixel_scale, owner="observation")
         pixel_scale = frame.pixel_scale if pixel_scale is None else float(pixel_scale)
-        if not pixel_scale > 0:
-            raise ValueError(f"pixel_scale must be positive, got {pixel_scale}")
+        if not (pixel_scale > 0 and np.isfinite(pixel_scale)):
+            raise ValueError(f"pixel_scale must be positive and finite, got {pixel_scale}")
 
         if not isinstance(psf, AbstractPSF):
             psf = ArrayPSF(psf, pixel_scale=pixel_scale)
@@ -209,29 +231,13 @@ class Observation(eqx.Module):
                 f"but the frame spans {extent:.3g} arcsec; use a larger frame or a cropped PSF"
             )
 
-        # PSF matching, in the model frame's pixels. Kernels are rendered over the whole
-        # frame, then cut to the box that holds all but 1e-6 of their light, rounded up to
-        # 1/8, 1/4, 1/2 or all of the frame: the FFTs are padded by that box's radius only, and
-        # observations whose PSFs are of similar size share one compiled program.
-        ny, nx = frame.shape
-        kshape = (ny - 1 + ny % 2, nx - 1 + nx % 2)
-        obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=True)
-        big = kshape
-        kshape = _padding_ladder(_light_box(obs_kernel, 1e-6), frame.shape)
-        # Both boxes are odd and centred on their middle pixel: the small kernel is the
-        # big one's centre, renormalised (rendering it again cost as much).
-        oy, ox = big[0] // 2 - kshape[0] // 2, big[1] // 2 - kshape[1] // 2
-        obs_kernel = obs_kernel[:, oy : oy + kshape[0], ox : ox + kshape[1]]
-        obs_kernel = obs_kernel / obs_kernel.sum(axis=(-2, -1), keepdims=True)
-        model_kernel = frame.psf_kernel(kshape, pixel_integrated=True)[None]
-        # A centred kernel of half-width r spreads a frame of n pixels over n + 2r, and
-        # a period of n + r already keeps the wrapped-around part off the n pixels kept:
-        # padding by the radius, not the full width (~25% fewer FFT points per side).
-        fft_shape = (good_fft_size(ny + kshape[0] // 2), good_fft_size(nx + kshape[1] // 2))
-        kernel_fft = difference_kernel_fft(model_kernel, obs_kernel, fft_shape)
-
-        # Geometry.
-        subsample = max(1, int(np.ceil(pixel_scale / frame.pixel_scale - 1e-6)))
+        # Geometry: where this observation's pixels (or their sub-pixels) fall in the
+        # model frame. An effective PSF (an image, which holds the detector's pixel
+        # response) is sampled at each pixel's centre; an optical profile is integrated
+        # over the pixel, as the sum of ``s x s`` sub-pixels each integrated over its own
+        # footprint (set by the PSF-matching kernel below, exact at any pixel ratio).
+        ratio = pixel_scale / frame.pixel_scale
+        subsample = 1 if psf.effective else max(1, int(np.ceil(ratio - 1e-6)))
         obs_shape = data.shape[1:]
         if (wcs is None) != (frame.wcs is None):
             same_grid = obs_shape == frame.shape and np.isclose(pixel_scale, frame.pixel_scale)
@@ -255,13 +261,46 @@ class Observation(eqx.Module):
                 identity = np.stack(np.meshgrid(np.arange(obs_shape[0]), np.arange(obs_shape[1]), indexing="ij"), -1)
                 if on_grid and np.abs(coords - identity).max() < 1e-6:
                     coords = area = None
+        # The footprint of one (sub-)pixel in the model frame: the (y, x) steps, in model
+        # pixels, between neighbouring (sub-)pixel centres (the median over the image, so
+        # that a distortion's variation across a cutout averages out).
+        footprint = np.eye(2) if coords is None else _pixel_footprint(coords)
+
+        # PSF matching, in the model frame's pixels. Kernels are rendered over the whole
+        # frame, then cut to the box that holds all but 1e-6 of their light, rounded up to
+        # 1/8, 1/4, 1/2 or all of the frame: the FFTs are padded by that box's radius only, and
+        # observations whose PSFs are of similar size share one compiled program.
+        ny, nx = frame.shape
+        kshape = (ny - 1 + ny % 2, nx - 1 + nx % 2)
+        if psf.effective:
+            obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=False)
+        else:
+            obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=True)
+            obs_kernel = reshape_pixel_response(obs_kernel, footprint)
+        big = kshape
+        kshape = _padding_ladder(_light_box(obs_kernel, 1e-6), frame.shape)
+        # Both boxes are odd and centred on their middle pixel: the small kernel is the
+        # big one's centre, renormalised (rendering it again cost as much).
+        oy, ox = big[0] // 2 - kshape[0] // 2, big[1] // 2 - kshape[1] // 2
+        obs_kernel = obs_kernel[:, oy : oy + kshape[0], ox : ox + kshape[1]]
+        obs_kernel = obs_kernel / obs_kernel.sum(axis=(-2, -1), keepdims=True)
+        model_kernel = frame.psf_kernel(kshape, pixel_integrated=True)[None]
+        # A centred kernel of half-width r spreads a frame of n pixels over n + 2r, and
+        # a period of n + r already keeps the wrapped-around part off the n pixels kept:
+        # padding by the radius, not the full width (~25% fewer FFT points per side).
+        fft_shape = (good_fft_size(ny + kshape[0] // 2), good_fft_size(nx + kshape[1] // 2))
+        kernel_fft = difference_kernel_fft(model_kernel, obs_kernel, fft_shape)
+        if coords is not None and interpolation == "bspline3":
+            # The B-spline prefilter rides on the PSF-matching product for free: the
+            # matched cube comes out as the spline coefficients that are interpolated.
+            kernel_fft = kernel_fft * bspline3_prefilter(fft_shape)
 
         if likelihood is None:
             likelihood = GaussianLikelihood()
         if not isinstance(likelihood, AbstractLikelihood):
             raise TypeError(f"likelihood must be an AbstractLikelihood, got {type(likelihood).__name__}")
-        if interpolation not in ("bicubic", "lanczos3"):
-            raise ValueError(f"interpolation must be 'bicubic' or 'lanczos3', got {interpolation!r}")
+        if interpolation not in ("bspline3", "bicubic", "lanczos3"):
+            raise ValueError(f"interpolation must be 'bspline3', 'bicubic' or 'lanczos3', got {interpolation!r}")
 
         # Cast on the host: a device-side float64 -> float32 conversion is a small
         # compiled op per array, which dominated building hundreds of cutouts.
@@ -275,6 +314,7 @@ class Observation(eqx.Module):
         self.bands = bands
         self.band_index = tuple(frame.bands.index(b) for b in bands)
         self.frame_shape = frame.shape
+        self.n_frame_bands = frame.n_bands
         self.fft_shape = fft_shape
         self.subsample = subsample
         self.interpolation = interpolation
@@ -288,6 +328,11 @@ class Observation(eqx.Module):
         observation's ``(band, y, x)``."""
         if model.shape[-2:] != self.frame_shape:
             raise ValueError(f"model has shape {model.shape} but the frame is {self.frame_shape}")
+        return _apply(self, model)
+
+    def apply(self, model: Cube) -> Cube:
+        """`__call__` without its shape check and its jit (for use inside traced code
+        that has checked shapes already)."""
         ny, nx = self.frame_shape
         # Band selection by static slices: an index-array gather would transpose, in the
         # gradient, into a scatter (slow on CPU), even when it selects every band in order.
@@ -303,8 +348,13 @@ class Observation(eqx.Module):
 
     def adjoint(self, y: Cube, n_bands: int | None = None) -> Cube:
         """The transpose of the forward operator: this observation's pixels -> a model
-        cube of ``n_bands`` bands (default: the largest band index used + 1)."""
-        nb = max(self.band_index) + 1 if n_bands is None else n_bands
+        cube of ``n_bands`` bands (default: the model frame's)."""
+        nb = self.n_frame_bands if n_bands is None else int(n_bands)
+        if nb <= max(self.band_index):
+            raise ValueError(
+                f"n_bands: this observation sees model band {max(self.band_index)} ({self.bands}); "
+                f"a model cube of {nb} bands does not have it"
+            )
         _, vjp = jax.vjp(self.__call__, jnp.zeros((nb, *self.frame_shape)))
         return vjp(y)[0]
 
@@ -323,23 +373,45 @@ class Observation(eqx.Module):
 
 def render_observations(scene, observations: Sequence[Observation]) -> tuple[Cube, ...]:
     """Render a scene once and push it through every observation's operator."""
-    model = scene.render()
-    return tuple(obs(model) for obs in as_observations(observations))
+    return _render_observations(scene, as_observations(observations))
 
 
 def log_likelihood(scene, observations: Sequence[Observation]) -> Float[Array, ""]:
     """Total log-likelihood of all observations given the scene (rendered once)."""
-    model = scene.render()
-    return sum(obs.log_likelihood(model) for obs in as_observations(observations))
+    return _log_likelihood(scene, as_observations(observations))
 
 
 def chi2_per_dof(scene, observations: Sequence[Observation], n_params: int = 0) -> Float[Array, ""]:
     """Total chi2 over the unmasked pixels of all observations divided by the degrees
     of freedom, ``n_valid - n_params``."""
+    return _chi2_per_dof(scene, as_observations(observations), n_params)
+
+
+# Jitted bodies of the functions above (and of `Observation.__call__`): called eagerly, as
+# in a notebook, each is one compiled program cached by the structure of its arguments, so
+# a second call with new values compiles nothing; inside an enclosing jit they are inlined.
+@eqx.filter_jit
+def _apply(obs: Observation, model: Cube) -> Cube:
+    return obs.apply(model)
+
+
+@eqx.filter_jit
+def _render_observations(scene, observations: tuple[Observation, ...]) -> tuple[Cube, ...]:
     model = scene.render()
-    obs = as_observations(observations)
-    chi2 = sum(o.chi2(model) for o in obs)
-    dof = sum(o.n_valid for o in obs) - n_params
+    return tuple(obs(model) for obs in observations)
+
+
+@eqx.filter_jit
+def _log_likelihood(scene, observations: tuple[Observation, ...]) -> Float[Array, ""]:
+    model = scene.render()
+    return sum(obs.log_likelihood(model) for obs in observations)
+
+
+@eqx.filter_jit
+def _chi2_per_dof(scene, observations: tuple[Observation, ...], n_params) -> Float[Array, ""]:
+    model = scene.render()
+    chi2 = sum(o.chi2(model) for o in observations)
+    dof = sum(o.n_valid for o in observations) - n_params
     return chi2 / jnp.maximum(dof, 1)
 
 

@@ -6,7 +6,7 @@ are whatever astropy's ``all_pix2world`` / ``all_world2pix`` implement.
 """
 
 import numpy as np
-from astropy.wcs import WCS
+from astropy.wcs import WCS, SingularMatrixError
 
 
 def subpixel_centres(shape: tuple[int, int], subsample: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,14 +70,43 @@ def affine_grid(
     return np.stack([my, mx], axis=-1), area
 
 
-def checked_wcs(wcs, pixel_scale: float | None) -> tuple[WCS | None, float | None]:
+def checked_wcs(
+    wcs, pixel_scale: float | None, *, name: str = "wcs", owner: str = "observation"
+) -> tuple[WCS | None, float | None]:
     """Validate an optional celestial WCS; return its celestial part and the pixel scale
-    (the given one, else the WCS's own, else None)."""
+    (the given one, else the WCS's own, else None).
+
+    Errors start with ``name`` and say whose WCS it is (``owner``: ``"frame"``,
+    ``"observation"``): CRVAL, CRPIX and the pixel matrix (CD, or PC times CDELT) must be
+    finite and the matrix non-singular, or every position derived from it is NaN."""
     if wcs is None:
         return None, pixel_scale
-    if not isinstance(wcs, WCS) or not wcs.has_celestial:
-        raise TypeError(f"wcs must be a celestial astropy.wcs.WCS, got {wcs!r}")
-    wcs = wcs.celestial
+    what = f"{name} (the {owner}'s WCS)"
+    if not isinstance(wcs, WCS):
+        raise TypeError(f"{what} must be a celestial astropy.wcs.WCS, got {type(wcs).__name__}")
+    try:
+        celestial = wcs.celestial if wcs.has_celestial else None
+    except SingularMatrixError:
+        raise ValueError(f"{what} has a singular pixel matrix (CD, or PC x CDELT)") from None
+    except Exception as e:  # wcslib refuses it otherwise (bad projection, ...)
+        raise ValueError(f"{what} is invalid: {str(e).strip()}") from None
+    if celestial is None:
+        raise TypeError(f"{what} must be a celestial astropy.wcs.WCS (RA/Dec axes), got {wcs!r}")
+    wcs = celestial
+    p = wcs.wcs
+    # wcslib stores undefined values as 9.87654321e+107: not finite either.
+    finite = lambda a: bool(np.all(np.isfinite(a)) and np.all(np.abs(a) < 1e100))
+    matrix = ("CD", p.cd) if p.has_cd() else ("PC", p.get_pc())
+    for label, value in (("CRVAL", p.crval), ("CRPIX", p.crpix), matrix, ("CDELT", p.get_cdelt())):
+        if not finite(value):
+            raise ValueError(f"{what} has a non-finite {label}: {np.asarray(value).tolist()}")
+    try:
+        m = np.asarray(wcs.pixel_scale_matrix, dtype=np.float64)
+    except Exception as e:
+        raise ValueError(f"{what} is invalid: {str(e).strip()}") from None
+    sv = np.linalg.svd(m, compute_uv=False) if finite(m) else np.zeros(2)
+    if not finite(m) or sv.min() <= 1e-12 * sv.max():
+        raise ValueError(f"{what} has a singular or non-finite pixel matrix (CD, or PC x CDELT): {m.tolist()}")
     return wcs, pixel_scale_of(wcs) if pixel_scale is None else pixel_scale
 
 

@@ -4,6 +4,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._checks import check_shear, finite
 from .base import (
     AbstractMorphology,
     check_stamp_shape,
@@ -35,6 +36,8 @@ class GaussianMorphology(AbstractMorphology):
     intrinsic: ClassVar[bool] = True
 
     def __init__(self, sigma, g1=0.0, g2=0.0, *, shape=(31, 31)):
+        sigma, g1, g2 = finite(sigma, "sigma"), finite(g1, "g1"), finite(g2, "g2")
+        check_shear(g1, g2)
         self.sigma = jnp.asarray(sigma, dtype=float)
         self.g1 = jnp.asarray(g1, dtype=float)
         self.g2 = jnp.asarray(g2, dtype=float)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._checks import finite
 from .base import AbstractMorphology, check_stamp_shape, phase_ramp
 
 
@@ -29,7 +30,7 @@ class PixelMorphology(AbstractMorphology):
     intrinsic: ClassVar[bool] = False
 
     def __init__(self, pixels):
-        image = jnp.asarray(pixels, dtype=float)
+        image = jnp.asarray(finite(pixels, "pixels", "an (h, w) array of real numbers"), dtype=float)
         if image.ndim != 2:
             raise ValueError(f"pixels must be a 2-d (h, w) array, got shape {image.shape}")
         self.shape = check_stamp_shape(image.shape)

@@ -10,7 +10,27 @@ from jaxtyping import Array, Float, Int
 from .._types import Cube
 from ..frame import Frame
 from .base import stamp_centre
-from .source import Source
+from .source import SkyCenter, Source
+
+
+def _pixel_center(source: Source, frame: Frame, where: str) -> Source:
+    """``source`` with a sky-position centre (`SkyCenter`) turned into model-frame ``(y, x)``
+    pixels through the frame's WCS (float64 on the host, distortions included)."""
+    if not isinstance(getattr(source, "center", None), SkyCenter):
+        return source
+    coord = source.center.coord
+    if frame.wcs is None:
+        raise ValueError(
+            f"{where}.center is a SkyCoord but the frame has no WCS: give the centre in model "
+            "pixels (y, x), or give the Frame a wcs"
+        )
+    yx = np.asarray(frame.to_pixel(coord), dtype=np.float64)
+    if not np.all(np.isfinite(yx)):
+        raise ValueError(
+            f"{where}.center (RA, Dec) = ({coord.icrs.ra.deg:.6f}, {coord.icrs.dec.deg:.6f}) deg has no "
+            f"pixel position in the frame's WCS (got {yx.tolist()})"
+        )
+    return eqx.tree_at(lambda s: s.center, source, jnp.asarray(yx, dtype=float))
 
 
 def _group_key(source: Source):
@@ -165,7 +185,7 @@ class Scene(eqx.Module):
         if isinstance(sources, Source):
             sources = [sources]
         if batched:
-            groups = list(sources)
+            groups = [_pixel_center(g, frame, f"sources[{i}]") for i, g in enumerate(sources)]
             order, start = [], 0
             for g in groups:
                 n = g.center.shape[0]
@@ -173,9 +193,11 @@ class Scene(eqx.Module):
                 start += n
         else:
             keyed: dict = {}
+            sources = list(sources)
             for i, src in enumerate(sources):
                 if not isinstance(src, Source):
                     raise TypeError(f"sources[{i}] must be a Source, got {type(src).__name__}")
+                sources[i] = src = _pixel_center(src, frame, f"sources[{i}]")
                 keyed.setdefault(_group_key(src), []).append(i)
             groups, order = [], []
             for idx in keyed.values():
@@ -214,36 +236,52 @@ class Scene(eqx.Module):
 
         Works under `jit`, `vmap`, `grad`/`vjp` and `jvp`; `jax.linear_transpose` of it
         is not supported (the window sum's batching rule has no transpose): use
-        `jax.vjp`."""
-        _, ny, nx = self.shape
-        model = None
-        for stamps, corners in self.stamps():
-            h, w = stamps.shape[-2:]
-            # One window per source (band, h, w) added at its corner into a canvas padded
-            # by a stamp on every side, so every window lies inside it (corners beyond the
-            # padding are clipped, which only moves stamps already entirely off the
-            # frame); the frame is then cut out. See `_window_adder` for why windows
-            # are added by a loop of slice updates, not a scatter.
-            start = jnp.clip(corners, jnp.array([-h, -w]), jnp.array([ny, nx])) + jnp.array([h, w])
-            canvas = _add_windows(stamps, start.astype(jnp.int32), (self.shape[0], ny + 2 * h, nx + 2 * w))
-            part = canvas[:, h : h + ny, w : w + nx]
-            model = part if model is None else model + part
-        return jnp.zeros(self.shape) if model is None else model
+        `jax.vjp`. Called outside `jit`, it runs one compiled program, cached by the
+        scene's structure: rendering a scene of the same structure again (new values,
+        same kinds and numbers of sources) compiles nothing."""
+        return _render(self)
 
     def render_sources(self) -> Float[Array, "source band ny nx"]:
         """Each source alone in the full frame, in the order the sources were given.
         Memory grows with the number of sources: meant for catalogs and plots."""
-        _, ny, nx = self.shape
-        per_source = []
-        for stamps, corners in self.stamps():
-            h, w = stamps.shape[-2:]
+        return _render_sources(self)
 
-            def place(stamp, corner):
-                canvas = jnp.zeros((stamp.shape[0], ny + 2 * h, nx + 2 * w))
-                canvas = jax.lax.dynamic_update_slice(canvas, stamp, (0, corner[0] + h, corner[1] + w))
-                return canvas[:, h : h + ny, w : w + nx]
 
-            per_source.append(jax.vmap(place)(stamps, jnp.clip(corners, -h, jnp.array([ny, nx]))))
-        stacked = jnp.concatenate(per_source, axis=0)
-        inverse = np.argsort(np.concatenate([np.asarray(o) for o in self.order]))
-        return stacked[inverse]
+# Module-level jitted bodies: eager calls (notebooks, the quick start) reuse one compiled
+# program per scene structure instead of re-tracing the window loops on every call (their
+# bodies are fresh closures each time, so nothing else would cache them); inside an
+# enclosing jit they are inlined.
+@eqx.filter_jit
+def _render(scene: Scene) -> Cube:
+    _, ny, nx = scene.shape
+    model = None
+    for stamps, corners in scene.stamps():
+        h, w = stamps.shape[-2:]
+        # One window per source (band, h, w) added at its corner into a canvas padded
+        # by a stamp on every side, so every window lies inside it (corners beyond the
+        # padding are clipped, which only moves stamps already entirely off the
+        # frame); the frame is then cut out. See `_window_adder` for why windows
+        # are added by a loop of slice updates, not a scatter.
+        start = jnp.clip(corners, jnp.array([-h, -w]), jnp.array([ny, nx])) + jnp.array([h, w])
+        canvas = _add_windows(stamps, start.astype(jnp.int32), (scene.shape[0], ny + 2 * h, nx + 2 * w))
+        part = canvas[:, h : h + ny, w : w + nx]
+        model = part if model is None else model + part
+    return jnp.zeros(scene.shape) if model is None else model
+
+
+@eqx.filter_jit
+def _render_sources(scene: Scene) -> Float[Array, "source band ny nx"]:
+    _, ny, nx = scene.shape
+    per_source = []
+    for stamps, corners in scene.stamps():
+        h, w = stamps.shape[-2:]
+
+        def place(stamp, corner):
+            canvas = jnp.zeros((stamp.shape[0], ny + 2 * h, nx + 2 * w))
+            canvas = jax.lax.dynamic_update_slice(canvas, stamp, (0, corner[0] + h, corner[1] + w))
+            return canvas[:, h : h + ny, w : w + nx]
+
+        per_source.append(jax.vmap(place)(stamps, jnp.clip(corners, -h, jnp.array([ny, nx]))))
+    stacked = jnp.concatenate(per_source, axis=0)
+    inverse = np.argsort(np.concatenate([np.asarray(o) for o in scene.order]))
+    return stacked[inverse]

@@ -6,6 +6,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 from jaxtyping import Array, Float
 
+from .._checks import check_shear, finite, is_traced
 from .base import AbstractMorphology, check_stamp_shape, shear_matrix, stamp_centre
 
 
@@ -51,6 +52,11 @@ class SersicMorphology(AbstractMorphology):
     intrinsic: ClassVar[bool] = True
 
     def __init__(self, n, r_e, g1=0.0, g2=0.0, *, shape=(31, 31)):
+        n, r_e, g1, g2 = finite(n, "n"), finite(r_e, "r_e"), finite(g1, "g1"), finite(g2, "g2")
+        for name, v in (("n", n), ("r_e", r_e)):
+            if not is_traced(v) and np.any(v <= 0):
+                raise ValueError(f"{name} must be positive, got {v.tolist()}")
+        check_shear(g1, g2)
         self.n = jnp.asarray(n, dtype=float)
         self.r_e = jnp.asarray(r_e, dtype=float)
         self.g1 = jnp.asarray(g1, dtype=float)

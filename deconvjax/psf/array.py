@@ -1,9 +1,10 @@
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax.numpy as jnp
 import numpy as np
 
-from ..resample import bin_pixels, interpolate
+from .._checks import real_array
+from ..resample import bin_pixels, bspline3_prefilter, interpolate
 from .base import AbstractPSF, normalise
 
 
@@ -76,6 +77,7 @@ class ArrayPSF(AbstractPSF):
       onto the kernel's centre pixel by interpolation.
     """
 
+    effective: ClassVar[bool] = True
     image: np.ndarray
     pixel_scale: float | None
     oversampling: int
@@ -88,7 +90,7 @@ class ArrayPSF(AbstractPSF):
         oversampling: int = 1,
         center: Literal["centroid", "peak", "pixel"] | tuple[float, float] = "centroid",
     ):
-        image = np.asarray(image, dtype=np.float64)
+        image = real_array(image, "psf image", "an (h, w) or (band, h, w) array of real numbers")
         if image.ndim == 2:
             image = image[None]
         if image.ndim != 3:
@@ -111,12 +113,14 @@ class ArrayPSF(AbstractPSF):
         return self.pixel_scale / self.oversampling
 
     def kernel(self, shape, pixel_scale, n_bands, *, pixel_integrated=True):
-        del pixel_integrated  # an image PSF is an effective PSF already
+        # An image PSF is an effective PSF already (the detector's pixel response is in
+        # it): on a grid coarser than its own, ``pixel_integrated`` sums it over each
+        # target pixel; otherwise it is sampled (cubic B-spline) at the target pixel centres.
         nb = self.image.shape[0]
         if nb not in (1, n_bands):
             raise ValueError(f"psf image has {nb} bands but {n_bands} bands were asked for")
         ratio = pixel_scale / self.native_scale
-        sub = max(1, int(np.ceil(ratio - 1e-9)))
+        sub = max(1, int(np.ceil(ratio - 1e-9))) if pixel_integrated else 1
         h, w = shape
         u = (np.arange(h * sub) + 0.5) / sub - 0.5 - h // 2
         v = (np.arange(w * sub) + 0.5) / sub - 0.5 - w // 2
@@ -128,8 +132,11 @@ class ArrayPSF(AbstractPSF):
                 continue
             yy, xx = np.meshgrid(cy + u * ratio, cx + v * ratio, indexing="ij")
             coords = jnp.asarray(np.stack([yy, xx], -1), dtype=jnp.float32)
-            # Lanczos-3: PSF shapes set the accuracy of everything downstream.
-            vals = interpolate(jnp.asarray(img, dtype=jnp.float32), coords, "lanczos3")
+            # Cubic B-spline of the prefiltered image: PSF shapes set the accuracy of
+            # everything downstream, and on smooth profiles the spline's error is ~10x
+            # below Lanczos-3's (which does not reproduce gradients exactly).
+            coef = np.fft.irfft2(np.fft.rfft2(img) * bspline3_prefilter(img.shape), s=img.shape)
+            vals = interpolate(jnp.asarray(coef, dtype=jnp.float32), coords, "bspline3")
             out.append(np.asarray(bin_pixels(vals, sub), dtype=np.float64))
         return normalise(np.stack(out))
 

@@ -1,5 +1,6 @@
 import abc
 from collections.abc import Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import numpy as np
@@ -41,7 +42,12 @@ class AbstractPSF(eqx.Module):
     - Analytic PSFs (`GaussianPSF`, `MoffatPSF`) are optical profiles, sizes in arcsec;
       they can be rendered pixel-integrated (the effective PSF of a pixel of that size)
       or sampled at pixel centres. Array PSFs are effective PSFs at their own sampling.
+    - `effective` says which: an effective PSF already holds the detector's pixel
+      response, so an observation samples it at its pixel centres; an optical profile is
+      integrated over each observed pixel's footprint.
     """
+
+    effective: ClassVar[bool] = False
 
     @abc.abstractmethod
     def kernel(

@@ -16,7 +16,7 @@ from ._types import Cube
 from .frame import Frame
 from .likelihood import AbstractLikelihood, GaussianLikelihood
 from .psf import AbstractPSF, ArrayPSF, difference_kernel_fft
-from .psf.matching import reshape_pixel_response
+from .psf.matching import GAIN_TOLERANCE, reshape_pixel_response, widest_model_sigma
 from .resample import Method, bin_pixels, bspline3_prefilter, interpolate
 from .wcs import affine_grid, checked_wcs, warp_grid
 
@@ -157,6 +157,9 @@ class Observation(eqx.Module):
     - `likelihood`: the noise model (default `GaussianLikelihood`).
     - `interpolation`: ``"bspline3"`` (default), ``"bicubic"`` or ``"lanczos3"`` (see
       `deconvjax.resample.interpolate`).
+    - `allow_psf_gain`: accept a frame whose model PSF is wider than this observation's
+      PSF at some spatial frequencies (a difference kernel with gain above 1, which
+      amplifies noise there); by default that is an error that says which model PSF fits.
     """
 
     data: Cube
@@ -187,6 +190,7 @@ class Observation(eqx.Module):
         pixel_scale: float | None = None,
         likelihood: AbstractLikelihood | None = None,
         interpolation: Method = "bspline3",
+        allow_psf_gain: bool = False,
     ):
         if not isinstance(frame, Frame):
             raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
@@ -277,7 +281,7 @@ class Observation(eqx.Module):
         else:
             obs_kernel = psf.kernel(kshape, frame.pixel_scale, len(bands), pixel_integrated=True)
             obs_kernel = reshape_pixel_response(obs_kernel, footprint)
-        big = kshape
+        big, full_kernel = kshape, obs_kernel
         kshape = _padding_ladder(_light_box(obs_kernel, 1e-6), frame.shape)
         # Both boxes are odd and centred on their middle pixel: the small kernel is the
         # big one's centre, renormalised (rendering it again cost as much).
@@ -290,6 +294,18 @@ class Observation(eqx.Module):
         # padding by the radius, not the full width (~25% fewer FFT points per side).
         fft_shape = (good_fft_size(ny + kshape[0] // 2), good_fft_size(nx + kshape[1] // 2))
         kernel_fft = difference_kernel_fft(model_kernel, obs_kernel, fft_shape)
+        gain = float(np.abs(kernel_fft).max())
+        if gain > GAIN_TOLERANCE and not allow_psf_gain:
+            # A model PSF wider than the observation's at some frequencies: matching would
+            # amplify those frequencies (noise, aliasing: checkerboard models), silently.
+            widest = widest_model_sigma(full_kernel) * frame.pixel_scale
+            raise ValueError(
+                f"psf: this observation's PSF is narrower than the frame's model PSF at some spatial "
+                f"frequencies (difference kernel gain {gain:.3g} > 1), so fits would amplify noise there. "
+                f"Give the Frame a narrower model PSF, e.g. psf=GaussianPSF({widest:.4g}) (sigma in arcsec, "
+                f"FWHM {2.3548 * widest:.4g}; deconvjax.psf.model_psf_for picks it for several PSFs), "
+                "use finer model pixels, or pass allow_psf_gain=True to force it"
+            )
         if coords is not None and interpolation == "bspline3":
             # The B-spline prefilter rides on the PSF-matching product for free: the
             # matched cube comes out as the spline coefficients that are interpolated.

@@ -1,6 +1,5 @@
 """Forward operators: adjoints, gradients, geometry, compilation behaviour, bad input."""
 
-import warnings
 from pathlib import Path
 
 import astropy
@@ -200,10 +199,9 @@ def test_bad_input_errors():
         obs = dj.Observation(data, weights=1.0, **good)
     assert float(obs.weights[0, 3, 4]) == 0.0
     assert np.isfinite(float(obs.log_likelihood(jnp.zeros((2, 32, 32)))))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(UserWarning, match="narrower than the model PSF"):
-            dj.Observation(np.zeros((2, 32, 32)), weights=1.0, frame=frame, psf=dj.GaussianPSF(0.5))
+    with pytest.raises(ValueError, match="psf: .* narrower than the frame's model PSF"):
+        dj.Observation(np.zeros((2, 32, 32)), weights=1.0, frame=frame, psf=dj.GaussianPSF(0.5))
+    dj.Observation(np.zeros((2, 32, 32)), weights=1.0, frame=frame, psf=dj.GaussianPSF(0.5), allow_psf_gain=True)
 
 
 def test_even_and_unnormalised_array_psfs():

@@ -151,9 +151,14 @@ class SimulatedField:
         return self.source_images.sum(axis=0)
 
     def frame(self, psf=None):
-        """A `deconvjax.Frame` on this field's pixel grid and WCS (model PSF ``psf``)."""
+        """A `deconvjax.Frame` on this field's pixel grid and WCS, with model PSF ``psf``
+        (default: the widest Gaussian that every band's PSF can be matched to,
+        `deconvjax.psf.model_psf_for`)."""
         from deconvjax.frame import Frame  # lazy: sims must not need the core
+        from deconvjax.psf.matching import model_psf_for
 
+        if psf is None:
+            psf = model_psf_for(self.psf_images, self.pixel_scale)
         return Frame(self.bands, self.shape, pixel_scale=self.pixel_scale, wcs=self.wcs, psf=psf)
 
     def to_observation(self, frame=None, **kwargs):

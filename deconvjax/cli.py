@@ -11,7 +11,15 @@ from .sims._cli import simulate
 @click.group()
 @click.version_option(package_name="deconvjax")
 def main():
-    """deconvjax: forward modelling, deblending and deconvolution of astronomical images."""
+    """deconvjax: forward modelling, deblending and deconvolution of astronomical images.
+
+    Compiled programs are cached in ~/.cache/deconvjax/jax (or $XDG_CACHE_HOME), so a
+    second run on images of the same size compiles nothing; set DECONVJAX_CACHE_DIR to
+    another folder, or to "off".
+    """
+    from ._cache import enable_compilation_cache
+
+    enable_compilation_cache()
 
 
 @main.command()

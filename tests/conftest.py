@@ -3,6 +3,9 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The command line's persistent compilation cache stays off in the test process: tests
+# count compilations, and must not read programs cached by an earlier run.
+os.environ["DECONVJAX_CACHE_DIR"] = "off"
 
 import pytest  # noqa: E402
 

@@ -156,5 +156,5 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="noise"):
         Observation(np.zeros((1, N, N)), frame=Frame(["a"], (N, N)), psf=GaussianPSF(1.0))
     with pytest.raises(ValueError, match="x: expected"):
-        PosteriorDenoiser(prior, Observation(np.zeros((1, N, N)), frame=Frame(["a"], (N, N)),
+        PosteriorDenoiser(prior, Observation(np.zeros((1, N, N)), frame=Frame(["a"], (N, N), psf=GaussianPSF(0.5)),
                                              psf=GaussianPSF(1.5), rms=1.0))(jnp.zeros((N, N)), 1.0)

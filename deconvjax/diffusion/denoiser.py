@@ -10,6 +10,7 @@ posterior denoisers of `deconvjax.posterior`.
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -27,7 +28,16 @@ __all__ = [
 
 
 class AbstractDenoiser(eqx.Module):
-    """Unbatched Tweedie denoiser in VE coordinates."""
+    """Unbatched Tweedie denoiser in VE coordinates.
+
+    ``exact_jacobian`` (a class attribute) declares whether the denoiser's Jacobian is
+    exact, ``Cov[x | x_t] / sigma^2`` by Tweedie's second-order formula: symmetric and
+    positive semi-definite. True for the analytic denoisers below, False for learned
+    networks (the default). Posterior guidance reads it to choose its linear solve
+    (`deconvjax.posterior.MMPS`).
+    """
+
+    exact_jacobian: ClassVar[bool] = False
 
     @abc.abstractmethod
     def __call__(self, x: Float[Array, "*shape"], sigma: Float[ArrayLike, ""]) -> Float[
@@ -54,6 +64,8 @@ class GaussianDenoiser(AbstractDenoiser):
     ``D(x, sigma) = mean + C (C + sigma^2 I)^{-1} (x - mean)``, evaluated through the
     eigendecomposition of ``C`` computed once at construction.
     """
+
+    exact_jacobian: ClassVar[bool] = True
 
     mean: Float[Array, "*shape"]
     eigvals: Float[Array, " n"]
@@ -98,6 +110,8 @@ class StationaryGaussianDenoiser(AbstractDenoiser):
     ``D = mean + IFFT(power / (power + sigma^2) FFT(x - mean))`` costs two FFTs.
     """
 
+    exact_jacobian: ClassVar[bool] = True
+
     mean: Float[Array, "band y x"]
     power: Float[Array, "band y x"]
 
@@ -133,13 +147,15 @@ class GaussianMixtureDenoiser(AbstractDenoiser):
     ``D = sum_k r_k(x) D_k(x)`` with responsibilities ``r_k`` of the noised components.
     """
 
+    exact_jacobian: ClassVar[bool] = True
+
     log_weights: Float[Array, " k"]
     means: Float[Array, "k n"]
     eigvals: Float[Array, "k n"]
     eigvecs: Float[Array, "k n n"]
     shape: tuple[int, ...] = eqx.field(static=True)
 
-    def __init__(self, weights: Float[ArrayLike, " k"], means: Float[ArrayLike, "k *shape"],
+    def __init__(self, weights: Float[ArrayLike, " k"], means: Float[ArrayLike, "k *shape"],  # noqa: F821
                  covs: Float[ArrayLike, "k n n"]):
         weights = jnp.asarray(weights, dtype=float)
         means = jnp.asarray(means, dtype=float)

@@ -42,6 +42,12 @@ class ScorePrior(eqx.Module):
         return self.denoiser.shape
 
     @property
+    def exact_jacobian(self) -> bool:
+        """False for the U-Net: its Jacobian is neither symmetric nor PSD, so `MMPS`
+        defaults to one CG iteration with it (see `deconvjax.posterior.MMPS`)."""
+        return self.denoiser.exact_jacobian
+
+    @property
     def bands(self) -> int:
         return self.denoiser.shape[0]
 

@@ -2,16 +2,16 @@
 denoiser (MMPS, convolved likelihood, DPS) usable with every diffusion sampler,
 deconvolution from one or several observations, deblending, TARP coverage."""
 
+from .base import AbstractCGSolve as AbstractCGSolve
 from .base import AbstractEmbedding as AbstractEmbedding
 from .base import AbstractGuidance as AbstractGuidance
+from .base import ConvergedCG as ConvergedCG
+from .base import FixedCG as FixedCG
 from .base import PosteriorDenoiser as PosteriorDenoiser
 from .base import ScaledIdentity as ScaledIdentity
 from .base import pcg as pcg
-from .convolved import ConvolvedLikelihood as ConvolvedLikelihood
-from .dps import DPS as DPS
-from .mmps import MMPS as MMPS
-from .sampling import sample_posterior as sample_posterior
 from .batch import StackedPosterior as StackedPosterior
+from .convolved import ConvolvedLikelihood as ConvolvedLikelihood
 from .deblend import DeblendResult as DeblendResult
 from .deblend import ProductDenoiser as ProductDenoiser
 from .deblend import SourcePlacement as SourcePlacement
@@ -19,6 +19,9 @@ from .deblend import deblend as deblend
 from .deconvolve import PosteriorResult as PosteriorResult
 from .deconvolve import deconvolve as deconvolve
 from .deconvolve import make_observations as make_observations
+from .dps import DPS as DPS
+from .mmps import MMPS as MMPS
+from .sampling import sample_posterior as sample_posterior
+from .sampling import sample_unrolled as sample_unrolled
 from .tarp import tarp_coverage as tarp_coverage
 from .tarp import tarp_max_deviation as tarp_max_deviation
-from .sampling import sample_unrolled as sample_unrolled

@@ -129,8 +129,11 @@ def write_outputs(out: Path, result, first_observation, header_extra: dict) -> l
 @click.option("--steps", default=None, type=click.IntRange(1),
               help="Steps of the fixed-step samplers (default 48 for dpm2m, 18 for edm, 64 "
                    "for sde, ode_fixed and pc).")
-@click.option("--cg-iters", default=1, show_default=True, type=click.IntRange(0),
-              help="MMPS CG iterations (learned priors: 1; their Jacobian is not symmetric).")
+@click.option("--cg-iters", default=None, type=click.IntRange(0),
+              help="CG iterations of the guidance's solve. Default: chosen from the prior as "
+                   "MMPS() does, 1 for learned priors such as the shipped one (more do worse: "
+                   "their Jacobian is not symmetric), a converged solve for exact Gaussian "
+                   "ones; 2 for --method convolved.")
 @click.option("--batch-size", default=None, type=click.IntRange(1), help="Samples per solve.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
@@ -162,7 +165,7 @@ def sample(images, psfs, variances, prior_path, n_samples, method, sampler, step
     try:
         prior = load_prior(None if prior_path == "shipped" else prior_path)
     except (OSError, FileNotFoundError) as err:
-        raise click.BadParameter(f"cannot load prior {prior_path!r}: {err}", param_hint="--prior")
+        raise click.BadParameter(f"cannot load prior {prior_path!r}: {err}", param_hint="--prior") from err
     datas, noises = [], []
     for i, p in enumerate(images):
         data, found = _read_image(p)
@@ -184,8 +187,8 @@ def sample(images, psfs, variances, prior_path, n_samples, method, sampler, step
     try:
         frame, obs = make_observations(datas, [_read_psf(p) for p in psfs], variances=noises,
                                        shape=tuple(size))
-        guidance = {"mmps": MMPS(cg_iters=cg_iters), "convolved": ConvolvedLikelihood(cg_iters=cg_iters),
-                    "dps": DPS()}[method]
+        cg = {} if cg_iters is None else {"cg_iters": cg_iters}
+        guidance = {"mmps": MMPS(**cg), "convolved": ConvolvedLikelihood(**cg), "dps": DPS()}[method]
         post = PosteriorDenoiser(prior, obs, method=guidance)
     except ValueError as err:
         raise click.UsageError(str(err)) from err

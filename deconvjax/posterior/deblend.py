@@ -32,7 +32,7 @@ from ..diffusion.denoiser import AbstractDenoiser
 from ..diffusion.prior import ScorePrior
 from ..diffusion.sde import AbstractSDE
 from ..observation import Observation
-from .base import AbstractEmbedding, AbstractGuidance, PosteriorDenoiser, prior_shape
+from .base import AbstractEmbedding, AbstractGuidance, PosteriorDenoiser, exact_jacobian, prior_shape
 from .sampling import sample_posterior
 
 __all__ = ["ProductDenoiser", "SourcePlacement", "DeblendResult", "deblend"]
@@ -57,6 +57,11 @@ class ProductDenoiser(AbstractDenoiser):
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.n_sources, *self.item_shape)
+
+    @property
+    def exact_jacobian(self) -> bool:
+        """The per-source prior's (block-diagonal Jacobian)."""
+        return exact_jacobian(self.prior)
 
     def __call__(self, x, sigma):
         return jax.vmap(self.prior, in_axes=(0, None))(x, sigma)

@@ -65,7 +65,8 @@ def deconvolve(
             epochs, or a ground and a space view are combined in the likelihood.
         n_samples: number of posterior samples.
         sde: the diffusion SDE (default: the prior's).
-        method: guidance (default `MMPS()`).
+        method: guidance (default `MMPS()`, whose CG solve is chosen from the prior:
+            converged for exact Gaussian denoisers, one iteration for learned ones).
         sampler: ``"dpm2m"`` (default: DPM-Solver++(2M), 48 steps, one denoiser call per
             step from a host loop, the fast choice for U-Net priors), ``"pf_ode"``
             (adaptive, the exact choice for analytic priors) or any method of

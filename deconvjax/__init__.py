@@ -25,6 +25,9 @@ from .model import (
     PixelMorphology as PixelMorphology,
 )
 from .model import (
+    PlaneBackground as PlaneBackground,
+)
+from .model import (
     PointMorphology as PointMorphology,
 )
 from .model import (

@@ -10,11 +10,12 @@ import numpy as np
 from astropy.wcs import WCS
 from jaxtyping import Array, Complex, Float
 
-from ._checks import real_array
+from ._checks import is_traced, real_array
 from ._fft import good_fft_size
 from ._types import Cube
 from .frame import Frame
 from .likelihood import AbstractLikelihood, GaussianLikelihood
+from .model.background import PlaneBackground
 from .psf import AbstractPSF, ArrayPSF, difference_kernel_fft
 from .psf.matching import GAIN_TOLERANCE, reshape_pixel_response, widest_model_sigma
 from .resample import Method, bin_pixels, bspline3_prefilter, interpolate
@@ -157,6 +158,11 @@ class Observation(eqx.Module):
     - `likelihood`: the noise model (default `GaussianLikelihood`).
     - `interpolation`: ``"bspline3"`` (default), ``"bicubic"`` or ``"lanczos3"`` (see
       `deconvjax.resample.interpolate`).
+    - `background`: a sky model (`PlaneBackground`: a constant, or a constant and a
+      gradient, per band) fitted to this observation's data wherever the likelihood is
+      evaluated (profiled out of fits); None (default) for data whose sky is already
+      zero. The linear operator itself (`__call__`, `adjoint`) never includes it, and
+      posterior samplers ignore it: subtract the sky before sampling.
     - `allow_psf_gain`: accept a frame whose model PSF is wider than this observation's
       PSF at some spatial frequencies (a difference kernel with gain above 1, which
       amplifies noise there); by default that is an error that says which model PSF fits.
@@ -168,6 +174,7 @@ class Observation(eqx.Module):
     coords: Float[Array, "sy sx 2"] | None
     area: Float[Array, "sy sx"] | None
     likelihood: AbstractLikelihood
+    background: PlaneBackground | None
     bands: tuple[str, ...] = eqx.field(static=True)
     band_index: tuple[int, ...] = eqx.field(static=True)
     frame_shape: tuple[int, int] = eqx.field(static=True)
@@ -191,6 +198,7 @@ class Observation(eqx.Module):
         likelihood: AbstractLikelihood | None = None,
         interpolation: Method = "bspline3",
         allow_psf_gain: bool = False,
+        background: PlaneBackground | None = None,
     ):
         if not isinstance(frame, Frame):
             raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
@@ -311,6 +319,8 @@ class Observation(eqx.Module):
             # matched cube comes out as the spline coefficients that are interpolated.
             kernel_fft = kernel_fft * bspline3_prefilter(fft_shape)
 
+        if background is not None and not isinstance(background, PlaneBackground):
+            raise TypeError(f"background must be a PlaneBackground or None, got {type(background).__name__}")
         if likelihood is None:
             likelihood = GaussianLikelihood()
         if not isinstance(likelihood, AbstractLikelihood):
@@ -327,6 +337,7 @@ class Observation(eqx.Module):
         self.coords = None if coords is None else jnp.asarray(np.asarray(coords).astype(f32))
         self.area = None if area is None else jnp.asarray(np.asarray(area).astype(f32))
         self.likelihood = likelihood
+        self.background = background
         self.bands = bands
         self.band_index = tuple(frame.bands.index(b) for b in bands)
         self.frame_shape = frame.shape
@@ -344,7 +355,7 @@ class Observation(eqx.Module):
         observation's ``(band, y, x)``."""
         if model.shape[-2:] != self.frame_shape:
             raise ValueError(f"model has shape {model.shape} but the frame is {self.frame_shape}")
-        return _apply(self, model)
+        return self.apply(model) if is_traced((self, model)) else _apply(self, model)
 
     def apply(self, model: Cube) -> Cube:
         """`__call__` without its shape check and its jit (for use inside traced code
@@ -374,12 +385,30 @@ class Observation(eqx.Module):
         _, vjp = jax.vjp(self.__call__, jnp.zeros((nb, *self.frame_shape)))
         return vjp(y)[0]
 
+    def predict(self, model: Cube) -> Cube:
+        """What this observation's pixels should hold for the model cube: the forward
+        operator's image plus, with a `background`, the background that fits the rest of
+        the data best."""
+        image = self(model)
+        if self.background is None:
+            return image
+        return image + self.background.solve(self.data - image, self.weights, self.likelihood.whiten)[1]
+
+    def background_model(self, model: Cube) -> Cube:
+        """The fitted background ``(band, y, x)`` for the model cube (zeros without a
+        `background`)."""
+        image = self(model)
+        if self.background is None:
+            return jnp.zeros_like(image)
+        return self.background.solve(self.data - image, self.weights, self.likelihood.whiten)[1]
+
     def log_likelihood(self, model: Cube) -> Float[Array, ""]:
-        """log p(data | model cube), the model cube in the model frame."""
-        return self.likelihood.log_prob(self.data, self(model), self.weights)
+        """log p(data | model cube), the model cube in the model frame (the background,
+        if any, profiled out)."""
+        return self.likelihood.log_prob(self.data, self.predict(model), self.weights)
 
     def chi2(self, model: Cube) -> Float[Array, ""]:
-        return self.likelihood.chi2(self.data, self(model), self.weights)
+        return self.likelihood.chi2(self.data, self.predict(model), self.weights)
 
     @property
     def n_valid(self) -> Array:
@@ -389,46 +418,51 @@ class Observation(eqx.Module):
 
 def render_observations(scene, observations: Sequence[Observation]) -> tuple[Cube, ...]:
     """Render a scene once and push it through every observation's operator."""
-    return _render_observations(scene, as_observations(observations))
+    args = (scene, as_observations(observations))
+    return _render_observations_impl(*args) if is_traced(args) else _render_observations(*args)
 
 
 def log_likelihood(scene, observations: Sequence[Observation]) -> Float[Array, ""]:
     """Total log-likelihood of all observations given the scene (rendered once)."""
-    return _log_likelihood(scene, as_observations(observations))
+    args = (scene, as_observations(observations))
+    return _log_likelihood_impl(*args) if is_traced(args) else _log_likelihood(*args)
 
 
 def chi2_per_dof(scene, observations: Sequence[Observation], n_params: int = 0) -> Float[Array, ""]:
     """Total chi2 over the unmasked pixels of all observations divided by the degrees
     of freedom, ``n_valid - n_params``."""
-    return _chi2_per_dof(scene, as_observations(observations), n_params)
+    args = (scene, as_observations(observations), n_params)
+    return _chi2_per_dof_impl(*args) if is_traced(args) else _chi2_per_dof(*args)
 
 
-# Jitted bodies of the functions above (and of `Observation.__call__`): called eagerly, as
-# in a notebook, each is one compiled program cached by the structure of its arguments, so
-# a second call with new values compiles nothing; inside an enclosing jit they are inlined.
-@eqx.filter_jit
-def _apply(obs: Observation, model: Cube) -> Cube:
+# Jitted copies of the functions above (and of `Observation.__call__`) for eager calls, as
+# in a notebook: each is one compiled program cached by the structure of its arguments, so
+# a second call with new values compiles nothing. Traced calls use the bodies directly.
+def _apply_impl(obs: Observation, model: Cube) -> Cube:
     return obs.apply(model)
 
 
-@eqx.filter_jit
-def _render_observations(scene, observations: tuple[Observation, ...]) -> tuple[Cube, ...]:
+def _render_observations_impl(scene, observations: tuple[Observation, ...]) -> tuple[Cube, ...]:
     model = scene.render()
     return tuple(obs(model) for obs in observations)
 
 
-@eqx.filter_jit
-def _log_likelihood(scene, observations: tuple[Observation, ...]) -> Float[Array, ""]:
+def _log_likelihood_impl(scene, observations: tuple[Observation, ...]) -> Float[Array, ""]:
     model = scene.render()
     return sum(obs.log_likelihood(model) for obs in observations)
 
 
-@eqx.filter_jit
-def _chi2_per_dof(scene, observations: tuple[Observation, ...], n_params) -> Float[Array, ""]:
+def _chi2_per_dof_impl(scene, observations: tuple[Observation, ...], n_params) -> Float[Array, ""]:
     model = scene.render()
     chi2 = sum(o.chi2(model) for o in observations)
     dof = sum(o.n_valid for o in observations) - n_params
     return chi2 / jnp.maximum(dof, 1)
+
+
+_apply = eqx.filter_jit(_apply_impl)
+_render_observations = eqx.filter_jit(_render_observations_impl)
+_log_likelihood = eqx.filter_jit(_log_likelihood_impl)
+_chi2_per_dof = eqx.filter_jit(_chi2_per_dof_impl)
 
 
 def as_observations(observations) -> tuple[Observation, ...]:

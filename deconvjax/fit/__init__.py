@@ -7,6 +7,8 @@ from .batch import init_batch as init_batch
 from .batch import stack as stack
 from .batch import unstack as unstack
 from .constraints import Constraints as Constraints
+from .detection import Detection as Detection
+from .detection import find_sources as find_sources
 from .init import detect as detect
 from .init import detection_image as detection_image
 from .init import init_scene as init_scene

@@ -7,6 +7,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+#: FWHM of a Gaussian in units of its sigma.
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
 
 def _read_catalog(path: Path):
     from astropy.table import Table
@@ -17,10 +20,19 @@ def _read_catalog(path: Path):
         raise click.BadParameter(f"{path}: cannot read a table ({err})", param_hint="--catalog") from None
 
 
+_NOISE_OPTION = {"weight": "--weights", "variance": "--variance", "rms": "--rms"}
+
+
 def _load(images, psf, weights, variance, rms, bands):
+    """The data of the command's arguments. Without a noise map the noise is estimated
+    (`read_images` records how in ``noise_estimate``; the command reports it, so the
+    library's warning is not repeated); a bad noise map is a BadParameter naming its
+    option."""
+    import warnings
+
     from astropy.io import fits
 
-    from ..io import read_arrays, read_images
+    from ..io import NoiseMapError, read_arrays, read_images
 
     images = [Path(p) for p in images]
     if len(images) == 1 and not psf:
@@ -40,7 +52,12 @@ def _load(images, psf, weights, variance, rms, bands):
     spec = [str(p) for p in images] if len(images) > 1 else str(images[0])
     psf_spec = [str(p) for p in psf] if len(psf) > 1 else str(psf[0])
     band_names = tuple(bands.split(",")) if bands else None
-    return read_images(spec, psf=psf_spec, bands=band_names, **kwargs)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no noise map given", category=UserWarning)
+            return read_images(spec, psf=psf_spec, bands=band_names, **kwargs)
+    except NoiseMapError as err:
+        raise click.BadParameter(str(err), param_hint=_NOISE_OPTION[err.option]) from None
 
 
 @click.command("fit")
@@ -64,21 +81,39 @@ def _load(images, psf, weights, variance, rms, bands):
               help="Free-form sources are 180-degree symmetric (scarlet's constraint).")
 @click.option("--sparsity", type=float, default=0.0, show_default=True,
               help="L1 penalty on max-normalised free-form morphologies (chi2 units per pixel).")
-@click.option("--nsigma", type=float, default=5.0, show_default=True, help="Detection threshold.")
+@click.option("--nsigma", type=float, default=5.0, show_default=True,
+              help="Detection threshold: sigma above the estimated background (PSF-smoothed image).")
+@click.option("--deblend-contrast", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.005, show_default=True,
+              help="Least fraction of a footprint's flux a deblended component must hold (higher: fewer splits).")
 @click.option("--max-iter", type=click.IntRange(min=0), default=300, show_default=True)
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative-change convergence test.")
-@click.option("--model-psf", type=float, default=None,
-              help="Model PSF sigma in arcsec (default: 1 model pixel).")
+@click.option("--model-psf-fwhm", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Model PSF FWHM in arcsec (default: the widest Gaussian every PSF can be matched to).")
+@click.option("--allow-psf-gain", is_flag=True,
+              help="Accept a model PSF wider than an observed PSF at some frequencies (amplifies noise).")
+@click.option("--sky", type=click.Choice(["plane", "constant", "none"]), default="plane", show_default=True,
+              help="Sky background fitted with the sources, per band: constant plus gradient, constant, or none.")
+@click.option("--subtract-background", is_flag=True,
+              help="Subtract a photutils Background2D map from the images before fitting.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (created).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monotonic, symmetric, sparsity, nsigma,
-                max_iter, rtol, model_psf, out_dir, progress):
+                deblend_contrast, max_iter, rtol, model_psf_fwhm, allow_psf_gain, sky, subtract_background, out_dir,
+                progress):
     """Fit a scene to IMAGES (one FITS image per band, or a cube) and deblend it.
 
+    Without --weights, --variance or --rms the noise is estimated from the images (a
+    sigma-clipped background rms per band, plus the sources' Poisson noise where BUNIT,
+    EXPTIME and GAIN allow) and the command says so. Sources are detected and segmented
+    (photutils) unless --catalog gives them.
+
     Writes model.fits, residual.fits, sources.fits (deblended per-source images),
-    catalog.ecsv, results.fits, scene.eqx/json and panel.png into --out.
+    segmentation.fits (the detection's segment of each source), catalog.ecsv,
+    results.fits, scene.eqx/json and panel.png into --out; the FITS headers record how
+    the noise was set (NOISESRC).
     """
+    from ..model import PlaneBackground
     from ..psf import GaussianPSF
     from .constraints import Constraints
     from .init import init_scene
@@ -89,27 +124,53 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
         data = _load(images, psf, weights, variance, rms, bands)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="IMAGES/--psf/--weights") from None
-    frame = data.frame(psf=None if model_psf is None else GaussianPSF(model_psf))
+    if data.noise_estimate is not None:
+        click.echo(f"warning: {data.noise_estimate.summary()}; give --variance, --weights or --rms to set it",
+                   err=True)
+    if subtract_background:
+        from ..io.noise import subtract_background2d
+
+        data, levels = subtract_background2d(data)
+        click.echo("subtracted a Background2D sky (median per band: " + ", ".join(f"{v:.4g}" for v in levels) + ")")
     try:
-        obs = data.to_observation(frame)
+        frame = data.frame(psf=None if model_psf_fwhm is None else GaussianPSF(model_psf_fwhm / FWHM_PER_SIGMA))
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--psf") from None
+    click.echo(f"model PSF: Gaussian FWHM {float(frame.psf.sigma[0]) * FWHM_PER_SIGMA:.4g} arcsec "
+               f"({float(frame.psf.sigma[0]) / frame.pixel_scale:.3g} model pixels sigma)")
+    background = {"plane": PlaneBackground(1), "constant": PlaneBackground(0), "none": None}[sky]
+    try:
+        obs = data.to_observation(frame, background=background, allow_psf_gain=allow_psf_gain)
+    except ValueError as err:
+        hint = "--model-psf-fwhm" if str(err).startswith("psf:") else "--psf"
+        raise click.BadParameter(str(err), param_hint=hint) from None
     positions = None if catalog is None else _read_catalog(catalog)
     try:
-        scene = init_scene(frame, obs, positions, kind=kind, nsigma=nsigma)
+        scene, detection = init_scene(frame, obs, positions, kind=kind, nsigma=nsigma, contrast=deblend_contrast,
+                                      return_detection=True)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
+    if catalog is None:
+        click.echo(f"detected {scene.n_sources} sources {nsigma:g} sigma above the background")
     try:
         constraints = Constraints(monotonic=monotonic, symmetric=symmetric, sparsity=sparsity)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--sparsity") from None
     fitted, result = fit(scene, obs, max_iter=max_iter, rtol=rtol, constraints=constraints, progress=progress)
-    written = write_products(out_dir, fitted, frame, obs, result, title=f"{Path(images[0]).name}")
+    written = write_products(out_dir, fitted, frame, obs, result, title=f"{Path(images[0]).name}",
+                             segmentation=detection.segmentation, header_cards=data.noise_cards())
     click.echo(
-        f"fitted {fitted.n_sources} sources in {result.iterations} steps: chi2/dof "
-        f"{result.chi2_per_dof:.3f}, converged={result.converged}, failed={result.failed}"
+        f"fitted {fitted.n_sources} sources in {result.iterations} steps (converged={result.converged}, "
+        f"failed={result.failed}): chi2/pixel {result.chi2_per_pixel:.3f}, reduced chi2 {result.chi2_per_dof:.3f} "
+        f"({result.n_eff:.0f} effective parameters), {100 * result.frac_beyond_3sigma:.2f}% of pixels beyond 3 sigma"
     )
     for p in written:
         click.echo(f"wrote {p}")
+    if not result.reached_noise:
+        click.echo(
+            "warning: the model does not reach the noise (expected chi2/pixel ~1, ~0.3% of pixels beyond 3 sigma): "
+            f"look at {Path(out_dir) / 'residual.fits'} for missed sources, a wrong PSF, sky or noise map",
+            err=True,
+        )
     if result.failed or not np.isfinite(result.loss):
         raise SystemExit(1)

@@ -1,6 +1,7 @@
-"""Initialisation: detect sources, measure their sizes and shapes from moments, and solve
-for their spectra jointly (a linear least-squares problem given the morphologies), which
-keeps close pairs from claiming each other's light."""
+"""Initialisation: detect and segment sources (`deconvjax.fit.detection`), measure their
+sizes and shapes from moments, and solve for their spectra jointly (a linear least-squares
+problem given the morphologies), which keeps close pairs from claiming each other's
+light."""
 
 from __future__ import annotations
 
@@ -13,147 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
-from scipy import ndimage
 
 from ..frame import Frame
 from ..model import GaussianMorphology, PixelMorphology, PointMorphology, Scene, SersicMorphology, Source
 from ..observation import Observation, as_observations
+from .detection import STAMP_SIZES as STAMP_SIZES
+from .detection import Detection, find_sources, psf_width
+from .detection import detect as detect
+from .detection import detection_image as detection_image
 
 Kind = Literal["pixel", "sersic", "gaussian", "point"]
 KINDS = ("pixel", "sersic", "gaussian", "point")
-# Odd sizes with small prime factors: stamp FFTs of prime sizes (31, 61) run ~3x slower.
-STAMP_SIZES = (15, 21, 27, 35, 45, 63, 81)
-
-
-def detection_image(data, weights) -> np.ndarray:
-    """The inverse-variance-weighted band sum divided by its noise, ``sum_b w d /
-    sqrt(sum_b w)``: unit noise per pixel for independent noise. ``(y, x)`` float64."""
-    data = np.asarray(data, dtype=np.float64)
-    weights = np.asarray(weights, dtype=np.float64)
-    if data.ndim == 2:
-        data, weights = data[None], weights[None]
-    if data.shape != weights.shape or data.ndim != 3:
-        raise ValueError(f"data and weights must both be (band, y, x), got {data.shape} and {weights.shape}")
-    wsum = weights.sum(0)
-    num = (weights * data).sum(0)
-    return np.where(wsum > 0, num / np.sqrt(np.where(wsum > 0, wsum, 1.0)), 0.0)
-
-
-def detect(
-    data,
-    weights,
-    *,
-    psf_sigma: float = 1.0,
-    nsigma: float = 5.0,
-    min_distance: int = 2,
-    max_sources: int | None = None,
-    deblend_nsigma: float | None = 5.0,
-) -> np.ndarray:
-    """Find sources as peaks of matched-filtered detection images, plus the components of
-    close blends as peaks of their curvature.
-
-    The detection image (`detection_image`) of all bands together, and that of each band
-    alone (so a source of unusual colour is not lost on a neighbour's slope), are smoothed
-    by a Gaussian of ``psf_sigma`` pixels and renormalised to unit noise; their local
-    maxima (within ``min_distance`` pixels) above ``nsigma`` are refined to sub-pixel
-    positions by a parabola through each peak and its neighbours, then merged: a peak
-    closer than ``min_distance + 1`` pixels to a more significant one is dropped.
-
-    Two galaxies a few pixels apart often make a single maximum (the fainter one is a
-    shoulder on the brighter one's slope). A shoulder is still a maximum of the negative
-    Laplacian of the Gaussian-smoothed image (its curvature), so with ``deblend_nsigma``
-    set, the local maxima (3x3) of ``-LoG`` (same ``psf_sigma``, in units of its own
-    noise) above ``deblend_nsigma``, where the smoothed image is above ``nsigma``, are
-    taken first (they sit on each component of a blend, where the smoothed image's one
-    maximum sits between them), then the matched-filter peaks at least ``min_distance +
-    1`` pixels from those. On `deconvjax.sims.default_field` this finds 117 of the 120
-    galaxies of seeds 0-23 (the matched filter alone: 82), at the price of 8 extra peaks
-    on the knots of bright galaxies.
-
-    **Returns:** ``(n, 2)`` float64 ``(y, x)`` pixel positions, curvature peaks first,
-    each kind most significant first.
-    """
-    if not psf_sigma > 0:
-        raise ValueError(f"psf_sigma must be positive, got {psf_sigma}")
-    if int(min_distance) < 1:
-        raise ValueError(f"min_distance must be >= 1, got {min_distance}")
-    if deblend_nsigma is not None and not deblend_nsigma > 0:
-        raise ValueError(f"deblend_nsigma must be positive or None, got {deblend_nsigma}")
-    data = np.asarray(data, dtype=np.float64)
-    weights = np.asarray(weights, dtype=np.float64)
-    if data.ndim == 2:
-        data, weights = data[None], weights[None]
-    images = [detection_image(data, weights)]
-    if data.shape[0] > 1:
-        images += [detection_image(data[b], weights[b]) for b in range(data.shape[0])]
-    dmin = min_distance + 1
-    kept = []
-    if deblend_nsigma is not None:
-        kept = _merge([_curvature_peaks(det, psf_sigma, nsigma, deblend_nsigma) for det in images], kept, dmin)
-    kept = _merge([_peaks(det, psf_sigma, nsigma, int(min_distance)) for det in images], kept, dmin)
-    out = np.array(kept).reshape(-1, 2)
-    return out if max_sources is None else out[: int(max_sources)]
-
-
-def _merge(found, kept: list, dmin: float) -> list:
-    """Add peaks (a list of ``(positions, significance)``), most significant first, to
-    ``kept`` unless closer than ``dmin`` to one already there."""
-    pos = np.concatenate([p for p, _ in found]).reshape(-1, 2)
-    sig = np.concatenate([s for _, s in found])
-    kept = list(kept)
-    for p in pos[np.argsort(-sig, kind="stable")]:
-        if all(np.hypot(*(p - q)) >= dmin for q in kept):
-            kept.append(p)
-    return kept
-
-
-def _impulse_norm(filt, sigma: float) -> float:
-    """L2 norm of a linear filter's kernel: the noise of the filtered unit white noise."""
-    size = 2 * int(np.ceil(5 * sigma)) + 1
-    delta = np.zeros((size, size))
-    delta[size // 2, size // 2] = 1.0
-    return float(np.sqrt(np.sum(filt(delta, sigma) ** 2)))
-
-
-def _curvature_peaks(det, psf_sigma, nsigma, deblend_nsigma):
-    """Local maxima (3x3) of ``-LoG`` in units of its noise, above ``deblend_nsigma``, where
-    the matched-filtered image is above ``nsigma``; sub-pixel refined on ``-LoG``."""
-    curv = -ndimage.gaussian_laplace(det, psf_sigma, mode="constant")
-    curv = curv / _impulse_norm(ndimage.gaussian_laplace, psf_sigma)
-    sm = ndimage.gaussian_filter(det, psf_sigma, mode="constant") * 2.0 * np.sqrt(np.pi) * psf_sigma
-    peaks = (curv == ndimage.maximum_filter(curv, size=3, mode="constant", cval=-np.inf))
-    peaks &= (curv > deblend_nsigma) & (sm > nsigma)
-    ys, xs = np.nonzero(peaks)
-    ny, nx = curv.shape
-    out = np.empty((len(ys), 2))
-    for k, (y, x) in enumerate(zip(ys, xs)):
-        out[k] = (y + _vertex(curv, y, x, 0, ny), x + _vertex(curv, y, x, 1, nx))
-    return out, curv[ys, xs]
-
-
-def _peaks(det, psf_sigma, nsigma, min_distance):
-    sm = ndimage.gaussian_filter(det, psf_sigma, mode="constant")
-    # The filter's noise: a Gaussian kernel's L2 norm is 1 / (2 sqrt(pi) sigma).
-    sm = sm * 2.0 * np.sqrt(np.pi) * psf_sigma
-    size = 2 * min_distance + 1
-    peaks = (sm == ndimage.maximum_filter(sm, size=size, mode="constant", cval=-np.inf)) & (sm > nsigma)
-    ys, xs = np.nonzero(peaks)
-    ny, nx = sm.shape
-    out = np.empty((len(ys), 2))
-    for k, (y, x) in enumerate(zip(ys, xs)):
-        out[k] = (y + _vertex(sm, y, x, 0, ny), x + _vertex(sm, y, x, 1, nx))
-    return out, sm[ys, xs]
-
-
-def _vertex(img, y, x, axis, n) -> float:
-    i = (y, x)[axis]
-    if i == 0 or i == n - 1:
-        return 0.0
-    lo = img[y - 1, x] if axis == 0 else img[y, x - 1]
-    hi = img[y + 1, x] if axis == 0 else img[y, x + 1]
-    c = img[y, x]
-    den = lo - 2 * c + hi
-    return float(np.clip(0.5 * (lo - hi) / den, -0.5, 0.5)) if den < 0 else 0.0
 
 
 def positions_from(frame: Frame, catalog) -> np.ndarray:
@@ -318,11 +189,13 @@ def _morphology_size(kind, sig, model_sigma2, stamp_size) -> int:
     return _stamp_size(np.sqrt(sig**2 + model_sigma2))
 
 
-def _unit_morphologies(frame, kind, sigmas, shears, stamp_size):
+def _unit_morphologies(frame, kind, sigmas, shears, stamp_size, min_sizes=None):
     model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
     morphs = []
     for s, (sig, (g1, g2)) in enumerate(zip(sigmas, shears)):
         size = _morphology_size(kind[s], sig, model_sigma2, stamp_size)
+        if not stamp_size and min_sizes is not None:
+            size = max(size, int(min_sizes[s]))
         morphs.append(_make_morphology(kind[s], _morphology_fields(kind[s], sig, g1, g2, size, model_sigma2), size))
     return morphs
 
@@ -398,7 +271,9 @@ def init_scene(
     nsigma: float = 5.0,
     min_distance: int = 2,
     max_sources: int | None = None,
-) -> Scene:
+    contrast: float = 0.005,
+    return_detection: bool = False,
+) -> Scene | tuple[Scene, Detection]:
     """Build an initial scene from the data.
 
     **Arguments:**
@@ -407,33 +282,51 @@ def init_scene(
     - `observations`: the data (moments and detection use the first observation on the
       model grid; spectra are solved over all of them).
     - `positions`: source centres: ``(n, 2)`` model pixels ``(y, x)``, a SkyCoord, or a
-      Table (``y``/``x`` or ``ra``/``dec`` columns). ``None`` detects them (`detect`).
+      Table (``y``/``x`` or ``ra``/``dec`` columns). ``None`` detects them
+      (`deconvjax.fit.detection.find_sources`: ``nsigma`` above the background,
+      ``min_distance``, ``max_sources``, deblending ``contrast``).
     - `kind`: ``"pixel"`` (free-form, scarlet style), ``"sersic"``, ``"gaussian"`` or
       ``"point"``, or one per source: parametric and free-form sources mix in a scene.
     - `stamp_size`: one odd stamp size for every source (fixes the scene's structure, as
-      batched fits of many cutouts need); default: from each source's size.
+      batched fits of many cutouts need); default: from each source's size and segment.
+    - `return_detection`: also return the `Detection` (positions, segmentation map,
+      per-source stamp sizes; for given positions, their division of the footprints).
 
     Sizes and shears come from Gaussian-weighted second moments on each source's Voronoi
-    cell of the data, minus the observation's PSF; spectra are the joint least-squares
-    solution given those morphologies (clipped positive).
+    cell of the data, minus the observation's PSF; each stamp is at least as large as
+    the source's segment (a big halo gets a big stamp). Spectra are the joint
+    least-squares solution given those morphologies (clipped positive).
     """
     if not isinstance(frame, Frame):
         raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
     observations = as_observations(observations)
     if not observations:
         raise ValueError("observations must hold at least one Observation")
+    # Observations with a sky background: initialise on the data less a first estimate
+    # of it, or the sky would go into the sources' sizes and fluxes (the fit then
+    # refines the background together with the sources).
+    observations = tuple(_less_initial_background(o) for o in observations)
     ref = _reference(observations, frame)
     if ref is None:
         raise ValueError(
             "init_scene needs one observation on the model frame's pixel grid (for detection "
             "and moments); build the frame from that observation"
         )
+    if stamp_size is not None and (int(stamp_size) < 3 or int(stamp_size) % 2 == 0):
+        raise ValueError(f"stamp_size must be an odd int >= 3, got {stamp_size}")
     data = np.asarray(ref.data, dtype=np.float64)
     weights = np.asarray(ref.weights, dtype=np.float64)
+    det_kwargs = {"nsigma": nsigma, "min_distance": min_distance, "contrast": contrast,
+                  "source_sigma": psf_width(_observed_psf(frame, ref))}
+    detection = None
     if positions is None:
-        positions = detect(data, weights, nsigma=nsigma, min_distance=min_distance, max_sources=max_sources)
+        detection = find_sources(data, weights, max_sources=max_sources, **det_kwargs)
+        positions = detection.positions
         if len(positions) == 0:
-            raise ValueError("no source detected; lower nsigma or give positions")
+            raise ValueError(
+                f"no source detected {nsigma:g} sigma above the background (noise: the observation's "
+                "weights); lower nsigma or give positions"
+            )
     else:
         positions = positions_from(frame, positions)
     n = len(positions)
@@ -446,27 +339,80 @@ def init_scene(
     kinds = [kind] * n if isinstance(kind, str) else list(kind)
     if len(kinds) != n or any(k not in KINDS for k in kinds):
         raise ValueError(f"kind must be one of {KINDS} or one per source ({n}), got {kind!r}")
-    if stamp_size is not None and (int(stamp_size) < 3 or int(stamp_size) % 2 == 0):
-        raise ValueError(f"stamp_size must be an odd int >= 3, got {stamp_size}")
+    if detection is None and (stamp_size is None or return_detection):
+        # Given positions: the footprints divided among them size their stamps.
+        detection = find_sources(data, weights, positions=positions, **det_kwargs)
 
-    morphs = initial_morphologies(frame, ref, positions, kinds, stamp_size)
+    min_sizes = None if stamp_size is not None else detection.stamp_sizes
+    morphs = initial_morphologies(frame, ref, positions, kinds, stamp_size, min_sizes=min_sizes)
     sources = [Source(np.ones(frame.n_bands), m, positions[s]) for s, m in enumerate(morphs)]
     spectra = solve_spectra(Scene(frame, sources), observations)
     sources = [Source(spectra[s], m, positions[s]) for s, m in enumerate(morphs)]
-    return Scene(frame, sources)
+    scene = Scene(frame, sources)
+    return (scene, detection) if return_detection else scene
 
 
-def initial_morphologies(frame: Frame, ref: Observation, positions: np.ndarray, kinds, stamp_size=None) -> list:
-    """Unit-flux morphologies from moments of ``ref`` (an observation on the model grid):
-    Gaussian-weighted moments of the S/N-weighted band sum on each source's Voronoi cell,
-    minus the PSF's second moments."""
+def _less_initial_background(obs: Observation, n_iter: int = 5) -> Observation:
+    """``obs`` with a first estimate of its background (`PlaneBackground`) subtracted
+    from its data: weighted least squares of the plane per band over the pixels that
+    are not sources, found by clipping whitened residuals beyond 3 sigma (grown by 2
+    pixels to take in the sources' wings); ``obs`` itself without a background."""
+    if obs.background is None:
+        return obs
+    from scipy import ndimage
+
+    data = np.asarray(obs.data, dtype=np.float64)
+    weights = np.asarray(obs.weights, dtype=np.float64)
+    basis = np.asarray(obs.background.basis(data.shape[-2:]), dtype=np.float64).reshape(-1, data[0].size)
+    sky = np.zeros_like(data)
+    for b in range(data.shape[0]):
+        use = weights[b] > 0
+        for _ in range(n_iter):
+            w = np.where(use, weights[b], 0.0).ravel()
+            gram = (basis * w) @ basis.T
+            coef = np.linalg.lstsq(gram, (basis * w) @ data[b].ravel(), rcond=None)[0]
+            sky[b] = (coef @ basis).reshape(data[b].shape)
+            white = (data[b] - sky[b]) * np.sqrt(weights[b])
+            sources = ndimage.binary_dilation(white > 3.0, iterations=2)
+            new = (weights[b] > 0) & ~sources
+            if new.sum() < basis.shape[0] or np.array_equal(new, use):
+                break
+            use = new
+    return eqx.tree_at(lambda o: o.data, obs, jnp.asarray((data - sky).astype(np.float32)))
+
+
+def _observed_psf(frame: Frame, ref: Observation) -> np.ndarray:
+    """``ref``'s PSF images ``(band, h, w)`` (wrapped around: centred at a corner): the
+    model PSF through the difference kernel."""
+    model = np.asarray(frame.psf_kernel((31, 31), pixel_integrated=True), dtype=np.float64)
+    model = model.reshape(-1, *model.shape[-2:])[0]
+    fy, fx = ref.fft_shape
+    pad = np.zeros((fy, fx))
+    h, w = min(model.shape[0], fy), min(model.shape[1], fx)
+    pad[:h, :w] = model[:h, :w]
+    return np.fft.irfft2(np.fft.rfft2(pad)[None] * np.asarray(ref.kernel_fft), s=ref.fft_shape)
+
+
+def _observed_psf_sigma2(frame: Frame, ref: Observation) -> float:
+    """Second moment per axis (pixels^2) of ``ref``'s PSF: the model PSF's plus the
+    difference kernel's (second moments add under convolution)."""
     model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
     psf_k = np.fft.irfft2(np.asarray(ref.kernel_fft), s=ref.fft_shape)
+    return float(model_sigma2 + _kernel_sigma2(psf_k))
+
+
+def initial_morphologies(
+    frame: Frame, ref: Observation, positions: np.ndarray, kinds, stamp_size=None, *, min_sizes=None,
+) -> list:
+    """Unit-flux morphologies from moments of ``ref`` (an observation on the model grid):
+    Gaussian-weighted moments of the S/N-weighted band sum on each source's Voronoi cell,
+    minus the PSF's second moments. ``min_sizes``: per source, the least stamp size
+    (e.g. `Detection.stamp_sizes`, 0 for none); ``stamp_size`` overrides both."""
     sigmas, shears = _moment_shapes(
         np.asarray(ref.data, dtype=np.float64), np.asarray(ref.weights, dtype=np.float64), positions,
-        model_sigma2 + _kernel_sigma2(psf_k),
+        _observed_psf_sigma2(frame, ref),
     )
-    return _unit_morphologies(frame, kinds, sigmas, shears, stamp_size)
+    return _unit_morphologies(frame, kinds, sigmas, shears, stamp_size, min_sizes)
 
 
 def _moment_shapes(data, weights, positions, psf_obs2) -> tuple[list, list]:

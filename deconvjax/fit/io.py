@@ -134,11 +134,14 @@ def load_scene(path) -> tuple[Scene, Frame, dict]:
     return Scene(frame, sources), frame, meta
 
 
-def write_results(path, scene: Scene, frame: Frame, observations, result=None, table: Table | None = None) -> Path:
+def write_results(
+    path, scene: Scene, frame: Frame, observations, result=None, table: Table | None = None, *, header_cards=(),
+) -> Path:
     """One FITS file of a fit: ``MODEL`` (model cube in the model frame, with its WCS),
     ``SOURCES`` (each source alone, model frame), per observation ``RESIDUAL`` (data
     minus model, observation pixels) and ``DEBLEND`` (each source's share of the data),
-    and ``CATALOG`` (the measurement table). Atomic."""
+    and ``CATALOG`` (the measurement table). ``header_cards``: ``(key, value, comment)``
+    cards for the primary header (e.g. how the noise was set). Atomic."""
     observations = as_observations(observations)
     if table is None:
         table = make_catalog(scene, frame, observations)
@@ -146,6 +149,8 @@ def write_results(path, scene: Scene, frame: Frame, observations, result=None, t
     prim = fits.PrimaryHDU()
     prim.header["DJFORMAT"] = ("deconvjax-fit/1", "deconvjax fit results")
     prim.header["BANDS"] = ",".join(frame.bands)
+    for key, value, comment in header_cards:
+        prim.header[key] = (value, comment)
     if result is not None:
         for key, name in (("NITER", "iterations"), ("CONVERGD", "converged"), ("FAILED", "failed"), ("LOSS", "loss"), ("CHI2DOF", "chi2_per_dof")):
             value = np.asarray(getattr(result, name))

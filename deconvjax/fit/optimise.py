@@ -24,6 +24,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ..model import GaussianMorphology, PixelMorphology, Scene, SersicMorphology, Source
 from ..observation import Observation, as_observations
 from .constraints import Constraints, from_unconstrained, project, sparsity_penalty, to_unconstrained
+from .quality import fit_quality
 
 #: Default Adam step sizes, in the unconstrained units of each parameter kind:
 #: ``spectrum`` and ``pixels`` (log) and ``size`` (log sigma, log r_e) are relative steps,
@@ -84,8 +85,14 @@ class FitResult:
     - `failed`: a non-finite loss or parameter was met; the scene returned is the last
       finite one (fits never return NaN silently).
     - `loss`: final loss, ``chi2 / 2`` plus penalties.
-    - `chi2_per_dof`: final chi2 over ``n_valid - n_params``.
-    - `n_params`: free parameters.
+    - `chi2_per_pixel`: final chi2 over the unmasked pixels.
+    - `chi2_per_dof`: reduced chi2, over ``n_valid - n_eff`` (`n_eff`: the effective
+      number of parameters, `deconvjax.fit.quality.effective_parameters`).
+    - `n_params`: free parameters; `n_eff`: effective parameters.
+    - `frac_beyond_3sigma`: share of unmasked pixels whose residual exceeds 3 sigma
+      (NaN where not measured: batched fits).
+    - `reached_noise`: the model explains the data down to the noise
+      (`deconvjax.fit.quality`); a fit can converge without it.
     - `loss_history`: ``(step, loss)`` pairs logged every chunk.
     - `wall_time`: seconds, compile included.
     """
@@ -96,6 +103,10 @@ class FitResult:
     loss: float | np.ndarray
     chi2_per_dof: float | np.ndarray
     n_params: int | np.ndarray
+    chi2_per_pixel: float | np.ndarray = float("nan")
+    n_eff: float | np.ndarray = float("nan")
+    frac_beyond_3sigma: float | np.ndarray = float("nan")
+    reached_noise: bool | np.ndarray = False
     loss_history: list = dataclasses.field(default_factory=list)
     wall_time: float = 0.0
 
@@ -560,14 +571,20 @@ def fit(
             RuntimeWarning,
             stacklevel=2,
         )
+    fitted = eqx.tree_at(lambda s: s.groups, scene, groups)
+    quality = fit_quality(fitted, observations, n_params, symmetric=constraints.symmetric, warn=not failed)
     result = FitResult(
         iterations=int(state.step),
         converged=bool(state.done) and not failed,
         failed=failed,
         loss=float(loss),
-        chi2_per_dof=float(chi2) / max(int(n_valid) - n_params, 1),
+        chi2_per_dof=quality.chi2_per_dof,
         n_params=n_params,
+        chi2_per_pixel=quality.chi2_per_pixel,
+        n_eff=quality.n_eff,
+        frac_beyond_3sigma=quality.frac_beyond_3sigma,
+        reached_noise=quality.reached_noise,
         loss_history=history,
         wall_time=time.perf_counter() - t0,
     )
-    return eqx.tree_at(lambda s: s.groups, scene, groups), result
+    return fitted, result

@@ -19,6 +19,8 @@ simulation seed gives byte-identical files.
 
 `read_images` accepts the common real layouts: one FITS image per band (a list of files), or
 one (band, y, x) cube, each with optional PSF and variance / weight / RMS images or cubes.
+Without a noise map it estimates the noise from the images (`deconvjax.io.noise`) and says
+so; a bad noise map (negative, NaN, wrong shape, all masked) is a `NoiseMapError`.
 """
 
 from __future__ import annotations
@@ -37,9 +39,19 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from ._atomic import atomic_write
+from .noise import HEADER_KEYS, NoiseEstimate, estimate_noise
 
 FORMAT = "deconvjax-observation"
 VERSION = 1
+
+
+class NoiseMapError(ValueError):
+    """A noise map (variance, weight or rms) that cannot be used; ``option`` names which
+    (``"variance"``, ``"weight"`` or ``"rms"``)."""
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option
 
 
 # ---------------------------------------------------------------------------------------
@@ -64,6 +76,9 @@ class ObservationData:
         meta: other header values (survey, seed, ...); path: where it was read from.
         psf_center: how `ArrayPSF` finds the PSF centre: "pixel" for deconvjax files (odd,
             centred PSFs), "centroid" for foreign PSF images.
+        noise_source: where the noise came from (``"given: variance map"``, ...,
+            or the estimate's method); noise_estimate: the `NoiseEstimate` where the noise
+            was estimated from the images, else None.
     """
 
     images: np.ndarray
@@ -80,12 +95,30 @@ class ObservationData:
     meta: dict = dataclasses.field(default_factory=dict)
     path: str = ""
     psf_center: str = "centroid"
+    noise_source: str = ""
+    noise_estimate: NoiseEstimate | None = None
+
+    def noise_cards(self) -> list[tuple[str, object, str]]:
+        """FITS cards saying where the noise came from: ``NOISESRC`` and, for an
+        estimate, its values per band (`NoiseEstimate.header_cards`)."""
+        if self.noise_estimate is not None:
+            return self.noise_estimate.header_cards()
+        if self.noise_source:
+            return [("NOISESRC", self.noise_source, "origin of the weights")]
+        return []
 
     def frame(self, psf=None):
-        """A `deconvjax.Frame` on this observation's grid (model PSF ``psf``)."""
+        """A `deconvjax.Frame` on this observation's grid, with model PSF ``psf`` (default:
+        the widest Gaussian that every band's PSF can be matched to,
+        `deconvjax.psf.model_psf_for`; an undersampled space PSF gets a narrow one)."""
         from deconvjax.frame import Frame
+        from deconvjax.psf import ArrayPSF
+        from deconvjax.psf.matching import model_psf_for
 
         ps = 1.0 if self.pixel_scale is None else self.pixel_scale
+        if psf is None and self.psf_images is not None:
+            psf_scale = self.psf_pixel_scale or ps
+            psf = model_psf_for(ArrayPSF(self.psf_images, pixel_scale=psf_scale, center=self.psf_center), ps)
         return Frame(self.bands, tuple(self.images.shape[1:]), pixel_scale=ps, wcs=self.wcs,
                      psf=psf)
 
@@ -480,6 +513,7 @@ def read_arrays(path) -> ObservationData:
             meta=meta,
             path=str(path),
             psf_center="pixel",
+            noise_source=f"given: deconvjax observation file ({noise_kind})",
         )
 
 
@@ -560,8 +594,9 @@ def _read_plane_or_cube(spec, name: str, hdu) -> tuple[np.ndarray, list, str]:
                 raise ValueError(f"{p}: one file per band must hold a (y, x) image, got {a.shape}")
             planes.append(a if a.ndim == 3 else a[None])
             hdr = h.header.copy()
-            # Filter names often live in the primary header of multi-extension files.
-            for key in ("FILTER", "BAND", "FILTER1", "FILTER2"):
+            # Filter names, units and exposure often live in the primary header of
+            # multi-extension files.
+            for key in ("FILTER", "BAND", "FILTER1", "FILTER2", *HEADER_KEYS):
                 if key not in hdr and key in hdul[0].header:
                     hdr[key] = hdul[0].header[key]
             headers.append(hdr)
@@ -571,6 +606,57 @@ def _read_plane_or_cube(spec, name: str, hdu) -> tuple[np.ndarray, list, str]:
                            zip(names, planes, strict=True))
         raise ValueError(f"{name}: files have mismatched shapes ({detail})")
     return np.concatenate(planes).astype(np.float64), headers, str(names[0])
+
+
+_NOISE_KIND = {"variance": "VAR", "weight": "WHT", "rms": "RMS"}
+
+
+def _checked_noise(noise, name: str, npath: str, bad_data) -> None:
+    """The checks `deconvjax.Observation` makes of a noise map, naming the file: no
+    negative values, no NaN on a pixel that has data, some pixel with information."""
+    where = ~bad_data
+    nan = np.isnan(noise) & where
+    if nan.any():
+        raise NoiseMapError(
+            f"{npath}: {name} map contains NaN at {int(nan.sum())} pixels that have data "
+            "(mark pixels without data with 0 weight or infinite variance, or mask them)", name,
+        )
+    neg = (noise < 0) & where
+    if neg.any():
+        raise NoiseMapError(
+            f"{npath}: {name} map has {int(neg.sum())} negative pixels (min {float(np.nanmin(noise[neg])):.4g}); "
+            f"a {name} map must be non-negative" + (" (0 marks a masked pixel)" if name == "weight" else ""), name,
+        )
+    if name == "weight" and np.isinf(noise[where]).any():
+        raise NoiseMapError(f"{npath}: weight map contains inf (zero variance)", name)
+
+
+def _psf_cropped_to(psf: np.ndarray, image_shape, path, same_sampling: bool) -> np.ndarray:
+    """PSF planes ``(band, h, w)`` larger than the images cut to the largest odd box that
+    fits them, centred on each PSF's peak, with a warning giving the share of the PSF's
+    light left out (it is then part of the photometric calibration). PSFs sampled
+    differently from the images (``same_sampling`` False) are left alone."""
+    h, w = psf.shape[-2:]
+    ny, nx = image_shape
+    if not same_sampling or (h <= ny and w <= nx):
+        return psf
+    bh, bw = min(h, ny - 1 + ny % 2), min(w, nx - 1 + nx % 2)
+    out = np.zeros((psf.shape[0], bh, bw), psf.dtype)
+    lost = []
+    for b, plane in enumerate(psf):
+        cy, cx = np.unravel_index(np.argmax(plane), plane.shape)
+        y0 = int(np.clip(cy - bh // 2, 0, h - bh))
+        x0 = int(np.clip(cx - bw // 2, 0, w - bw))
+        out[b] = plane[y0 : y0 + bh, x0 : x0 + bw]
+        total = float(plane.sum())
+        lost.append(1.0 - float(out[b].sum()) / total if total > 0 else 0.0)
+    warnings.warn(
+        f"{path}: psf of {h}x{w} pixels is larger than the images ({ny}x{nx}); cropped to {bh}x{bw} around "
+        f"its peak, leaving out {100 * max(lost):.2g}% of its light",
+        UserWarning,
+        stacklevel=3,
+    )
+    return out
 
 
 def read_images(
@@ -584,6 +670,7 @@ def read_images(
     bands: Sequence[str] | None = None,
     hdu: int | str | None = None,
     psf_pixel_scale: float | None = None,
+    estimate_noise_if_missing: bool = True,
 ) -> ObservationData:
     """Read common real layouts into `ObservationData`.
 
@@ -592,12 +679,17 @@ def read_images(
             (one per band). Any path may be a ``(path, hdu)`` pair to pick its extension.
             The WCS comes from the first image header (celestial axes).
         psf: the same layouts; a single (h, w) PSF is used for all bands.
-        variance | weight | rms: the noise (at most one), same layouts; without any the
-            weights are 1.
+        variance | weight | rms: the noise (at most one), same layouts. Negative values,
+            NaN on pixels with data, or no pixel with information raise `NoiseMapError`
+            (a ValueError); 0 weight or infinite variance masks a pixel.
         mask: same layouts, nonzero marks bad pixels.
         bands: band names (default: FILTER/BAND keywords, else "0", "1", ...).
         hdu: HDU index or name to read in every file (default: the first with an image).
         psf_pixel_scale: arcsec/pixel of the PSF sampling when different from the images'.
+        estimate_noise_if_missing: without a noise map, estimate it from the images
+            (`deconvjax.io.noise.estimate_noise`: background rms, plus the sources' Poisson
+            noise where BUNIT / EXPTIME / GAIN allow) and warn saying so; False: raise.
+            The result's ``noise_source`` and ``noise_estimate`` record what was done.
     """
     img, headers, first = _read_plane_or_cube(images, "images", hdu)
     header = headers[0]
@@ -606,19 +698,6 @@ def read_images(
              if v is not None]
     if len(given) > 1:
         raise ValueError(f"variance, weight, rms: give at most one, got {[n for n, _ in given]}")
-    if given:
-        name, spec = given[0]
-        noise, _, npath = _read_plane_or_cube(spec, name, hdu)
-        if noise.shape[0] == 1 and nb > 1:
-            noise = np.broadcast_to(noise, img.shape)
-        if noise.shape != img.shape:
-            raise ValueError(f"{npath}: {name} has shape {noise.shape} but images have {img.shape}")
-        kind = {"variance": "VAR", "weight": "WHT", "rms": "RMS"}[name]
-        weights = _noise_to_weights(noise, kind)
-        var = _variance_from(noise, kind)
-    else:
-        weights = np.ones(img.shape)
-        var = np.ones(img.shape)
     if mask is not None:
         m, _, mpath = _read_plane_or_cube(mask, "mask", hdu)
         if m.shape[0] == 1 and nb > 1:
@@ -630,17 +709,6 @@ def read_images(
         m = np.zeros(img.shape, bool)
     bad = ~np.isfinite(img)
     m = m | bad
-    weights = np.where(m, 0.0, weights)
-    img = np.where(bad, 0.0, img)
-    psf_arr = None
-    if psf is not None:
-        psf_arr, _, ppath = _read_plane_or_cube(psf, "psf", hdu)
-        if psf_arr.shape[0] == 1 and nb > 1:
-            psf_arr = np.repeat(psf_arr, nb, axis=0)
-        if psf_arr.shape[0] != nb:
-            raise ValueError(f"{ppath}: psf has {psf_arr.shape[0]} planes but images have {nb}")
-        if not np.all(np.isfinite(psf_arr)):
-            raise ValueError(f"{ppath}: psf contains NaN or inf")
     if bands is None:
         def band_of(h, k):
             for key in ("FILTER", "BAND", "FILTER1", "FILTER2"):
@@ -656,10 +724,58 @@ def read_images(
     bands = tuple(bands)
     if len(bands) != nb:
         raise ValueError(f"bands: {len(bands)} names {bands} for {nb} image planes in {first}")
+    estimate = None
+    if given:
+        name, spec = given[0]
+        try:
+            noise, _, npath = _read_plane_or_cube(spec, name, hdu)
+        except ValueError as err:
+            raise NoiseMapError(str(err), name) from None
+        if noise.shape[0] == 1 and nb > 1:
+            noise = np.broadcast_to(noise, img.shape)
+        if noise.shape != img.shape:
+            raise NoiseMapError(f"{npath}: {name} has shape {noise.shape} but images have {img.shape}", name)
+        _checked_noise(noise, name, npath, m)
+        kind = _NOISE_KIND[name]
+        weights = _noise_to_weights(noise, kind)
+        var = _variance_from(noise, kind)
+        empty = [b for k, b in enumerate(bands) if not np.any(np.where(m[k], 0.0, weights[k]) > 0)]
+        if empty:
+            raise NoiseMapError(
+                f"{npath}: the {name} map leaves no pixel with information in band(s) {empty} "
+                "(all weights 0 or variances infinite)", name,
+            )
+        source = f"given: {name} map"
+    elif estimate_noise_if_missing:
+        var, estimate = estimate_noise(np.where(m, np.nan, img), headers, mask=m, bands=bands)
+        with np.errstate(divide="ignore"):
+            weights = np.where(np.isfinite(var) & (var > 0), 1.0 / var, 0.0)
+        source = estimate.method
+        warnings.warn(f"{first}: {estimate.summary()}", UserWarning, stacklevel=2)
+    else:
+        raise ValueError(f"{first}: no noise map (variance, weight or rms) given")
+    weights = np.where(m, 0.0, weights)
+    img = np.where(bad, 0.0, img)
+    psf_arr = None
+    if psf is not None:
+        psf_arr, _, ppath = _read_plane_or_cube(psf, "psf", hdu)
+        if psf_arr.shape[0] == 1 and nb > 1:
+            psf_arr = np.repeat(psf_arr, nb, axis=0)
+        if psf_arr.shape[0] != nb:
+            raise ValueError(f"{ppath}: psf has {psf_arr.shape[0]} planes but images have {nb}")
+        if not np.all(np.isfinite(psf_arr)):
+            raise ValueError(f"{ppath}: psf contains NaN or inf")
+        psf_arr = _psf_cropped_to(psf_arr, img.shape[1:], ppath, psf_pixel_scale is None)
     wcs = _wcs_from(header, first, "the image header")
     ps = None
     if wcs is not None:
         ps = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600)
+    else:
+        for key in ("PIXSCALE", "PIXSCAL1", "SECPIX", "PIXSIZE"):
+            value = header.get(key)
+            if isinstance(value, int | float) and np.isfinite(value) and value > 0:
+                ps = float(value)
+                break
     return ObservationData(
         images=img.astype(np.float32),
         weights=weights,
@@ -671,4 +787,6 @@ def read_images(
         pixel_scale=ps,
         psf_pixel_scale=psf_pixel_scale,
         path=first,
+        noise_source=source,
+        noise_estimate=estimate,
     )

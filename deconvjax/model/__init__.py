@@ -1,5 +1,6 @@
 """Sources, morphologies and scenes."""
 
+from .background import PlaneBackground as PlaneBackground
 from .base import AbstractMorphology as AbstractMorphology
 from .gaussian import GaussianMorphology as GaussianMorphology
 from .pixel import PixelMorphology as PixelMorphology

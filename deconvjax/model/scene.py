@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .._checks import is_traced
 from .._types import Cube
 from ..frame import Frame
 from .base import stamp_centre
@@ -239,20 +240,20 @@ class Scene(eqx.Module):
         `jax.vjp`. Called outside `jit`, it runs one compiled program, cached by the
         scene's structure: rendering a scene of the same structure again (new values,
         same kinds and numbers of sources) compiles nothing."""
-        return _render(self)
+        return _render_impl(self) if is_traced(self) else _render(self)
 
     def render_sources(self) -> Float[Array, "source band ny nx"]:
         """Each source alone in the full frame, in the order the sources were given.
         Memory grows with the number of sources: meant for catalogs and plots."""
-        return _render_sources(self)
+        return _render_sources_impl(self) if is_traced(self) else _render_sources(self)
 
 
-# Module-level jitted bodies: eager calls (notebooks, the quick start) reuse one compiled
-# program per scene structure instead of re-tracing the window loops on every call (their
-# bodies are fresh closures each time, so nothing else would cache them); inside an
-# enclosing jit they are inlined.
-@eqx.filter_jit
-def _render(scene: Scene) -> Cube:
+# Eager calls (notebooks, the quick start) go through jitted copies of the bodies below:
+# one compiled program per scene structure instead of re-tracing the window loops on every
+# call (their bodies are fresh closures each time, so nothing else would cache them).
+# Traced calls use the bodies directly, so that enclosing programs are the same as without
+# the jitted copies (no nested calls to change XLA's fusion decisions).
+def _render_impl(scene: Scene) -> Cube:
     _, ny, nx = scene.shape
     model = None
     for stamps, corners in scene.stamps():
@@ -269,8 +270,7 @@ def _render(scene: Scene) -> Cube:
     return jnp.zeros(scene.shape) if model is None else model
 
 
-@eqx.filter_jit
-def _render_sources(scene: Scene) -> Float[Array, "source band ny nx"]:
+def _render_sources_impl(scene: Scene) -> Float[Array, "source band ny nx"]:
     _, ny, nx = scene.shape
     per_source = []
     for stamps, corners in scene.stamps():
@@ -285,3 +285,7 @@ def _render_sources(scene: Scene) -> Float[Array, "source band ny nx"]:
     stacked = jnp.concatenate(per_source, axis=0)
     inverse = np.argsort(np.concatenate([np.asarray(o) for o in scene.order]))
     return stacked[inverse]
+
+
+_render = eqx.filter_jit(_render_impl)
+_render_sources = eqx.filter_jit(_render_sources_impl)

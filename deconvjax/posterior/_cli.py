@@ -14,11 +14,14 @@ _NOISE_HDUS = {"VARIANCE": "variance", "VAR": "variance", "WEIGHT": "weights", "
                "IVAR": "weights", "RMS": "rms", "SIGMA": "rms", "ERR": "rms"}
 
 
-def _read_image(path: str) -> tuple[np.ndarray, dict]:
+def _read_image(path: str) -> tuple[np.ndarray, dict, object]:
+    """The first 2-D or 3-D image of a FITS file, its noise extensions and its celestial
+    WCS (None when the header has none)."""
     from astropy.io import fits
+    from astropy.wcs import WCS
 
     with fits.open(path) as hdul:
-        data, noise = None, {}
+        data, noise, wcs = None, {}, None
         for h in hdul:
             if h.data is None or h.data.ndim not in (2, 3):
                 continue
@@ -27,9 +30,18 @@ def _read_image(path: str) -> tuple[np.ndarray, dict]:
                 noise[_NOISE_HDUS[name]] = np.asarray(h.data, np.float64)
             elif data is None:
                 data = np.asarray(h.data, np.float64)
+                try:
+                    import warnings
+
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        w = WCS(h.header, naxis=2)
+                    wcs = w.celestial if w.has_celestial else None
+                except Exception:  # noqa: BLE001 - a broken WCS is treated as none
+                    wcs = None
     if data is None:
         raise click.BadParameter(f"{path}: no 2-D or 3-D image in the file", param_hint="IMAGES")
-    return data, noise
+    return data, noise, wcs
 
 
 def _read_psf(path: str) -> np.ndarray:
@@ -43,12 +55,31 @@ def _read_psf(path: str) -> np.ndarray:
 
 
 def _noise_arg(value: str):
+    """A number, or a readable FITS file holding a variance map."""
     try:
-        return float(value)
+        v = float(value)
     except ValueError:
+        from pathlib import Path as _P
+
+        if not _P(value).is_file():
+            raise click.BadParameter(f"{value!r} is neither a number nor an existing FITS file",
+                                     param_hint="--variance") from None
         from astropy.io import fits
 
-        return np.asarray(fits.getdata(value), np.float64)
+        try:
+            return np.asarray(fits.getdata(value), np.float64)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is a bad option
+            raise click.BadParameter(f"{value}: not a readable FITS image ({err})",
+                                     param_hint="--variance") from None
+    if not (np.isfinite(v) and v > 0):
+        raise click.BadParameter(f"{value!r}: a variance must be positive and finite",
+                                 param_hint="--variance")
+    return v
+
+
+def _check_variances(ctx, param, values):
+    """Validate --variance values as the command line is parsed (one-line click errors)."""
+    return tuple(_noise_arg(v) for v in values)
 
 
 def posterior_panel(observation, samples, mean, std, residual, path, n_show: int = 3):
@@ -83,8 +114,13 @@ def posterior_panel(observation, samples, mean, std, residual, path, n_show: int
     plt.close(fig)
 
 
-def write_outputs(out: Path, result, first_observation, header_extra: dict) -> list[Path]:
-    """samples.fits (n, band, y, x), mean.fits, std.fits, residuals.fits, panel.png."""
+def write_outputs(out: Path, result, first_observation, header_extra: dict,
+                  stamp_header=None) -> list[Path]:
+    """samples.fits (n, band, y, x), mean.fits, std.fits, residuals.fits, panel.png.
+
+    ``header_extra``: keywords for every file (values, or ``(value, comment)``);
+    ``stamp_header``: an astropy Header (the output stamp's WCS) for the model-space files.
+    Residuals of images of different shapes go to one HDU each."""
     from astropy.io import fits
 
     from ..io._atomic import atomic_write
@@ -92,31 +128,70 @@ def write_outputs(out: Path, result, first_observation, header_extra: dict) -> l
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def put(name, arr, extra=None):
+    def header(extra, stamp):
         hdr = fits.Header()
+        if stamp and stamp_header is not None:
+            hdr.update(stamp_header)
         for k, v in {**header_extra, **(extra or {})}.items():
             hdr[k] = v
-        hdu = fits.PrimaryHDU(np.asarray(arr, np.float32), header=hdr)
+        return hdr
+
+    def put(name, arr, extra=None, stamp=True):
+        hdu = fits.PrimaryHDU(np.asarray(arr, np.float32), header=header(extra, stamp))
         written.append(atomic_write(out / name, lambda tmp: hdu.writeto(tmp, overwrite=True,
                                                                           output_verify="fix")))
 
     put("samples.fits", result.samples, {"BUNIT": "data units", "COMMENT": "posterior samples"})
-    put("mean.fits", result.mean)
-    put("std.fits", result.std)
-    put("residuals.fits", np.stack([np.asarray(r) for r in result.residuals]))
+    put("mean.fits", result.mean, {"BUNIT": "data units"})
+    put("std.fits", result.std, {"BUNIT": "data units"})
+    res = [np.asarray(r, np.float32) for r in result.residuals]
+    if len({r.shape for r in res}) == 1:
+        put("residuals.fits", np.stack(res), {"BUNIT": "data units"}, stamp=False)
+    else:
+        hdul = fits.HDUList([fits.PrimaryHDU(res[0], header=header({"BUNIT": "data units"}, False))]
+                            + [fits.ImageHDU(r, name=f"RES{i}") for i, r in enumerate(res[1:], 1)])
+        written.append(atomic_write(out / "residuals.fits",
+                                    lambda tmp: hdul.writeto(tmp, overwrite=True, output_verify="fix")))
     posterior_panel(first_observation.data, np.asarray(result.samples), result.mean, result.std,
                     result.residuals[0], out / "panel.png")
     written.append(out / "panel.png")
     return written
 
 
+def _float_or_auto(name):
+    def convert(ctx, param, value):
+        if value is None or str(value).lower() == "auto":
+            return None
+        try:
+            v = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: expected a positive number or 'auto'",
+                                     param_hint=name) from None
+        if not (np.isfinite(v) and v > 0):
+            raise click.BadParameter(f"{value!r}: expected a positive number or 'auto'",
+                                     param_hint=name)
+        return v
+    return convert
+
+
 @click.command("sample")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--psf", "psfs", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="PSF image (FITS), one per image, in the same order.")
-@click.option("--variance", "variances", multiple=True,
+              help="PSF image (FITS), one per image, in the same order, at the image's pixel "
+                   "scale; any size (cropped with a notice, or padded).")
+@click.option("--variance", "variances", multiple=True, callback=_check_variances,
               help="Noise variance per image: a number or a FITS file. Default: a VARIANCE, "
                    "WEIGHT or RMS extension of the image file.")
+@click.option("--pixel-scale", "pixel_scales", multiple=True, type=click.FloatRange(min=0, min_open=True),
+              help="Arcsec per pixel, one per image (default: from the image's WCS; without "
+                   "either, sizes are in pixels of the first image).")
+@click.option("--grid-scale", default="auto", show_default=True, callback=_float_or_auto("--grid-scale"),
+              help="Arcsec per pixel of the prior's stamp; 'auto': chosen from the galaxy's "
+                   "PSF-corrected size so that it fills the stamp as the prior's training galaxies did.")
+@click.option("--flux-factor", default="auto", show_default=True, callback=_float_or_auto("--flux-factor"),
+              help="Data units per unit of the prior's flux (x flux_scale); 'auto': the galaxy's "
+                   "measured flux over the training galaxies' median; 1 takes the data to be in "
+                   "the prior's own units.")
 @click.option("--prior", "prior_path", default="shipped", show_default=True,
               help="Prior checkpoint (deconvjax train-prior), or 'shipped'.")
 @click.option("--n-samples", default=64, show_default=True, type=click.IntRange(1))
@@ -138,20 +213,25 @@ def write_outputs(out: Path, result, first_observation, header_extra: dict) -> l
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--no-progress", is_flag=True)
-def sample(images, psfs, variances, prior_path, n_samples, method, sampler, steps, cg_iters, batch_size,
-           seed, out_dir, no_progress):
-    """Posterior samples of a galaxy from one or several IMAGES (FITS) on the prior's grid.
+def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior_path, n_samples,
+           method, sampler, steps, cg_iters, batch_size, seed, out_dir, no_progress):
+    """Posterior samples of a galaxy from one or several IMAGES (FITS) of any size, pixel
+    scale and flux unit.
 
-    Writes OUT/samples.fits (n, band, y, x), mean.fits, std.fits, residuals.fits and
+    The prior's stamp (32x32 for the shipped prior) is placed on the galaxy at a pixel
+    scale chosen from its PSF-corrected size, and the prior is scaled to its measured
+    flux (both reported, and recorded in the headers: PIXSCALE, FLUXSCL). Writes
+    OUT/samples.fits (n, band, y, x), mean.fits, std.fits (the stamp, with its WCS, in
+    the data's units), residuals.fits (data - A mean, on each image's pixels) and
     panel.png (observation, samples, mean, std, residual).
     """
     import jax.random as jr
 
     from ..diffusion.prior import load_prior
-    from ..observation import Observation
+    from .adapt import prior_observations
     from .base import PosteriorDenoiser
     from .convolved import ConvolvedLikelihood
-    from .deconvolve import make_observations, summarise
+    from .deconvolve import crop_result, summarise
     from .dps import DPS
     from .mmps import MMPS
     from .sampling import sample_posterior
@@ -162,15 +242,18 @@ def sample(images, psfs, variances, prior_path, n_samples, method, sampler, step
     if variances and len(variances) != len(images):
         raise click.BadParameter(f"give one --variance per image ({len(images)}), got "
                                  f"{len(variances)}", param_hint="--variance")
+    if pixel_scales and len(pixel_scales) != len(images):
+        raise click.BadParameter(f"give one --pixel-scale per image ({len(images)}), got "
+                                 f"{len(pixel_scales)}", param_hint="--pixel-scale")
     try:
         prior = load_prior(None if prior_path == "shipped" else prior_path)
-    except (OSError, FileNotFoundError) as err:
+    except (OSError, FileNotFoundError, ValueError, KeyError) as err:
         raise click.BadParameter(f"cannot load prior {prior_path!r}: {err}", param_hint="--prior") from err
-    datas, noises = [], []
+    datas, noises, wcss = [], [], []
     for i, p in enumerate(images):
-        data, found = _read_image(p)
+        data, found, wcs = _read_image(p)
         if variances:
-            noises.append(_noise_arg(variances[i]))
+            noises.append(variances[i])
         elif "variance" in found:
             noises.append(found["variance"])
         elif "weights" in found:
@@ -183,25 +266,35 @@ def sample(images, psfs, variances, prior_path, n_samples, method, sampler, step
                 f"{p}: no noise information (give --variance, or a VARIANCE / WEIGHT / RMS "
                 "extension in the file)", param_hint="--variance")
         datas.append(data)
-    nb, size = prior.shape[0], prior.shape[1:]
+        wcss.append(wcs)
+    if any(w is None for w in wcss):
+        wcss = None  # all or none: images without a WCS share their centres
+    scales = list(pixel_scales) if pixel_scales else None
     try:
-        frame, obs = make_observations(datas, [_read_psf(p) for p in psfs], variances=noises,
-                                       shape=tuple(size))
+        setup = prior_observations(prior, datas, [_read_psf(p) for p in psfs], noises,
+                                   pixel_scales=scales, wcss=wcss, grid_scale=grid_scale,
+                                   flux_factor=flux_factor)
         cg = {} if cg_iters is None else {"cg_iters": cg_iters}
         guidance = {"mmps": MMPS(**cg), "convolved": ConvolvedLikelihood(**cg), "dps": DPS()}[method]
-        post = PosteriorDenoiser(prior, obs, method=guidance)
-    except ValueError as err:
+        post = PosteriorDenoiser(prior, setup.observations, method=guidance, embed=setup.embed)
+    except (ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from err
-    assert all(isinstance(o, Observation) for o in obs) and frame.n_bands >= 1 and nb >= 1
+    for note in setup.notes:
+        click.echo(note)
+    for w in setup.warnings:
+        click.echo(f"warning: {w}")
     t0 = time.perf_counter()
     x, nfe = sample_posterior(jr.key(seed), post, prior.sde, n_samples, method=sampler,
                               batch_size=batch_size, steps=steps,
                               progress=not no_progress)
-    result = summarise(post, x, nfe)
+    result = crop_result(summarise(post, x, nfe), setup.embed)
     dt = time.perf_counter() - t0
-    written = write_outputs(Path(out_dir), result, obs[0],
+    stamp = setup.frame.wcs.deepcopy()
+    stamp.wcs.crpix = [c - setup.embed.pad for c in stamp.wcs.crpix]
+    written = write_outputs(Path(out_dir), result, setup.observations[0],
                             {"METHOD": method, "SAMPLER": sampler, "NSAMPLE": n_samples,
-                             "NFE": int(nfe), "SEED": seed})
+                             "NFE": int(nfe), "SEED": seed, **setup.header()},
+                            stamp_header=stamp.to_header())
     for path in written:
         click.echo(f"wrote {path}")
     click.echo(f"{n_samples} samples in {dt:.1f} s ({dt / n_samples:.2f} s/sample, NFE {int(nfe)}); "

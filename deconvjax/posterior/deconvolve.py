@@ -16,10 +16,10 @@ from ..diffusion.sde import AbstractSDE
 from ..frame import Frame
 from ..observation import Observation
 from ..psf import AbstractPSF, GaussianPSF
-from .base import AbstractGuidance, PosteriorDenoiser
+from .base import AbstractEmbedding, AbstractGuidance, PosteriorDenoiser
 from .sampling import sample_posterior
 
-__all__ = ["PosteriorResult", "deconvolve", "make_observations"]
+__all__ = ["PosteriorResult", "deconvolve", "deconvolve_images", "make_observations"]
 
 
 class PosteriorResult(eqx.Module):
@@ -52,6 +52,7 @@ def deconvolve(
     sampler: str = "dpm2m",
     batch_size: int | None = None,
     progress: bool = False,
+    embed: AbstractEmbedding | None = None,
     **sample_kwargs,
 ) -> PosteriorResult:
     """Posterior samples of the model cube given any set of observations of one galaxy.
@@ -71,15 +72,65 @@ def deconvolve(
             step from a host loop, the fast choice for U-Net priors), ``"pf_ode"``
             (adaptive, the exact choice for analytic priors) or any method of
             `deconvjax.diffusion.sample`.
+        embed: the map from the prior variable to the model cube (default: the prior's
+            ``flux_scale``; `deconvolve_images` passes a `PaddedScale` that also carries
+            the data's flux units and places the prior's stamp in a larger frame).
     """
     if sde is None:
         if not isinstance(prior, ScorePrior):
             raise ValueError("sde: give the SDE when the prior is a bare denoiser")
         sde = prior.sde
-    post = PosteriorDenoiser(prior, observations, method=method)
+    post = PosteriorDenoiser(prior, observations, method=method, embed=embed)
     x, nfe = sample_posterior(key, post, sde, n_samples, method=sampler, batch_size=batch_size,
                               progress=progress, **sample_kwargs)
     return summarise(post, x, nfe)
+
+
+def deconvolve_images(
+    key: PRNGKeyArray,
+    prior: ScorePrior,
+    images: Sequence[np.ndarray],
+    psfs: Sequence[np.ndarray],
+    variances: Sequence[np.ndarray | float],
+    *,
+    pixel_scales: Sequence[float | None] | None = None,
+    wcss: Sequence | None = None,
+    grid_scale: float | None = None,
+    flux_factor: float | None = None,
+    n_samples: int = 64,
+    method: AbstractGuidance | None = None,
+    sampler: str = "dpm2m",
+    batch_size: int | None = None,
+    progress: bool = False,
+    **sample_kwargs,
+):
+    """`deconvolve` for real images as they come: any size, pixel scale, flux unit and
+    PSF image size (see `deconvjax.posterior.adapt.prior_observations`, which places the
+    prior's stamp on the data at a pixel scale chosen from the galaxy's measured size and
+    scales the prior to the galaxy's measured flux).
+
+    Returns ``(result, setup)``: a `PosteriorResult` whose samples, mean and std are the
+    prior's stamp (``size x size`` pixels of ``setup.grid_scale`` arcsec, centred on the
+    galaxy; the frame's WCS is ``setup.frame.wcs`` shifted by ``setup.embed.pad``) in the
+    data's flux units, residuals on each image's pixels; and the `PriorSetup` (choices,
+    notes, warnings)."""
+    from .adapt import prior_observations
+
+    setup = prior_observations(prior, images, psfs, variances, pixel_scales=pixel_scales,
+                               wcss=wcss, grid_scale=grid_scale, flux_factor=flux_factor)
+    post = PosteriorDenoiser(prior, setup.observations, method=method, embed=setup.embed)
+    x, nfe = sample_posterior(key, post, prior.sde, n_samples, method=sampler,
+                              batch_size=batch_size, progress=progress, **sample_kwargs)
+    return crop_result(summarise(post, x, nfe), setup.embed), setup
+
+
+def crop_result(result: PosteriorResult, embed) -> PosteriorResult:
+    """The prior's stamp out of a result on a padded model frame (`PaddedScale`)."""
+    crop = getattr(embed, "crop", None)
+    if crop is None:
+        return result
+    return PosteriorResult(crop(result.samples), crop(result.mean), crop(result.std),
+                           result.residuals, result.chi2_per_pixel, result.nfe)
 
 
 def summarise(post: PosteriorDenoiser, x: Array, nfe) -> PosteriorResult:

@@ -152,9 +152,11 @@ def write_results(
     for key, value, comment in header_cards:
         prim.header[key] = (value, comment)
     if result is not None:
-        for key, name in (("NITER", "iterations"), ("CONVERGD", "converged"), ("FAILED", "failed"), ("LOSS", "loss"), ("CHI2DOF", "chi2_per_dof")):
+        for key, name in (("NITER", "iterations"), ("CONVERGD", "converged"), ("FAILED", "failed"), ("LOSS", "loss"),
+                          ("CHI2DOF", "chi2_per_dof"), ("CHI2PIX", "chi2_per_pixel"), ("NEFF", "n_eff"),
+                          ("FRAC3SIG", "frac_beyond_3sigma"), ("NOISEFIT", "reached_noise")):
             value = np.asarray(getattr(result, name))
-            if value.ndim == 0:
+            if value.ndim == 0 and np.all(np.isfinite(value)):
                 prim.header[key] = value.item()
     model = np.asarray(scene.render(), dtype=np.float32)
     hdus = [prim, fits.ImageHDU(model, header=header.copy(), name="MODEL")]

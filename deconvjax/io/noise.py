@@ -168,6 +168,14 @@ def _blank(image, valid) -> np.ndarray:
     return big[lab]
 
 
+def _plane(image: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """The least-squares plane ``a + b y + c x`` through ``image`` on the pixels ``use``."""
+    y, x = np.mgrid[: image.shape[0], : image.shape[1]]
+    design = np.stack([np.ones(use.sum()), y[use], x[use]], axis=1)
+    coef = np.linalg.lstsq(design, image[use], rcond=None)[0]
+    return coef[0] + coef[1] * y + coef[2] * x
+
+
 def _mad_std(x) -> float:
     x = np.asarray(x, dtype=np.float64).ravel()
     return float(1.482602218505602 * np.median(np.abs(x - np.median(x)))) if x.size else float("nan")
@@ -222,11 +230,18 @@ def background_rms(image, valid=None, *, psf_sigma: float = 1.5, nsigma: float =
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    bkg = Background2D(image, box, mask=~free, coverage_mask=~valid, filter_size=3,
+                    # A median filter over a mesh of few boxes flattens a gradient at
+                    # the edges (3 sigma off on a 4x4 mesh): filter larger meshes only.
+                    filter_size = 3 if min(ny, nx) // box >= 6 else 1
+                    bkg = Background2D(image, box, mask=~free, coverage_mask=~valid, filter_size=filter_size,
                                        exclude_percentile=50.0, bkg_estimator=MedianBackground(),
                                        bkg_rms_estimator=MADStdBackgroundRMS())
-                rms = float(bkg.background_rms_median)
                 level_map = np.asarray(bkg.background, np.float64)
+                # The spread about a smooth background, not about each box's median (a
+                # sky gradient across a box inflates that): about the interpolated map,
+                # or about a plane fitted to the source-free pixels, whichever is
+                # tighter (the map's mesh can bend a steep gradient at the edges).
+                rms = min(_mad_std((image - level_map)[free]), _mad_std((image - _plane(image, free))[free]))
             except ValueError:  # every box masked
                 rms = None
         if rms is None or not np.isfinite(rms) or rms <= 0:

@@ -93,7 +93,7 @@ def _galaxies(rng, n, shape, scale, big=None):
 
     gals, truth = [], []
     ny, nx = shape
-    for k in range(n):
+    for _ in range(n):
         flux = float(rng.uniform(300, 3000))
         hlr = float(rng.uniform(0.3, 0.8))
         y, x = rng.uniform(0.25 * ny, 0.75 * ny), rng.uniform(0.25 * nx, 0.75 * nx)

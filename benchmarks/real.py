@@ -107,15 +107,19 @@ def _galaxies(rng, n, shape, scale, big=None):
     return gals, truth
 
 
-def _draw(gals, psf, shape, scale):
+def _draw(gals, psf, shape, scale, truth):
+    """The image of all galaxies; ``truth`` rows get each galaxy's flux within the image
+    (a big halo's wings reach past the image edge: its total flux is not measurable)."""
     import galsim
 
-    image = galsim.ImageD(shape[1], shape[0], scale=scale)
-    for g, y, x in gals:
+    image = np.zeros(shape)
+    for k, (g, y, x) in enumerate(gals):
         # GalSim's offset is from the image's true centre, in pixels (x, y).
         offset = (x - (shape[1] - 1) / 2, y - (shape[0] - 1) / 2)
-        galsim.Convolve(g, psf).drawImage(image, offset=offset, add_to_image=True)
-    return image.array
+        one = galsim.Convolve(g, psf).drawImage(nx=shape[1], ny=shape[0], scale=scale, offset=offset).array
+        image += one
+        truth[k] = (truth[k][0], truth[k][1], float(one.sum()))
+    return image
 
 
 def simulated_cases(out: Path, seed: int, names) -> list[dict]:
@@ -143,7 +147,7 @@ def simulated_cases(out: Path, seed: int, names) -> list[dict]:
         psf = galsim.Airy(lam_over_diam=1.6e-6 / 2.4 * 206265)  # WFC3/IR F160W-like core
         gals, truth = _galaxies(rng, 3, shape, scale)
         psf_image = psf.drawImage(nx=31, ny=31, scale=scale).array  # effective: pixel included
-        cases.append(case("undersampled", _draw(gals, psf, shape, scale), psf_image, 0.5, truth, PIXSCALE=scale))
+        cases.append(case("undersampled", _draw(gals, psf, shape, scale, truth), psf_image, 0.5, truth, PIXSCALE=scale))
     sky_args = None
     if "sky" in names or "sky_nonoise" in names:
         scale, shape = 0.2, (64, 64)
@@ -151,7 +155,7 @@ def simulated_cases(out: Path, seed: int, names) -> list[dict]:
         gals, truth = _galaxies(rng, 3, shape, scale)
         y, x = np.mgrid[: shape[0], : shape[1]]
         sky = 20.0 + 8.0 * (x - shape[1] / 2) / shape[1] - 5.0 * (y - shape[0] / 2) / shape[0]
-        sky_args = (_draw(gals, psf, shape, scale) + sky, psf.drawImage(nx=25, ny=25, scale=scale).array, truth)
+        sky_args = (_draw(gals, psf, shape, scale, truth) + sky, psf.drawImage(nx=25, ny=25, scale=scale).array, truth)
         if "sky" in names:
             cases.append(case("sky", sky_args[0], sky_args[1], 1.0, sky_args[2], PIXSCALE=scale))
         if "sky_nonoise" in names:
@@ -164,7 +168,7 @@ def simulated_cases(out: Path, seed: int, names) -> list[dict]:
         gals, truth = _galaxies(rng, 3, shape, scale, big=big)
         y, x = np.mgrid[: shape[0], : shape[1]]
         sky = 3.0 * (x - shape[1] / 2) / shape[1]
-        cases.append(case("halo", _draw(gals, psf, shape, scale) + sky, psf.drawImage(nx=25, ny=25, scale=scale).array,
+        cases.append(case("halo", _draw(gals, psf, shape, scale, truth) + sky, psf.drawImage(nx=25, ny=25, scale=scale).array,
                           2.0, truth, PIXSCALE=scale))
     return cases
 

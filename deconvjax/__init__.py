@@ -1,16 +1,15 @@
 """deconvjax: differentiable forward modelling of astronomical images in JAX."""
 
-from . import diffusion as diffusion
+import importlib as _importlib
+
 from . import fit as fit
 from . import io as io
 from . import likelihood as likelihood
 from . import model as model
-from . import posterior as posterior
 from . import psf as psf
 from .classical import richardson_lucy as richardson_lucy
 from .classical import tikhonov as tikhonov
 from .classical import wiener as wiener
-from .diffusion import load_prior as load_prior
 from .frame import Frame as Frame
 from .likelihood import (
     CorrelatedGaussianLikelihood as CorrelatedGaussianLikelihood,
@@ -57,3 +56,21 @@ from .psf import MoffatPSF as MoffatPSF
 from .wcs import make_wcs as make_wcs
 
 __version__ = "0.1.0"
+
+# The diffusion and posterior packages (diffrax, the U-Net, the samplers) load on first
+# use: fitting and simulating do not need them, and every process (each `deconvjax fit`)
+# would pay for their imports.
+_LAZY = {"diffusion": ("deconvjax.diffusion", None), "posterior": ("deconvjax.posterior", None),
+         "load_prior": ("deconvjax.diffusion", "load_prior")}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module_name, attribute = _LAZY[name]
+        module = _importlib.import_module(module_name)
+        return module if attribute is None else getattr(module, attribute)
+    raise AttributeError(f"module 'deconvjax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,14 +1,31 @@
 """The ``deconvjax`` command line."""
 
+import importlib
+
 import click
 
-from .diffusion._cli import train_prior
-from .fit._cli import fit_command
-from .posterior._cli import sample
-from .sims._cli import simulate
+# Subcommands load on first use: `deconvjax fit` does not import the diffusion and
+# posterior packages, nor `--help` anything heavy beyond what listing them needs.
+_COMMANDS = {
+    "simulate": "deconvjax.sims._cli:simulate",
+    "fit": "deconvjax.fit._cli:fit_command",
+    "train-prior": "deconvjax.diffusion._cli:train_prior",
+    "sample": "deconvjax.posterior._cli:sample",
+}
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(_COMMANDS))
+
+    def get_command(self, ctx, name):
+        if name in _COMMANDS and name not in self.commands:
+            module, attribute = _COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup)
 @click.version_option(package_name="deconvjax")
 def main():
     """deconvjax: forward modelling, deblending and deconvolution of astronomical images.
@@ -35,11 +52,6 @@ def demo(out_dir, seed, no_progress):
     for path in written:
         click.echo(f"wrote {path}")
 
-
-main.add_command(simulate)
-main.add_command(fit_command)
-main.add_command(train_prior)
-main.add_command(sample)
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,8 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True) -> list[Path]:
         flux = source_fluxes(fitted)
         print(
             f"fitted {fitted.n_sources} sources ({len(field.truth)} simulated) in {result.iterations} steps, "
-            f"chi2/dof {result.chi2_per_dof:.3f}, converged={result.converged}; total flux per band "
+            f"chi2/pixel {result.chi2_per_pixel:.3f}, {100 * result.frac_beyond_3sigma:.2f}% of pixels beyond "
+            f"3 sigma, converged={result.converged}; total flux per band "
             f"{np.round(flux.sum(0), 1).tolist()} vs truth "
             f"{[round(float(np.sum(field.truth[f'flux_{b}'])), 1) for b in field.bands]}"
         )

@@ -18,8 +18,7 @@ import pytest  # noqa: E402
 from deconvjax.diffusion import VESDE, StationaryGaussianDenoiser  # noqa: E402
 from deconvjax.frame import Frame  # noqa: E402
 from deconvjax.observation import Observation  # noqa: E402
-from deconvjax.posterior import (  # noqa: E402
-    DPS, MMPS, ConvolvedLikelihood, PosteriorDenoiser, sample_posterior)
+from deconvjax.posterior import DPS, MMPS, ConvolvedLikelihood, PosteriorDenoiser, sample_posterior  # noqa: E402
 from deconvjax.psf import GaussianPSF  # noqa: E402
 
 N = 16

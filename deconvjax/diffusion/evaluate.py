@@ -29,8 +29,10 @@ def gaussian_smooth(images, width):
     return np.fft.ifft2(np.fft.fft2(np.asarray(images)) * kern).real
 
 
-def best_gaussian_smoothing(noisy, truth, widths=np.linspace(0.0, 3.0, 31)):
-    """The Gaussian-smoothing denoiser with the oracle-best single width (highest mean PSNR)."""
+def best_gaussian_smoothing(noisy, truth, widths=None):
+    """The Gaussian-smoothing denoiser with the oracle-best single width (highest mean PSNR;
+    ``widths`` in pixels, default 0 to 3 in steps of 0.1)."""
+    widths = np.linspace(0.0, 3.0, 31) if widths is None else widths
     scores = [np.mean(psnr(gaussian_smooth(noisy, w), truth)) for w in widths]
     w = float(widths[int(np.argmax(scores))])
     return gaussian_smooth(noisy, w), w

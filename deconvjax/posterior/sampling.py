@@ -13,7 +13,7 @@ __all__ = ["sample_posterior", "sample_unrolled"]
 
 def sample_posterior(key: PRNGKeyArray, posterior: PosteriorDenoiser, sde: AbstractSDE,
                      n_samples: int, *, method: str = "dpm2m",
-                     **kwargs) -> tuple[Float[Array, "n *xshape"], Int[Array, ""]]:
+                     **kwargs) -> tuple[Float[Array, " n *xshape"], Int[Array, ""]]:
     """``n_samples`` posterior samples of the prior variable (``posterior.x_shape``).
 
     ``method`` is any sampler of `deconvjax.diffusion.sample`: ``"dpm2m"`` (default;
@@ -53,7 +53,6 @@ def sample_unrolled(key: PRNGKeyArray, denoiser, sigma_max: float, sigma_min: fl
     `sample_posterior` is exact there), and compiling 24 unrolled steps of MMPS around the
     U-Net took over 5 minutes on the shared 2-core machine.
     """
-    import jax
     import jax.numpy as jnp
     import jax.random as jr
 

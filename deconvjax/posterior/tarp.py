@@ -12,7 +12,6 @@ staircase off the diagonal by up to ``1 / (n_samples + 1)``).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -22,10 +21,10 @@ __all__ = ["tarp_coverage", "tarp_max_deviation"]
 
 def tarp_coverage(
     key: PRNGKeyArray,
-    samples: Float[Array, "n_sims n_samples *dims"],
-    truths: Float[Array, "n_sims *dims"],
+    samples: Float[Array, " n_sims n_samples *dims"],
+    truths: Float[Array, " n_sims *dims"],
     *,
-    references: Float[Array, "n_sims *dims"] | None = None,
+    references: Float[Array, " n_sims *dims"] | None = None,
     n_alpha: int = 101,
 ) -> tuple[Float[Array, " n_alpha"], Float[Array, " n_alpha"], Float[Array, " n_sims"]]:
     """``(alpha, ecp, f)``: credibility levels, expected coverage at each, and the

@@ -67,7 +67,8 @@ from deconvjax.diffusion.evaluate import (
 )
 from deconvjax.diffusion.train import _make_optimizer, _train_step
 
-COSMOS = Path(os.environ.get("DECONVJAX_COSMOS", "/work/shared/data/cosmos"))
+# The shared data folder beside the checkout (../shared/data/cosmos), or $DECONVJAX_COSMOS.
+COSMOS = Path(os.environ.get("DECONVJAX_COSMOS", Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos"))
 
 
 def timed(f, *a, repeat=1):

@@ -4,7 +4,8 @@
 # bulge+disk galaxies, 32x32 single band, U-Net widths 16,32,32, batch 16.
 # Rerun the same command to resume after an interruption.
 set -euo pipefail
-COSMOS=${COSMOS:-/work/shared/data/cosmos}
+# The shared data folder beside the checkout, unless $COSMOS says otherwise.
+COSMOS=${COSMOS:-"$(cd "$(dirname "$0")/../.." && pwd)/shared/data/cosmos"}
 OUT=${OUT:-deconvjax/data/prior/galaxy32.eqx}
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 exec python -c 'from deconvjax.diffusion._cli import train_prior; train_prior()' \

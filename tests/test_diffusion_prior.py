@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from conftest import COSMOS  # noqa: E402  (../shared/data/cosmos beside the checkout)
 
 import deconvjax.diffusion as dd
 from deconvjax.diffusion import GaussianDenoiser, load_prior, prior_score, prior_score_penalty
 from deconvjax.diffusion.evaluate import best_gaussian_smoothing, psnr, tweedie_denoise
 
-COSMOS = Path("/work/shared/data/cosmos")
 PRIOR_FILE = Path(dd.__file__).parent.parent / "data" / "prior" / "galaxy32.eqx"
 
 

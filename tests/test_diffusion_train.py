@@ -215,9 +215,11 @@ def test_load_training_images_layouts(tmp_path):
         load_training_images(d2)
     a = rng.random((50, 50))
     np.testing.assert_allclose(resample_stamp(a, 32).sum(), a.sum(), rtol=1e-5)
-    if os.path.isdir("/work/shared/data/cosmos"):
-        assert is_cosmos_dir("/work/shared/data/cosmos")
-        assert load_training_images("/work/shared/data/cosmos", 32).shape == (100, 1, 32, 32)
+    from conftest import COSMOS
+
+    if COSMOS.is_dir():
+        assert is_cosmos_dir(COSMOS)
+        assert load_training_images(COSMOS, 32).shape == (100, 1, 32, 32)
 
 
 @pytest.mark.slow

@@ -232,7 +232,6 @@ def scarlet2_worker(case_dir: Path) -> None:
     """Fit ``case_dir/image.fits`` with scarlet2 from ``positions.npy``; print a JSON
     line with chi2 per pixel, the share beyond 3 sigma and the fluxes."""
     import warnings
-    from functools import partial
 
     warnings.filterwarnings("ignore")
     import jax
@@ -240,15 +239,10 @@ def scarlet2_worker(case_dir: Path) -> None:
     jax.config.update("jax_platforms", "cpu")
     import jax.numpy as jnp
     from astropy.io import fits
-    from numpyro.distributions import constraints
-    from scarlet2 import init
-    from scarlet2.frame import Frame
-    from scarlet2.module import Parameter, Parameters, relative_step
     from scarlet2.observation import Observation
     from scarlet2.psf import ArrayPSF
-    from scarlet2.scene import Scene
-    from scarlet2.source import Source
     from scarlet2.validation_utils import set_validation
+    from vs_scarlet2 import scarlet2_quickstart_scene  # the same quick-start settings
 
     set_validation(False)
     image = fits.getdata(case_dir / "image.fits").astype(np.float32)[None]
@@ -265,21 +259,7 @@ def scarlet2_worker(case_dir: Path) -> None:
     positions = np.load(case_dir / "positions.npy")
     weights = 1.0 / var
     obs = Observation(jnp.asarray(image), jnp.asarray(weights), psf=ArrayPSF(jnp.asarray(psf[None])), channels=["b"])
-    frame = Frame.from_observations(obs)
-    with Scene(frame) as scene:
-        for c in positions:
-            c = jnp.asarray(c)
-            try:
-                spectrum, morph = init.from_gaussian_moments(obs, c, min_corr=0.99)
-            except ValueError:
-                spectrum = init.pixel_spectrum(obs, c)
-                morph = init.compact_morphology()
-            Source(c, spectrum, morph)
-    with Parameters(scene):
-        for i in range(len(scene.sources)):
-            Parameter(scene.sources[i].spectrum, name=f"spectrum:{i}", constraint=constraints.positive,
-                      stepsize=partial(relative_step, factor=0.05))
-            Parameter(scene.sources[i].morphology, name=f"morph:{i}", constraint=constraints.positive, stepsize=0.1)
+    scene = scarlet2_quickstart_scene(obs, positions)
     fitted = scene.fit(obs, max_iter=300, e_rel=1e-4, progress_bar=False)
     model = np.asarray(obs.render(fitted()))
     white = (image - model) / np.sqrt(var)

@@ -38,6 +38,9 @@ from .model import (
 from .model import (
     Source as Source,
 )
+from .model import (
+    StructuredMorphology as StructuredMorphology,
+)
 from .observation import (
     Observation as Observation,
 )

@@ -79,6 +79,9 @@ def _load(images, psf, weights, variance, rms, bands):
               help="Free-form sources decrease outwards from their centre (scarlet's constraint).")
 @click.option("--symmetric/--no-symmetric", default=True, show_default=True,
               help="Free-form sources are 180-degree symmetric (scarlet's constraint).")
+@click.option("--structure/--no-structure", default=True, show_default=True,
+              help="Where the residual of the constrained fit is significant, give the free-form source under it a "
+                   "structure component (arms, clumps) free only there, and refit.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True,
               help="L1 penalty on max-normalised free-form morphologies (chi2 units per pixel).")
 @click.option("--nsigma", type=float, default=5.0, show_default=True,
@@ -98,7 +101,8 @@ def _load(images, psf, weights, variance, rms, bands):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (created).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monotonic, symmetric, sparsity, nsigma,
+def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monotonic, symmetric, structure, sparsity,
+                nsigma,
                 deblend_contrast, max_iter, rtol, model_psf_fwhm, allow_psf_gain, sky, subtract_background, out_dir,
                 progress):
     """Fit a scene to IMAGES (one FITS image per band, or a cube) and deblend it.
@@ -113,6 +117,8 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
     results.fits, scene.eqx/json and panel.png into --out; the FITS headers record how
     the noise was set (NOISESRC).
     """
+    import warnings
+
     from ..model import PlaneBackground
     from ..psf import GaussianPSF
     from .constraints import Constraints
@@ -156,7 +162,22 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
         constraints = Constraints(monotonic=monotonic, symmetric=symmetric, sparsity=sparsity)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--sparsity") from None
-    fitted, result = fit(scene, obs, max_iter=max_iter, rtol=rtol, constraints=constraints, progress=progress)
+    with warnings.catch_warnings():
+        if structure:
+            # A constrained fit that misses structure is refitted below, and what is
+            # said about the noise is said of the refit.
+            warnings.filterwarnings("ignore", message="fit: chi2/pixel", category=UserWarning)
+        fitted, result = fit(scene, obs, max_iter=max_iter, rtol=rtol, constraints=constraints, progress=progress)
+    if structure and not result.failed:
+        from .structure import add_structure
+
+        structured, changed = add_structure(fitted, frame, obs)
+        if changed:
+            click.echo(f"constrained fit: chi2/pixel {result.chi2_per_pixel:.3f}, "
+                       f"{100 * result.frac_beyond_3sigma:.2f}% of pixels beyond 3 sigma; significant residual "
+                       f"structure under source(s) {', '.join(map(str, changed))}: adding structure components, refitting")
+            fitted, result = fit(structured, obs, max_iter=max_iter, rtol=rtol, constraints=constraints,
+                                 progress=progress)
     written = write_products(out_dir, fitted, frame, obs, result, title=f"{Path(images[0]).name}",
                              segmentation=detection.segmentation, header_cards=data.noise_cards())
     click.echo(

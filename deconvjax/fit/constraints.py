@@ -15,6 +15,11 @@ Every parameter of a batched group is optimised in an unconstrained space:
 Free-form morphologies are renormalised to unit sum after every step, their sum moved into
 the spectrum, so a pixel source's spectrum is its flux per band (as for the parametric
 morphologies, which have unit flux).
+
+A `StructuredMorphology` (a resolved galaxy's monotonic body plus its positive structure
+within a fixed support) has both parts positive by the same map; its body is kept
+monotonic (never symmetric: a galaxy with structure is not), its structure is zero
+outside the support.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..model import GaussianMorphology, PixelMorphology, SersicMorphology, Source
+from ..model import GaussianMorphology, PixelMorphology, SersicMorphology, Source, StructuredMorphology
 
 N_MIN, N_MAX = 0.5, 6.0
 G_MAX = 0.9
@@ -109,6 +114,10 @@ def to_unconstrained(group: Source, constraints: Constraints) -> Source:
         if constraints.pixels == "log":
             floor = 1e-8 * jnp.max(m.pixels, axis=(-2, -1), keepdims=True) + _TINY
             m = eqx.tree_at(lambda x: x.pixels, m, _log(m.pixels, floor))
+    elif isinstance(m, StructuredMorphology):
+        if constraints.pixels == "log":
+            floor = 1e-8 * jnp.max(m.total(), axis=(-2, -1), keepdims=True) + _TINY
+            m = eqx.tree_at(lambda x: (x.pixels, x.structure), m, (_log(m.pixels, floor), _log(m.structure, floor)))
     elif isinstance(m, GaussianMorphology):
         u1, u2 = _shear_to_u(m.g1, m.g2)
         m = eqx.tree_at(lambda x: (x.sigma, x.g1, x.g2), m, (_log(m.sigma, 1e-3), u1, u2))
@@ -127,6 +136,13 @@ def from_unconstrained(group: Source, constraints: Constraints) -> Source:
         if constraints.pixels == "log":
             # Clipping the exponent keeps a runaway step finite instead of inf.
             m = eqx.tree_at(lambda x: x.pixels, m, jnp.exp(jnp.clip(m.pixels, -80.0, 80.0)))
+    elif isinstance(m, StructuredMorphology):
+        # The support applies here too, so that pixels outside it get no gradient (Adam
+        # would otherwise move them by a full step on any leak).
+        body, extra = m.pixels, m.structure
+        if constraints.pixels == "log":
+            body, extra = jnp.exp(jnp.clip(body, -80.0, 80.0)), jnp.exp(jnp.clip(extra, -80.0, 80.0))
+        m = eqx.tree_at(lambda x: (x.pixels, x.structure), m, (body, extra * m.support))
     elif isinstance(m, GaussianMorphology):
         g1, g2 = _u_to_shear(m.g1, m.g2)
         m = eqx.tree_at(lambda x: (x.sigma, x.g1, x.g2), m, (jnp.exp(jnp.clip(m.sigma, -7.0, 7.0)), g1, g2))
@@ -231,6 +247,8 @@ def project(group: Source, constraints: Constraints, *, full: bool = True) -> So
     ``full=False``, see `monotonise`) and unit-sum renormalisation to a constrained
     batched group; other groups pass through."""
     m = group.morphology
+    if isinstance(m, StructuredMorphology):
+        return _project_structured(group, constraints, full)
     if not isinstance(m, PixelMorphology):
         return group
     p = m.pixels
@@ -253,11 +271,37 @@ def project(group: Source, constraints: Constraints, *, full: bool = True) -> So
     return eqx.tree_at(lambda s: (s.spectrum, s.morphology.pixels), group, (spectrum, p))
 
 
+def _project_structured(group: Source, constraints: Constraints, full: bool) -> Source:
+    m = group.morphology
+    body, extra = jnp.maximum(m.pixels, 0.0), jnp.maximum(m.structure, 0.0) * m.support
+    if constraints.monotonic:
+        body = monotonise(jax.lax.optimization_barrier(body), full=full)
+    spectrum = group.spectrum
+    if constraints.normalise:
+        total = jnp.sum(body + extra, axis=(-2, -1))
+        ok = total > _TINY
+        scale = jnp.where(ok, total, 1.0)[:, None, None]
+        body, extra = jnp.where(ok[:, None, None], body / scale, body), jnp.where(ok[:, None, None], extra / scale, extra)
+        spectrum = jnp.where(ok[:, None], spectrum * scale[:, :, 0], spectrum)
+    return eqx.tree_at(lambda s: (s.spectrum, s.morphology.pixels, s.morphology.structure), group,
+                       (spectrum, body, extra))
+
+
+def free_form_image(m) -> Float[Array, "source h w"] | None:
+    """The image of a batched free-form morphology (`PixelMorphology` or
+    `StructuredMorphology`), or None for a parametric one."""
+    if isinstance(m, PixelMorphology):
+        return m.pixels
+    if isinstance(m, StructuredMorphology):
+        return m.total()
+    return None
+
+
 def sparsity_penalty(group: Source) -> Float[Array, ""]:
     """Sum over sources of ``sum(pixels) / max(pixels)``: the L1 norm of each
     max-normalised free-form morphology (its effective number of pixels)."""
-    m = group.morphology
-    if not isinstance(m, PixelMorphology):
+    image = free_form_image(group.morphology)
+    if image is None:
         return jnp.zeros(())
-    p = jnp.maximum(m.pixels, 0.0)
+    p = jnp.maximum(image, 0.0)
     return jnp.sum(jnp.sum(p, axis=(-2, -1)) / (jnp.max(p, axis=(-2, -1)) + _TINY))

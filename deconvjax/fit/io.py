@@ -17,7 +17,15 @@ from astropy.wcs import WCS
 
 from ..frame import Frame
 from ..io._atomic import atomic_write
-from ..model import GaussianMorphology, PixelMorphology, PointMorphology, Scene, SersicMorphology, Source
+from ..model import (
+    GaussianMorphology,
+    PixelMorphology,
+    PointMorphology,
+    Scene,
+    SersicMorphology,
+    Source,
+    StructuredMorphology,
+)
 from ..observation import as_observations
 from ..psf import ArrayPSF, GaussianPSF, MoffatPSF
 from .measure import catalog as make_catalog
@@ -30,6 +38,7 @@ _MORPHOLOGIES = {
     "SersicMorphology": lambda shape: SersicMorphology(1.0, 1.0, shape=shape),
     "PointMorphology": lambda shape: PointMorphology(shape=shape),
     "PixelMorphology": lambda shape: PixelMorphology(np.zeros(shape)),
+    "StructuredMorphology": lambda shape: StructuredMorphology(np.zeros(shape), np.zeros(shape), np.zeros(shape)),
 }
 
 

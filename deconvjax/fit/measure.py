@@ -81,7 +81,7 @@ def catalog(scene: Scene, frame: Frame, observations=None) -> Table:
     n = scene.n_sources
     t = Table()
     t["id"] = np.arange(n, dtype=np.int64)
-    t["kind"] = np.array(source_kinds(scene), dtype="U8")
+    t["kind"] = np.array(source_kinds(scene), dtype="U10")
     centers = source_centers(scene)
     t["y"], t["x"] = centers[:, 0], centers[:, 1]
     if frame.wcs is not None:

@@ -21,9 +21,16 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int
 
-from ..model import GaussianMorphology, PixelMorphology, Scene, SersicMorphology, Source
+from ..model import GaussianMorphology, PixelMorphology, Scene, SersicMorphology, Source, StructuredMorphology
 from ..observation import Observation, as_observations
-from .constraints import Constraints, from_unconstrained, project, sparsity_penalty, to_unconstrained
+from .constraints import (
+    Constraints,
+    free_form_image,
+    from_unconstrained,
+    project,
+    sparsity_penalty,
+    to_unconstrained,
+)
 from .quality import fit_quality
 
 #: Default Adam step sizes, in the unconstrained units of each parameter kind:
@@ -181,6 +188,13 @@ def _group_steps(g: Source, steps: dict, constraints: Constraints) -> Source:
         else:
             value = jnp.full_like(m.pixels, steps["pixels"])
         s = eqx.tree_at(lambda t: t.morphology.pixels, s, value)
+    elif isinstance(m, StructuredMorphology):
+        if constraints.pixels == "projection":
+            scale = jnp.max(jnp.abs(m.total()), axis=(-2, -1), keepdims=True)
+            value = steps["pixels_projection"] * jnp.broadcast_to(scale, m.pixels.shape)
+        else:
+            value = jnp.full_like(m.pixels, steps["pixels"])
+        s = eqx.tree_at(lambda t: (t.morphology.pixels, t.morphology.structure), s, (value, value * m.support))
     elif isinstance(m, GaussianMorphology):
         s = eqx.tree_at(
             lambda t: (t.morphology.sigma, t.morphology.g1, t.morphology.g2),
@@ -219,10 +233,11 @@ def _loss_and_groups(u, problem: _Problem, settings: _Settings):
     chi2 = sum(obs.chi2(model) for obs in problem.observations)
     loss = 0.5 * chi2
     for g in groups:
-        if isinstance(g.morphology, PixelMorphology):
+        image = free_form_image(g.morphology)
+        if image is not None:
             loss = loss + settings.sparsity * sparsity_penalty(g)
             if settings.prior is not None:
-                stamps = g.spectrum[:, :, None, None] * g.morphology.pixels[:, None]
+                stamps = g.spectrum[:, :, None, None] * image[:, None]
                 loss = loss + settings.prior(stamps)
     return loss, (groups, chi2)
 
@@ -312,7 +327,7 @@ def _step(state: _State, problem: _Problem, settings: _Settings, moving) -> _Sta
         project(from_unconstrained(g, settings.constraints), settings.constraints, full=False) for g in u
     )
     u = tuple(
-        to_unconstrained(c, settings.constraints) if isinstance(c.morphology, PixelMorphology) else g
+        to_unconstrained(c, settings.constraints) if free_form_image(c.morphology) is not None else g
         for c, g in zip(new, u)
     )
     rel = _relative_change(old, new, moving)
@@ -351,7 +366,7 @@ def _outputs_impl(state: _State, problem: _Problem, settings: _Settings):
     # Inside the loop monotonicity is one inward sweep per step; finish it exactly.
     u = tuple(
         to_unconstrained(project(from_unconstrained(g, settings.constraints), settings.constraints), settings.constraints)
-        if isinstance(g.morphology, PixelMorphology)
+        if free_form_image(g.morphology) is not None
         else g
         for g in state.u
     )

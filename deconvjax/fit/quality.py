@@ -16,7 +16,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import PixelMorphology, Scene
+from ..model import PixelMorphology, Scene, StructuredMorphology
 from ..observation import Observation
 
 #: A fit "reaches the noise" when chi2 per pixel is at most this ...
@@ -93,16 +93,27 @@ def effective_parameters(scene: Scene, observations: Sequence[Observation], n_pa
     free_form = 0.0
     n_free_form_params = 0
     for group in scene.groups:
-        if not isinstance(group.morphology, PixelMorphology):
+        m = group.morphology
+        if isinstance(m, PixelMorphology):
+            parts = [np.asarray(m.pixels)]  # (source, h, w)
+            tied = symmetric
+        elif isinstance(m, StructuredMorphology):
+            # Never symmetric; the structure's pixels outside its support are not free.
+            parts = [np.asarray(m.pixels), np.asarray(m.structure)]
+            tied = False
+        else:
             continue
-        pixels = np.asarray(group.morphology.pixels)  # (source, h, w)
         flux = np.asarray(group.spectrum).sum(axis=1)[:, None, None]
-        snr2 = (flux * pixels / sigma) ** 2
-        support = (snr2 / (1.0 + snr2)).sum(axis=(1, 2))
-        support = support / 2.0 if symmetric else support
+        support = 0.0
+        for pixels in parts:
+            snr2 = (flux * pixels / sigma) ** 2
+            support = support + (snr2 / (1.0 + snr2)).sum(axis=(1, 2))
+        support = support / 2.0 if tied else support
         extra = group.spectrum.shape[1] + 2
-        free_form += float(np.sum(np.minimum(support, pixels[0].size) + extra))
-        n_free_form_params += pixels.size + group.spectrum.size + group.center.size
+        # Free pixels per source: the body's, plus the structure's on its support.
+        n_free = parts[0][0].size + (np.asarray(m.support).sum(axis=(1, 2)) if len(parts) > 1 else 0)
+        free_form += float(np.sum(np.minimum(support, n_free) + extra))
+        n_free_form_params += int(np.sum(n_free * np.ones(len(flux)))) + group.spectrum.size + group.center.size
     return float(min(n_params, n_params - n_free_form_params + free_form))
 
 

@@ -63,6 +63,9 @@ class NoiseEstimate:
         poisson: per band, the Poisson term used (``"BUNIT ..., EXPTIME ...: var += ..."``)
             or why there is none.
         n_blank: ``(band,)`` pixels of blank (exactly 0) blocks taken as no data.
+        varies: ``(band,)`` max over min of the rms map where the noise varies across the
+            image (the variance then follows the Background2D rms map); 1 where one rms
+            holds for the whole image.
     """
 
     bands: tuple[str, ...]
@@ -71,6 +74,7 @@ class NoiseEstimate:
     gain: np.ndarray
     poisson: tuple[str, ...]
     n_blank: np.ndarray
+    varies: np.ndarray | None = None
 
     @property
     def has_poisson(self) -> np.ndarray:
@@ -95,6 +99,10 @@ class NoiseEstimate:
             if nb:
                 txt += f", {int(nb)} blank pixels masked"
             parts.append(txt)
+        if self.varies is not None:
+            for k, v in enumerate(self.varies):
+                if v > 1.0:
+                    parts[k] += f", rms varies x{v:.2f} across the image (a Background2D rms map)"
         return f"no noise map given: {self.method} ({'; '.join(parts)})"
 
     def header_cards(self) -> list[tuple[str, object, str]]:
@@ -109,6 +117,8 @@ class NoiseEstimate:
             cards.append((f"NOISEG{k}", float(g) if np.isfinite(g) else -1.0,
                           "e- per data unit of the Poisson term (-1: none)"))
             cards.append((f"NBLANK{k}", int(nb), "blank (exactly 0) pixels taken as no data"))
+            if self.varies is not None:
+                cards.append((f"NOISEV{k}", float(self.varies[k - 1]), "max/min of the rms map (1: one rms)"))
         return cards
 
 
@@ -181,8 +191,14 @@ def _mad_std(x) -> float:
     return float(1.482602218505602 * np.median(np.abs(x - np.median(x)))) if x.size else float("nan")
 
 
+#: The noise is taken as varying across the image (a map, not one rms) when the box rms
+#: of the Background2D mesh spread by more than this factor (90th over 10th percentile of
+#: the boxes): COSMOS stamps that straddle exposures of different depth reach 1.7.
+RMS_VARIES = 1.3
+
+
 def background_rms(image, valid=None, *, psf_sigma: float = 1.5, nsigma: float = 2.0,
-                   box_size: int | None = None) -> tuple[float, np.ndarray]:
+                   box_size: int | None = None, with_map: bool = False):
     """The background rms of one ``(y, x)`` image (``valid``: pixels to use) and its
     background map, sources masked.
 
@@ -191,7 +207,10 @@ def background_rms(image, valid=None, *, psf_sigma: float = 1.5, nsigma: float =
     `photutils.background.Background2D` (sigma-clipped MAD standard deviation per box of
     ``box_size`` pixels, default a quarter of the image and at least 16), which a sky
     gradient does not inflate; an image under two boxes a side gets one sigma-clipped
-    MAD of all its source-free pixels. **Returns:** ``(rms, background (y, x))``.
+    MAD of all its source-free pixels. **Returns:** ``(rms, background (y, x))``, and
+    with ``with_map`` a third item: the ``(y, x)`` rms map of the Background2D mesh where
+    the boxes' rms spread by more than `RMS_VARIES` (noise that varies across the image,
+    e.g. where exposures of different depth meet), else None.
     """
     from astropy.stats import sigma_clipped_stats
     from photutils.background import Background2D, MADStdBackgroundRMS, MedianBackground
@@ -206,6 +225,7 @@ def background_rms(image, valid=None, *, psf_sigma: float = 1.5, nsigma: float =
     level = np.full(image.shape, float(np.median(image[valid])))
     src = np.zeros(image.shape, bool)
     rms = _mad_std(image[valid])
+    rms_map = None
     for _ in range(3):
         resid = np.where(valid, image - level, 0.0)
         sm = ndimage.gaussian_filter(resid, psf_sigma, mode="constant")
@@ -242,13 +262,20 @@ def background_rms(image, valid=None, *, psf_sigma: float = 1.5, nsigma: float =
                 # or about a plane fitted to the source-free pixels, whichever is
                 # tighter (the map's mesh can bend a steep gradient at the edges).
                 rms = min(_mad_std((image - level_map)[free]), _mad_std((image - _plane(image, free))[free]))
+                mesh = np.asarray(bkg.background_rms_mesh, np.float64)
+                mesh = mesh[np.isfinite(mesh) & (mesh > 0)]
+                spread = np.percentile(mesh, 90) / np.percentile(mesh, 10) if mesh.size >= 4 else 1.0
+                rms_map = np.asarray(bkg.background_rms, np.float64) if spread > RMS_VARIES else None
             except ValueError:  # every box masked
                 rms = None
         if rms is None or not np.isfinite(rms) or rms <= 0:
             _, med, std = sigma_clipped_stats(image[free], sigma=3.0, maxiters=10, stdfunc="mad_std")
             rms = float(std)
             level_map = np.full(image.shape, float(med))
+            rms_map = None
         level = level_map
+    if with_map:
+        return rms, np.where(valid, level, 0.0), rms_map
     return rms, np.where(valid, level, 0.0)
 
 
@@ -282,13 +309,13 @@ def estimate_noise(images, headers=None, *, mask=None, bands: Sequence[str] | No
         raise ValueError(f"headers: {len(headers)} for {nb} bands")
     bands = tuple(str(b) for b in bands) if bands is not None else tuple(str(k) for k in range(nb))
     var = np.empty(img.shape)
-    rms_all, bkg_all, gain_all, how_all, blank_all = [], [], [], [], []
+    rms_all, bkg_all, gain_all, how_all, blank_all, vary_all = [], [], [], [], [], []
     for b in range(nb):
         valid = ~bad[b]
         blank = _blank(img[b], valid)
         valid &= ~blank
         try:
-            rms, level = background_rms(img[b], valid)
+            rms, level, rms_map = background_rms(img[b], valid, with_map=True)
         except ValueError as err:
             raise ValueError(f"band {bands[b]!r}: {err}") from None
         if not (np.isfinite(rms) and rms > 0):
@@ -297,7 +324,8 @@ def estimate_noise(images, headers=None, *, mask=None, bands: Sequence[str] | No
                 "give a noise map (variance, weights or rms)"
             )
         g, how = electrons_per_unit(headers[b])
-        v = np.full(img.shape[1:], rms**2)
+        v = np.full(img.shape[1:], rms**2) if rms_map is None else rms_map**2
+        vary_all.append(1.0 if rms_map is None else float(np.max(rms_map[valid]) / np.min(rms_map[valid])))
         if g is not None:
             signal = ndimage.gaussian_filter(np.where(valid, img[b] - level, 0.0), 1.0, mode="constant")
             v = v + np.clip(signal, 0.0, None) / g
@@ -309,7 +337,7 @@ def estimate_noise(images, headers=None, *, mask=None, bands: Sequence[str] | No
         blank_all.append(int(blank.sum()))
     est = NoiseEstimate(
         bands=bands, rms=np.array(rms_all), background=np.array(bkg_all), gain=np.array(gain_all),
-        poisson=tuple(how_all), n_blank=np.array(blank_all),
+        poisson=tuple(how_all), n_blank=np.array(blank_all), varies=np.array(vary_all),
     )
     return var, est
 

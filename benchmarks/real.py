@@ -177,7 +177,7 @@ def simulated_cases(out: Path, seed: int, names) -> list[dict]:
 # deconvjax (the CLI in fresh processes)
 # ----------------------------------------------------------------------------------------
 
-_SUMMARY = re.compile(r"chi2/pixel ([\d.]+).*?([\d.]+)% of pixels beyond 3 sigma")
+_SUMMARY = re.compile(r"fitted \d+ sources.*?chi2/pixel ([\d.]+).*?([\d.]+)% of pixels beyond 3 sigma")
 
 
 def run_deconvjax(case: dict, out: Path, cache: Path) -> dict:

@@ -98,6 +98,12 @@ def test_halo_without_noise_map_and_in_init_scene(halo):
     order = np.concatenate([np.asarray(o) for o in scene.order])
     sizes = np.array(sizes)[np.argsort(order)]
     assert sizes[int(np.argmin(d[:, 0]))] == det.stamp_sizes[int(np.argmin(d[:, 0]))] >= 135
+    # The satellites (exponential discs, half-light radius 2.4 pixels) get small stamps:
+    # not sized by moments that their host's halo inflates.
+    for s in range(1, 4):
+        j = int(np.argmin(d[:, s]))
+        assert det.max_sizes[j] > 0 and sizes[j] <= det.max_sizes[j] <= 35, (sizes[j], det.max_sizes[j])
+    assert det.max_sizes[int(np.argmin(d[:, 0]))] == 0  # the host itself has no limit
 
 
 # ---------------------------------------------------------------------------------------

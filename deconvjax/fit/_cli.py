@@ -20,6 +20,18 @@ def _read_catalog(path: Path):
         raise click.BadParameter(f"{path}: cannot read a table ({err})", param_hint="--catalog") from None
 
 
+def _sources_covering_the_image(scene, frame) -> list[int]:
+    """Sources whose stamp reaches past all four edges of the frame."""
+    out = []
+    ny, nx = frame.shape
+    for g, order in zip(scene.groups, scene.order):
+        h, w = g.morphology.shape
+        corner = np.round(np.asarray(g.center)) - np.array([h // 2, w // 2])
+        covers = (corner[:, 0] <= 0) & (corner[:, 1] <= 0) & (corner[:, 0] + h >= ny) & (corner[:, 1] + w >= nx)
+        out += [order[i] for i in np.flatnonzero(covers)]
+    return sorted(out)
+
+
 _NOISE_OPTION = {"weight": "--weights", "variance": "--variance", "rms": "--rms"}
 
 
@@ -193,5 +205,13 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
             f"look at {Path(out_dir) / 'residual.fits'} for missed sources, a wrong PSF, sky or noise map",
             err=True,
         )
+    if background is not None:
+        for k in _sources_covering_the_image(fitted, frame):
+            click.echo(
+                f"warning: source {k}'s light reaches past every edge of the image: its outer wings and the sky "
+                "level are degenerate (the fitted sky may hold some of its flux). Use a larger cutout, or subtract a "
+                "sky measured elsewhere and fit with --sky none",
+                err=True,
+            )
     if result.failed or not np.isfinite(result.loss):
         raise SystemExit(1)

@@ -37,7 +37,13 @@ sum in units of its noise):
    only to the pixels above its saddle: not the skirt of a neighbour's halo); its stamp
    covers that extent less the reach of the PSF itself (a point source of the same peak
    reaches ``sqrt(2 t^2 ln(peak / footprint_nsigma))``), so a big halo gets a big stamp
-   and a bright star a small one.
+   and a bright star a small one. An extended footprint's brightest source (beyond
+   `EXTENDED_PSF_WIDTHS`) reaches `EXTENDED_GROWTH` times further: its wings continue
+   below the threshold. A fainter source of a footprint (a satellite on a halo, a knot
+   on a disc) gets at most `Detection.max_sizes`: moments measured on its host's light
+   would otherwise give it a stamp full of that light (on the simulated halo below, its
+   satellites' fluxes were 7-9 times their truth with such stamps, 1.6-1.8 times with
+   the limit).
 
 Measured (``deconvjax.sims.default_field`` seeds 0-23, 120 LSST-like galaxies in close
 blends): 116 found, 7 extra detections (the hand-written detector before: 117 and 8). A
@@ -60,6 +66,17 @@ from scipy import ndimage
 STAMP_SIZES = (15, 21, 27, 35, 45, 63, 81, 105, 135, 165, 189, 225, 243, 275, 297, 343, 375, 405, 441, 495, 525)
 
 
+#: A footprint's brightest source reaching beyond this many PSF widths is extended ...
+EXTENDED_PSF_WIDTHS = 8.0
+#: ... and its stamp reaches this many times its footprint's extent.
+EXTENDED_GROWTH = 1.5
+#: The stamp of a source that is not the brightest of its footprint reaches this many
+#: times its extent above its saddle ...
+SATELLITE_REACH = 2.0
+#: ... or this many widths of the PSF-filtered source, whichever is larger.
+SATELLITE_PSF_WIDTHS = 4.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Detection:
     """The result of `find_sources`.
@@ -80,6 +97,11 @@ class Detection:
             (its units: sigma of the unsmoothed detection image).
         noise: the measured noise of the smoothed detection image, relative to the
             nominal one (1 for white noise whose weights are right).
+        max_sizes: ``(n,)`` the largest stamp a source should get (0: no limit): for a
+            source that is not the brightest of its footprint (a satellite on a halo, a
+            knot on a disc), a few times its extent above its saddle or a few PSF widths,
+            whichever is larger, so that moments measured on the neighbour's light do not
+            give it a stamp full of that light.
     """
 
     positions: np.ndarray
@@ -90,6 +112,7 @@ class Detection:
     kind: tuple[str, ...]
     background: np.ndarray
     noise: float
+    max_sizes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -337,16 +360,25 @@ def find_sources(
             n = int(max_sources)
             pos, sig, kinds = pos[:n], sig[:n], kinds[:n]
     seg = _split(sm, foot, pos)
-    radii = _radii(seg, foot, sm, pos)
+    radii, dominant = _radii(seg, foot, sm, pos)
     # The footprint is the light seen through the PSF: a point source of the same peak
     # already reaches sqrt(2 t^2 ln(peak / threshold)) (t the width of the PSF through
     # the filter); the model stamp needs the rest.
     t2 = (psf_sigma if source_sigma is None else float(source_sigma)) ** 2 + psf_sigma**2
     blur = np.sqrt(2.0 * t2 * np.log(np.maximum(sig, footprint_nsigma) / footprint_nsigma))
-    sizes = np.array([stamp_size_for(r - b) if r > b else 0 for r, b in zip(radii, blur)], dtype=np.int64)
+    # The brightest source of a footprint whose light reaches far (a halo, a big disc):
+    # its wings continue below the footprint's threshold, where a stamp edge would leave a
+    # square in the residual and give the wings to the sky; its stamp reaches further.
+    extended = dominant & (radii > EXTENDED_PSF_WIDTHS * np.sqrt(t2))
+    radii_stamp = np.where(extended, EXTENDED_GROWTH * radii, radii)
+    sizes = np.array([stamp_size_for(r - b) if r > b else 0 for r, b in zip(radii_stamp, blur)], dtype=np.int64)
+    # A fainter source of a footprint: its extent above the saddle, times a margin for
+    # its wings, or a few widths of the (source-filtered) PSF, whichever is larger.
+    reach = np.maximum(SATELLITE_REACH * radii, SATELLITE_PSF_WIDTHS * np.sqrt(t2))
+    max_sizes = np.where(dominant, 0, [stamp_size_for(r) for r in reach]).astype(np.int64)
     return Detection(
-        positions=pos, significance=sig, segmentation=seg, stamp_sizes=sizes, radii=radii, kind=tuple(kinds),
-        background=level, noise=float(noise),
+        positions=pos, significance=sig, segmentation=seg, stamp_sizes=np.minimum(sizes, np.where(dominant, sizes, max_sizes)),
+        radii=radii, kind=tuple(kinds), background=level, noise=float(noise), max_sizes=max_sizes,
     )
 
 
@@ -493,7 +525,7 @@ def _radii(seg, foot, sm, pos) -> np.ndarray:
     n = len(pos)
     out = np.zeros(n)
     if not n or not seg.any():
-        return out
+        return out, np.ones(n, bool)
     labels = np.arange(1, n + 1)
     peak = np.asarray(ndimage.maximum(sm, seg, index=labels), np.float64)
     peak = np.where(np.isfinite(peak), peak, -np.inf)
@@ -507,7 +539,8 @@ def _radii(seg, foot, sm, pos) -> np.ndarray:
     own = sm[ys, xs] >= floor[lab]
     d = np.hypot(ys - pos[lab, 0], xs - pos[lab, 1])
     np.maximum.at(out, lab[own], d[own])
-    return out
+    has_segment = np.bincount(lab, minlength=n) > 0
+    return out, dominant | ~has_segment
 
 
 def detect(

@@ -189,11 +189,14 @@ def _morphology_size(kind, sig, model_sigma2, stamp_size) -> int:
     return _stamp_size(np.sqrt(sig**2 + model_sigma2))
 
 
-def _unit_morphologies(frame, kind, sigmas, shears, stamp_size, min_sizes=None):
+def _unit_morphologies(frame, kind, sigmas, shears, stamp_size, min_sizes=None, max_sizes=None):
     model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
     morphs = []
     for s, (sig, (g1, g2)) in enumerate(zip(sigmas, shears)):
         size = _morphology_size(kind[s], sig, model_sigma2, stamp_size)
+        if not stamp_size and max_sizes is not None and int(max_sizes[s]) > 0:
+            size = min(size, int(max_sizes[s]))
+            sig = min(sig, size / 6.0)  # the starting Gaussian fits in its stamp
         if not stamp_size and min_sizes is not None:
             size = max(size, int(min_sizes[s]))
         morphs.append(_make_morphology(kind[s], _morphology_fields(kind[s], sig, g1, g2, size, model_sigma2), size))
@@ -344,7 +347,8 @@ def init_scene(
         detection = find_sources(data, weights, positions=positions, **det_kwargs)
 
     min_sizes = None if stamp_size is not None else detection.stamp_sizes
-    morphs = initial_morphologies(frame, ref, positions, kinds, stamp_size, min_sizes=min_sizes)
+    max_sizes = None if stamp_size is not None else detection.max_sizes
+    morphs = initial_morphologies(frame, ref, positions, kinds, stamp_size, min_sizes=min_sizes, max_sizes=max_sizes)
     sources = [Source(np.ones(frame.n_bands), m, positions[s]) for s, m in enumerate(morphs)]
     spectra = solve_spectra(Scene(frame, sources), observations)
     sources = [Source(spectra[s], m, positions[s]) for s, m in enumerate(morphs)]
@@ -403,16 +407,19 @@ def _observed_psf_sigma2(frame: Frame, ref: Observation) -> float:
 
 def initial_morphologies(
     frame: Frame, ref: Observation, positions: np.ndarray, kinds, stamp_size=None, *, min_sizes=None,
+    max_sizes=None,
 ) -> list:
     """Unit-flux morphologies from moments of ``ref`` (an observation on the model grid):
     Gaussian-weighted moments of the S/N-weighted band sum on each source's Voronoi cell,
     minus the PSF's second moments. ``min_sizes``: per source, the least stamp size
-    (e.g. `Detection.stamp_sizes`, 0 for none); ``stamp_size`` overrides both."""
+    (e.g. `Detection.stamp_sizes`, 0 for none); ``max_sizes``: per source, the largest
+    (`Detection.max_sizes`, 0 for no limit: the moments of a satellite include its host's
+    halo); ``stamp_size`` overrides them."""
     sigmas, shears = _moment_shapes(
         np.asarray(ref.data, dtype=np.float64), np.asarray(ref.weights, dtype=np.float64), positions,
         _observed_psf_sigma2(frame, ref),
     )
-    return _unit_morphologies(frame, kinds, sigmas, shears, stamp_size, min_sizes)
+    return _unit_morphologies(frame, kinds, sigmas, shears, stamp_size, min_sizes, max_sizes)
 
 
 def _moment_shapes(data, weights, positions, psf_obs2) -> tuple[list, list]:

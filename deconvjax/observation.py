@@ -389,6 +389,11 @@ class Observation(eqx.Module):
         """What this observation's pixels should hold for the model cube: the forward
         operator's image plus, with a `background`, the background that fits the rest of
         the data best."""
+        if self.background is not None and not is_traced((self, model)):
+            return _predict(self, model)
+        return self._predict(model)
+
+    def _predict(self, model: Cube) -> Cube:
         image = self(model)
         if self.background is None:
             return image
@@ -397,6 +402,11 @@ class Observation(eqx.Module):
     def background_model(self, model: Cube) -> Cube:
         """The fitted background ``(band, y, x)`` for the model cube (zeros without a
         `background`)."""
+        if self.background is not None and not is_traced((self, model)):
+            return _background_model(self, model)
+        return self._background_model(model)
+
+    def _background_model(self, model: Cube) -> Cube:
         image = self(model)
         if self.background is None:
             return jnp.zeros_like(image)
@@ -460,6 +470,8 @@ def _chi2_per_dof_impl(scene, observations: tuple[Observation, ...], n_params) -
 
 
 _apply = eqx.filter_jit(_apply_impl)
+_predict = eqx.filter_jit(lambda obs, model: obs._predict(model))
+_background_model = eqx.filter_jit(lambda obs, model: obs._background_model(model))
 _render_observations = eqx.filter_jit(_render_observations_impl)
 _log_likelihood = eqx.filter_jit(_log_likelihood_impl)
 _chi2_per_dof = eqx.filter_jit(_chi2_per_dof_impl)

@@ -20,8 +20,9 @@ def _read_catalog(path: Path):
         raise click.BadParameter(f"{path}: cannot read a table ({err})", param_hint="--catalog") from None
 
 
-def _sources_covering_the_image(scene, frame) -> list[int]:
-    """Sources whose stamp reaches past all four edges of the frame."""
+def _sources_filling_the_image(scene, frame) -> list[int]:
+    """Sources whose stamp (sized from their detection segment) reaches past all four
+    edges of the frame."""
     out = []
     ny, nx = frame.shape
     for g, order in zip(scene.groups, scene.order):
@@ -206,11 +207,11 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
             err=True,
         )
     if background is not None:
-        for k in _sources_covering_the_image(fitted, frame):
+        for k in _sources_filling_the_image(fitted, frame):
             click.echo(
-                f"warning: source {k}'s light reaches past every edge of the image: its outer wings and the sky "
-                "level are degenerate (the fitted sky may hold some of its flux). Use a larger cutout, or subtract a "
-                "sky measured elsewhere and fit with --sky none",
+                f"warning: source {k} fills the image (its stamp reaches past every edge): its outer wings and the "
+                "fitted sky are degenerate, and the sky may hold some of its flux (see background.fits). Use a larger "
+                "cutout, or subtract a sky measured elsewhere and fit with --sky none",
                 err=True,
             )
     if result.failed or not np.isfinite(result.loss):

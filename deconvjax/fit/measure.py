@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,10 +17,15 @@ from ..observation import Observation, as_observations
 def source_fluxes(scene: Scene) -> np.ndarray:
     """``(source, band)`` total model flux of each source (its stamp's sum, before any
     clipping at the frame's edge), sources in the order given to the scene."""
-    per_group = [np.asarray(jnp.sum(stamps, axis=(-2, -1))) for stamps, _ in scene.stamps()]
+    per_group = [np.asarray(f) for f in _stamp_fluxes(scene)]
     flux = np.concatenate(per_group, axis=0)
     inverse = np.argsort(np.concatenate([np.asarray(o) for o in scene.order]))
     return flux[inverse]
+
+
+@eqx.filter_jit
+def _stamp_fluxes(scene: Scene):
+    return [jnp.sum(stamps, axis=(-2, -1)) for stamps, _ in scene.stamps()]
 
 
 def source_centers(scene: Scene) -> np.ndarray:
@@ -48,7 +54,12 @@ def deblend(scene: Scene, observation: Observation) -> Float[Array, "source band
     (the scarlet convention; model values clipped at 0), ``(source, obs band, y, x)``."""
     if not isinstance(observation, Observation):
         raise TypeError(f"observation must be an Observation, got {type(observation).__name__}")
-    models = jax.vmap(observation)(scene.render_sources())
+    return _deblend(scene, observation)
+
+
+@eqx.filter_jit
+def _deblend(scene: Scene, observation: Observation):
+    models = jax.vmap(observation.apply)(scene.render_sources())
     return _share(models, observation.data)
 
 

@@ -228,9 +228,7 @@ class Scene(eqx.Module):
     def stamps(self) -> tuple[tuple[Float[Array, "source band h w"], Int[Array, "source 2"]], ...]:
         """Per group: every source's ``(band, h, w)`` stamp and its top-left corner
         ``(y, x)`` in the model frame."""
-        return tuple(
-            jax.vmap(_render_stamp, in_axes=(0, None))(g, k) for g, k in zip(self.groups, self.psf_kernels)
-        )
+        return _stamps_impl(self) if is_traced(self) else _stamps(self)
 
     def render(self) -> Cube:
         """The model cube ``(band, ny, nx)``: the sum of all sources.
@@ -253,6 +251,10 @@ class Scene(eqx.Module):
 # call (their bodies are fresh closures each time, so nothing else would cache them).
 # Traced calls use the bodies directly, so that enclosing programs are the same as without
 # the jitted copies (no nested calls to change XLA's fusion decisions).
+def _stamps_impl(scene: Scene):
+    return tuple(jax.vmap(_render_stamp, in_axes=(0, None))(g, k) for g, k in zip(scene.groups, scene.psf_kernels))
+
+
 def _render_impl(scene: Scene) -> Cube:
     _, ny, nx = scene.shape
     model = None
@@ -287,5 +289,6 @@ def _render_sources_impl(scene: Scene) -> Float[Array, "source band ny nx"]:
     return stacked[inverse]
 
 
+_stamps = eqx.filter_jit(_stamps_impl)
 _render = eqx.filter_jit(_render_impl)
 _render_sources = eqx.filter_jit(_render_sources_impl)

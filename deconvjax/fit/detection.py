@@ -39,8 +39,8 @@ sum in units of its noise):
    reaches ``sqrt(2 t^2 ln(peak / footprint_nsigma))``), so a big halo gets a big stamp
    and a bright star a small one. An extended footprint's brightest source (beyond
    `EXTENDED_PSF_WIDTHS`) reaches `EXTENDED_GROWTH` times further: its wings continue
-   below the threshold. A fainter source of a footprint (a satellite on a halo, a knot
-   on a disc) gets at most `Detection.max_sizes`: moments measured on its host's light
+   below the threshold. A much fainter source of a footprint (a satellite on a halo, a
+   knot on a disc) gets at most `Detection.max_sizes`: moments measured on its host's light
    would otherwise give it a stamp full of that light (on the simulated halo below, its
    satellites' fluxes were 7-9 times their truth with such stamps, 1.6-1.8 times with
    the limit).
@@ -70,7 +70,10 @@ STAMP_SIZES = (15, 21, 27, 35, 45, 63, 81, 105, 135, 165, 189, 225, 243, 275, 29
 EXTENDED_PSF_WIDTHS = 8.0
 #: ... and its stamp reaches this many times its footprint's extent.
 EXTENDED_GROWTH = 1.5
-#: The stamp of a source that is not the brightest of its footprint reaches this many
+#: A source of a footprint whose peak is below this fraction of the footprint's peak is a
+#: satellite (two galaxies of similar brightness in one footprint are not) ...
+SATELLITE_CONTRAST = 0.25
+#: ... and its stamp reaches this many
 #: times its extent above its saddle ...
 SATELLITE_REACH = 2.0
 #: ... or this many widths of the PSF-filtered source, whichever is larger.
@@ -98,10 +101,10 @@ class Detection:
         noise: the measured noise of the smoothed detection image, relative to the
             nominal one (1 for white noise whose weights are right).
         max_sizes: ``(n,)`` the largest stamp a source should get (0: no limit): for a
-            source that is not the brightest of its footprint (a satellite on a halo, a
-            knot on a disc), a few times its extent above its saddle or a few PSF widths,
-            whichever is larger, so that moments measured on the neighbour's light do not
-            give it a stamp full of that light.
+            satellite (a source whose peak is under `SATELLITE_CONTRAST` of its
+            footprint's: on a halo, a knot on a disc), a few times its extent above its
+            saddle or a few PSF widths, whichever is larger, so that moments measured on
+            its host's light do not give it a stamp full of that light.
     """
 
     positions: np.ndarray
@@ -375,9 +378,10 @@ def find_sources(
     # A fainter source of a footprint: its extent above the saddle, times a margin for
     # its wings, or a few widths of the (source-filtered) PSF, whichever is larger.
     reach = np.maximum(SATELLITE_REACH * radii, SATELLITE_PSF_WIDTHS * np.sqrt(t2))
-    max_sizes = np.where(dominant, 0, [stamp_size_for(r) for r in reach]).astype(np.int64)
+    satellite = ~dominant & (sig < SATELLITE_CONTRAST * _host_peak(sm, foot, pos))
+    max_sizes = np.where(satellite, [stamp_size_for(r) for r in reach], 0).astype(np.int64)
     return Detection(
-        positions=pos, significance=sig, segmentation=seg, stamp_sizes=np.minimum(sizes, np.where(dominant, sizes, max_sizes)),
+        positions=pos, significance=sig, segmentation=seg, stamp_sizes=np.where(satellite, np.minimum(sizes, max_sizes), sizes),
         radii=radii, kind=tuple(kinds), background=level, noise=float(noise), max_sizes=max_sizes,
     )
 
@@ -515,6 +519,17 @@ def _prune(sm, foot, pos, sig, kinds, nsigma):
             break
         keep[idx[np.argmin(np.where(weak, height, np.inf))]] = False
     return pos[keep], sig[keep], [k for k, ok in zip(kinds, keep) if ok]
+
+
+def _host_peak(sm, foot, pos) -> np.ndarray:
+    """Per source, the peak of the smoothed image over its footprint (its own peak for a
+    source outside every footprint)."""
+    iy = np.clip(np.rint(pos[:, 0]).astype(int), 0, sm.shape[0] - 1)
+    ix = np.clip(np.rint(pos[:, 1]).astype(int), 0, sm.shape[1] - 1)
+    label = foot[iy, ix]
+    n_foot = int(foot.max())
+    peaks = np.asarray(ndimage.maximum(sm, foot, index=np.arange(1, n_foot + 1)), np.float64) if n_foot else np.zeros(0)
+    return np.where(label > 0, peaks[np.maximum(label, 1) - 1] if n_foot else 0.0, sm[iy, ix])
 
 
 def _radii(seg, foot, sm, pos) -> np.ndarray:

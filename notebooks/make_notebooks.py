@@ -14,8 +14,8 @@ FORWARD_MODEL = [
     ("markdown", "# The forward model\n\nA scene of batched sources rendered in a model frame and "
      "pushed through the forward operators of a ground-based and a space-based observation of the "
      "same sky: PSF matching, WCS resampling and binning, all in one jitted call."),
-    ("code", "import jax, jax.numpy as jnp, numpy as np\nimport deconvjax as dj\n"
-     "from deconvjax.plot import lupton_rgb\nimport matplotlib.pyplot as plt"),
+    ("code", "import jax\nimport jax.numpy as jnp\nimport matplotlib.pyplot as plt\nimport numpy as np\n\n"
+     "import deconvjax as dj\nfrom deconvjax.plot import lupton_rgb"),
     ("markdown", "A model frame at HST-like resolution (0.03 arcsec), three bands, with a WCS."),
     ("code", "frame = dj.Frame(['g', 'r', 'i'], (160, 160), wcs=dj.make_wcs((160, 160), 0.03),\n"
      "                 psf=dj.GaussianPSF(0.03))\n"
@@ -35,7 +35,9 @@ FORWARD_MODEL = [
      "print('flux kept by the ground view:', float(seen_ground.sum() / model.sum()))"),
     ("code", "fig, axes = plt.subplots(1, 3, figsize=(12, 4))\n"
      "for ax, img, title in zip(axes, [model, seen_space, seen_ground], ['model frame', 'space view', 'ground view']):\n"
-     "    ax.imshow(lupton_rgb(np.asarray(img)), origin='lower'); ax.set_title(title); ax.axis('off')"),
+     "    ax.imshow(lupton_rgb(np.asarray(img)), origin='lower')\n"
+     "    ax.set_title(title)\n"
+     "    ax.axis('off')"),
     ("markdown", "The operator is linear; its adjoint is a VJP. The dot-product test:"),
     ("code", "kx, ky = jax.random.split(jax.random.key(0))\nx = jax.random.normal(kx, (3, 160, 160))\n"
      "y = jax.random.normal(ky, ground.shape)\n"

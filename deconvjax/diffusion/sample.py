@@ -17,8 +17,8 @@ Methods
              jitted call per step (see "Speed" below). ``steps=18`` Heun steps = 37 NFE.
 ``"dpm2m"``   (default) DPM-Solver++(2M) (Lu et al. 2022) on the same schedule and host loop: a
              second-order multistep method with ONE network call per step (reuses the
-             previous step's denoiser output). Measured on a 3-d Gaussian: ``N`` dpm2m steps
-             (``N`` NFE) are as accurate as ``N`` Heun steps (``2N`` NFE).
+             previous step's denoiser output): about as accurate per step as Heun at half
+             the network calls (benchmarks/RESULTS.md).
 ``"pf_ode"``  probability-flow ODE, adaptive (Tsit5 by default, or Heun) with a PIDController;
 ``"ode_fixed"``  probability-flow ODE with a fixed step (Heun by default; Euler for tests);
 ``"sde"``     reverse SDE with Euler-Maruyama (strong order 0.5, weak order 1);
@@ -205,9 +205,8 @@ def sample(
         progress: show a tqdm bar per chunk (diffrax's TqdmProgressMeter).
         host_loop: for ``"ode_fixed"`` only: call the diffrax solver's ``step`` from a
             Python loop (one jitted step per call) instead of diffrax's compiled while loop.
-            Same result (checked to 1e-6). Measured: no faster than the diffrax loop for a
-            U-Net (5.5 vs 6.7 s per batched 64x64 evaluation, vs 0.2 s called directly),
-            because diffrax's Runge-Kutta step itself loops over its stages; use
+            Same result (checked to 1e-6), and no faster for a U-Net (diffrax's Runge-Kutta
+            step itself loops over its stages; benchmarks/RESULTS.md); use
             ``method="dpm2m"`` or ``"edm"`` for networks.
         rho: ``"edm"`` only: exponent of the EDM noise schedule
             ``sigma_i = (sigma_max^(1/rho) + i/N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``.

@@ -501,7 +501,7 @@ def fit_batch(
     - `workers`: slot pools run at once, each from its own host thread over its share of
       the cutouts (``None``: one per CPU core on a CPU backend, one on accelerators).
       XLA:CPU runs each pool's program mostly on one core, so on CPU this is the way to
-      use them all (2 pools on 2 cores fit 256 cutouts in about half the time of one).
+      use them all.
     - `chunk`: the host is touched (progress bar, loss log) every ``chunk`` steps.
     - the rest as `fit`.
 

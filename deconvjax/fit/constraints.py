@@ -51,9 +51,9 @@ class Constraints:
     - `symmetric`: make each morphology 180-degree symmetric about its centre pixel after
       every step (scarlet's symmetry constraint). On by default, as in scarlet.
     - `monotonic`: make each morphology non-increasing outwards from its centre pixel along
-      rays after every step (scarlet's monotonicity constraint). On by default: on
-      simulated LSST blends it cuts the median flux error of free-form fits by about 3x
-      (benchmarks/vs_scarlet2.py prints both).
+      rays after every step (scarlet's monotonicity constraint). On by default: it is
+      what lets free-form sources deblend (benchmarks/vs_scarlet2.py prints the flux
+      errors with and without it; figures in benchmarks/RESULTS.md).
     - `sparsity`: weight of an L1 penalty on each max-normalised morphology (in units of
       chi2 per pixel): favours compact sources, as scarlet's L1 sparsity.
     - `normalise`: keep free-form morphologies at unit sum, their sum in the spectrum.

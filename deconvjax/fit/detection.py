@@ -41,17 +41,10 @@ sum in units of its noise):
    `EXTENDED_PSF_WIDTHS`) reaches `EXTENDED_GROWTH` times further: its wings continue
    below the threshold. A much fainter source of a footprint (a satellite on a halo, a
    knot on a disc) gets at most `Detection.max_sizes`: moments measured on its host's light
-   would otherwise give it a stamp full of that light (on the simulated halo below, its
-   satellites' fluxes were 7-9 times their truth with such stamps, 1.6-1.8 times with
-   the limit).
+   would otherwise give it a stamp full of that light.
 
-Measured (``deconvjax.sims.default_field`` seeds 0-23, 120 LSST-like galaxies in close
-blends): 116 found, 7 extra detections (the hand-written detector before: 117 and 8). A
-cluster-core elliptical (de Vaucouleurs, 24 pixels half-light radius) with 3 satellites on
-a sky gradient, its variance map without the sources' Poisson noise: 4 detections, the
-halo's stamp 225 pixels (before: 621 detections, 71 of them along the edges). The 100
-real HST COSMOS stamps: the central galaxy found as exactly one source in 81 (before 28),
-1.24 detections per galaxy (before 4.4).
+Figures (detections on simulated blends, the simulated halo, the real COSMOS stamps):
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations

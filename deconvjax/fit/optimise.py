@@ -38,10 +38,8 @@ from .quality import fit_quality
 #: ``center`` is in model pixels, ``pixels_projection`` is a fraction of each source's
 #: brightest pixel, ``n`` is logistic, ``shear`` is in arctanh units of |g|. The steps of
 #: free-form scenes (spectrum, centre, pixels) are three times scarlet2's quick-start ones:
-#: with reduce-on-plateau, the larger start reaches a lower chi2 and smaller flux
-#: errors in about half the iterations on simulated LSST blends (2-6 galaxies: median 87
-#: steps against 190, median flux error 0.075 against 0.079; benchmarks/vs_scarlet2.py,
-#: measured with Adam's usual first-moment decay 0.9 and patience 5 throughout).
+#: with reduce-on-plateau shrinking them later, the larger start converges in fewer steps
+#: to a lower chi2 (figures: benchmarks/RESULTS.md, "Default step sizes").
 DEFAULT_STEPS: dict[str, float] = {
     "spectrum": 0.15,
     "center": 0.06,

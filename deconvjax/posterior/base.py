@@ -120,9 +120,8 @@ def pcg(matvec: Callable[[Tree], Tree], b: Tree, precond: Callable[[Tree], Tree]
     """Preconditioned conjugate gradients for an SPD ``matvec``.
 
     Without ``rtol``: exactly ``iters`` iterations, unrolled in Python by default for up to
-    8 (XLA then sees straight-line code: about 5x faster than
-    `jax.scipy.sparse.linalg.cg`'s while loop inside samplers), a `lax.fori_loop` beyond
-    (compile time). ``iters = 0`` returns the preconditioner's answer ``M^-1 b``.
+    8 (XLA then sees straight-line code, faster inside samplers than
+    `jax.scipy.sparse.linalg.cg`'s while loop), a `lax.fori_loop` beyond (compile time). ``iters = 0`` returns the preconditioner's answer ``M^-1 b``.
 
     With ``rtol``: a `lax.while_loop` that stops once the residual ``|b - matvec(x)|`` is at
     most ``rtol |b|`` (the recursively updated residual, in the norm of ``b``'s space), after

@@ -30,22 +30,16 @@ class MMPS(AbstractGuidance):
     - priors that declare an exact Jacobian (``exact_jacobian``: the analytic Gaussian,
       stationary Gaussian and Gaussian-mixture denoisers) get `ConvergedCG()`, CG to a
       relative residual of 1e-3 (at most 200 iterations): with a Gaussian prior the
-      default posterior is then exact up to the sampler's discretisation. A fixed 3
-      iterations, the default before, put the mean of 128 samples several posterior
-      standard errors off on a 16x16 problem with a non-periodic operator and masked
-      pixels (`tests/test_posterior_mmps_default.py`), 12 were marginal there;
+      default posterior is then exact up to the sampler's discretisation (a few fixed
+      iterations are not: `tests/test_posterior_mmps_default.py`);
     - learned priors (the U-Net of `deconvjax.diffusion.ScorePrior`) and plain callables
       get ``FixedCG(1)``, one iteration, which measured best for them (below).
 
     With a learned U-Net prior the Jacobian is neither exactly symmetric nor PSD, and
-    CG can then diverge. Measured on 10 held-out COSMOS galaxies brighter than F814W 25
-    (shipped 32x32 prior, Moffat FWHM 4 px, peak SNR ~20, mean of 8 samples, dpm2m 24
-    steps), posterior-mean PSNR relative to oracle-tuned Tikhonov: ``cg_iters=1`` +0.2 dB
-    with the probed ``c_t``; 2 iterations -2.6 dB, and 4 iterations with the symmetrised
-    Jacobian ``(J + J^T) / 2`` (one more JVP per iteration) -5.5 dB, some galaxies
-    diverging. A fixed ``prior_variance = sigma_data**2`` (one backward pass fewer) gave
-    +0.4 dB there, but at 1.7x that noise (48 steps) one galaxy of ten diverged (-2.0 dB
-    against the probe's -0.06 dB). Hence one iteration and the probe by default.
+    CG can then diverge: on held-out COSMOS galaxies more iterations (or the symmetrised
+    Jacobian) did worse than one, and a fixed prior variance instead of the probed one
+    diverged on some galaxies at higher noise (figures: benchmarks/RESULTS.md, "MMPS with
+    a learned prior"). Hence one iteration and the probe by default.
 
     The correction is kept inside a trust region in data space. The exact update moves the
     whitened model ``W^{1/2} A E x`` by ``S (I + S)^-1 r`` (``S`` the whitened prior
@@ -54,14 +48,10 @@ class MMPS(AbstractGuidance):
     orders of magnitude, and the sampler then diverges; the correction is scaled down to
     ``trust * |r|`` when it does. A one-iteration solve overshoots the exact update a few
     times over in the directions it does not resolve, and part of that overshoot is
-    useful, so the default bound is looser than the exact one. Measured on the 10 bright
-    held-out COSMOS galaxies above (shipped 32x32 prior, dpm2m 48 steps, mean of 8 samples,
-    gain over Tikhonov at blurred-peak SNR 20 / 5 / 2) and on 10 noiseless simulated
-    galaxies (SNR 20): without the bound -0.06 / +0.65 / -0.78 dB (one galaxy diverged, to
-    8 dB, at SNR 2); ``trust=1`` -0.27 / +0.54 / +1.15 and +9.3 dB; ``trust=2``
-    -0.18 / +0.53 / +1.09; ``trust=4`` (the default) -0.14 / +0.71 / +1.02 and +10.8 dB
-    (`benchmarks/posterior.py` without the bound: +11.3 dB on 20 such galaxies).
-    With a Gaussian prior and a converged solve even ``trust=1`` never binds.
+    useful, so the default bound (``trust=4``) is looser than the exact one; without any
+    bound one galaxy of ten diverged at low SNR (figures: benchmarks/RESULTS.md, "MMPS
+    trust region"). With a Gaussian prior and a converged solve even ``trust=1`` never
+    binds.
 
     **Arguments:**
 

@@ -5,13 +5,24 @@ import importlib
 import click
 
 # Subcommands load on first use: `deconvjax fit` does not import the diffusion and
-# posterior packages, nor `--help` anything heavy beyond what listing them needs.
+# posterior packages, nor `--help` any subcommand (click would import every one of them
+# for its one-line summary: the summaries are kept here; a test checks they match).
 _COMMANDS = {
-    "simulate": "deconvjax.sims._cli:simulate",
-    "fit": "deconvjax.fit._cli:fit_command",
-    "train-prior": "deconvjax.diffusion._cli:train_prior",
-    "sample": "deconvjax.posterior._cli:sample",
+    "simulate": ("deconvjax.sims._cli:simulate",
+                 "Simulate blended fields with truth and write them as FITS + truth tables."),
+    "fit": ("deconvjax.fit._cli:fit_command",
+            "Fit a scene to IMAGES (one FITS image per band, or a cube) and deblend it."),
+    "train-prior": ("deconvjax.diffusion._cli:train_prior",
+                    "Train a diffusion (score) prior on galaxy stamps and write a checkpoint."),
+    "sample": ("deconvjax.posterior._cli:sample",
+               "Posterior samples of a galaxy from one or several IMAGES (FITS) of any size, pixel scale and flux..."),
 }
+
+
+def load_command(name: str) -> click.Command:
+    """The click command of a lazily loaded subcommand."""
+    module, attribute = _COMMANDS[name][0].split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 class _LazyGroup(click.Group):
@@ -20,9 +31,21 @@ class _LazyGroup(click.Group):
 
     def get_command(self, ctx, name):
         if name in _COMMANDS and name not in self.commands:
-            module, attribute = _COMMANDS[name].split(":")
-            self.add_command(getattr(importlib.import_module(module), attribute), name)
+            self.add_command(load_command(name), name)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in _COMMANDS and name not in self.commands:
+                rows.append((name, _COMMANDS[name][1]))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=_LazyGroup)

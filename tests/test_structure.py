@@ -167,3 +167,21 @@ def test_cli_fits_a_real_clumpy_cosmos_galaxy_to_the_noise(cosmos_dir, tmp_path)
     assert 0.8 <= header["CHI2PIX"] <= 1.2, header["CHI2PIX"]
     assert header["FRAC3SIG"] <= 0.01
     assert header["NOISEFIT"]
+
+
+def test_refit_with_structure_compiles_nothing(clumpy):
+    """In the form `deconvjax fit` starts from (`with_structure_slots`), adding structure
+    keeps the scene's structure: the refit runs the same compiled program."""
+    from deconvjax.fit import compilation_count, with_structure_slots
+
+    frame, obs, fitted, _ = clumpy
+    slots = with_structure_slots(fitted, frame)
+    np.testing.assert_allclose(np.asarray(slots.render()), np.asarray(fitted.render()), rtol=1e-5, atol=1e-7)
+    first, r1 = fit(slots, obs, progress=False)
+    assert r1.chi2_per_pixel > 1.3  # symmetric bodies, as the PixelMorphology fit
+    before = compilation_count()
+    structured, changed = add_structure(first, frame, obs)
+    assert changed == [0]
+    _, r2 = fit(structured, obs, progress=False)
+    assert compilation_count() == before
+    assert 0.8 <= r2.chi2_per_pixel <= 1.2

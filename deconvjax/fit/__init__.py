@@ -26,3 +26,4 @@ from .optimise import compilation_count as compilation_count
 from .optimise import fit as fit
 from .pipeline import write_products as write_products
 from .structure import add_structure as add_structure
+from .structure import with_structure_slots as with_structure_slots

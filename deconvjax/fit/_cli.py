@@ -175,6 +175,10 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
         constraints = Constraints(monotonic=monotonic, symmetric=symmetric, sparsity=sparsity)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--sparsity") from None
+    if structure:
+        from .structure import with_structure_slots
+
+        scene = with_structure_slots(scene, frame)
     with warnings.catch_warnings():
         if structure:
             # A constrained fit that misses structure is refitted below, and what is

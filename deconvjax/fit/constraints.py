@@ -18,8 +18,8 @@ morphologies, which have unit flux).
 
 A `StructuredMorphology` (a resolved galaxy's monotonic body plus its positive structure
 within a fixed support) has both parts positive by the same map; its body is kept
-monotonic (never symmetric: a galaxy with structure is not), its structure is zero
-outside the support.
+monotonic, and symmetric where its own `symmetric` leaf says so (a galaxy with structure
+is not), its structure is zero outside the support.
 """
 
 from __future__ import annotations
@@ -274,6 +274,8 @@ def project(group: Source, constraints: Constraints, *, full: bool = True) -> So
 def _project_structured(group: Source, constraints: Constraints, full: bool) -> Source:
     m = group.morphology
     body, extra = jnp.maximum(m.pixels, 0.0), jnp.maximum(m.structure, 0.0) * m.support
+    if constraints.symmetric:
+        body = jnp.where(m.symmetric[:, None, None] > 0.5, symmetrise(body), body)
     if constraints.monotonic:
         body = monotonise(jax.lax.optimization_barrier(body), full=full)
     spectrum = group.spectrum

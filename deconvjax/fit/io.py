@@ -38,7 +38,7 @@ _MORPHOLOGIES = {
     "SersicMorphology": lambda shape: SersicMorphology(1.0, 1.0, shape=shape),
     "PointMorphology": lambda shape: PointMorphology(shape=shape),
     "PixelMorphology": lambda shape: PixelMorphology(np.zeros(shape)),
-    "StructuredMorphology": lambda shape: StructuredMorphology(np.zeros(shape), np.zeros(shape), np.zeros(shape)),
+    "StructuredMorphology": lambda shape: StructuredMorphology(np.zeros(shape)),
 }
 
 

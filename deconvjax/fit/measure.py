@@ -10,7 +10,7 @@ from astropy.table import Table
 from jaxtyping import Array, Float
 
 from ..frame import Frame
-from ..model import Scene
+from ..model import Scene, StructuredMorphology
 from ..observation import Observation, as_observations
 
 
@@ -36,9 +36,18 @@ def source_centers(scene: Scene) -> np.ndarray:
 
 
 def source_kinds(scene: Scene) -> list[str]:
+    """Per source: its morphology's kind (``pixel``, ``sersic``, ...); a structured
+    free-form source is ``pixel`` until it has a structure component, ``structured``
+    after."""
     kinds = []
     for g, o in zip(scene.groups, scene.order):
-        kinds += [(i, type(g.morphology).__name__.replace("Morphology", "").lower()) for i in o]
+        m = g.morphology
+        name = type(m).__name__.replace("Morphology", "").lower()
+        if isinstance(m, StructuredMorphology):
+            has = np.asarray(m.support).reshape(len(o), -1).max(axis=1) > 0
+            kinds += [(i, "structured" if h else "pixel") for i, h in zip(o, has)]
+        else:
+            kinds += [(i, name) for i in o]
     return [k for _, k in sorted(kinds)]
 
 

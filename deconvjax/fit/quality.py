@@ -98,9 +98,10 @@ def effective_parameters(scene: Scene, observations: Sequence[Observation], n_pa
             parts = [np.asarray(m.pixels)]  # (source, h, w)
             tied = symmetric
         elif isinstance(m, StructuredMorphology):
-            # Never symmetric; the structure's pixels outside its support are not free.
+            # Symmetric only where its flag says; the structure's pixels outside its
+            # support are not free.
             parts = [np.asarray(m.pixels), np.asarray(m.structure)]
-            tied = False
+            tied = symmetric & (np.asarray(m.symmetric) > 0.5)
         else:
             continue
         flux = np.asarray(group.spectrum).sum(axis=1)[:, None, None]
@@ -108,7 +109,7 @@ def effective_parameters(scene: Scene, observations: Sequence[Observation], n_pa
         for pixels in parts:
             snr2 = (flux * pixels / sigma) ** 2
             support = support + (snr2 / (1.0 + snr2)).sum(axis=(1, 2))
-        support = support / 2.0 if tied else support
+        support = np.where(tied, support / 2.0, support)
         extra = group.spectrum.shape[1] + 2
         # Free pixels per source: the body's, plus the structure's on its support.
         n_free = parts[0][0].size + (np.asarray(m.support).sum(axis=(1, 2)) if len(parts) > 1 else 0)

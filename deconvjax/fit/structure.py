@@ -49,6 +49,22 @@ def residual_significance(scene: Scene, obs: Observation, smooth: float = 1.5) -
     return np.where(seen, sm / noise, 0.0) if noise > 0 else np.zeros_like(sm)
 
 
+def with_structure_slots(scene: Scene, frame: Frame) -> Scene:
+    """``scene`` with every `PixelMorphology` source as a `StructuredMorphology` of the
+    same image, an empty support and a symmetric body: the same model under the same
+    constraints, in the form that `add_structure` changes without changing the scene's
+    structure, so that the refit runs the fit's compiled program again instead of
+    compiling another one (in a first process the compilation is most of the time)."""
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
+    sources = _unbatched(scene)
+    for k, src in enumerate(sources):
+        m = src.morphology
+        if isinstance(m, PixelMorphology):
+            sources[k] = Source(src.spectrum, StructuredMorphology(m.pixels, symmetric=True), src.center)
+    return Scene(frame, sources)
+
+
 def _unbatched(scene: Scene) -> list[Source]:
     sources: list = [None] * scene.n_sources
     for g, order in zip(scene.groups, scene.order):

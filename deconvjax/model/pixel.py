@@ -131,7 +131,8 @@ def _shift_image_jvp(primals, tangents):
 
 class StructuredMorphology(AbstractMorphology):
     """A free-form morphology in two parts: a smooth body (`pixels`, which the fit keeps
-    monotonic when its constraints say so, never symmetric) plus `structure`, a positive
+    monotonic when its constraints say so, and symmetric only where `symmetric`) plus
+    `structure`, a positive
     free-form image held at zero outside `support`: the arms, clumps and lopsided discs
     of a resolved galaxy that a monotonic model cannot follow (scarlet's constraints
     leave them in the residual). The image is their sum, seen through the model PSF as a
@@ -143,21 +144,31 @@ class StructuredMorphology(AbstractMorphology):
     - `structure`: ``(h, w)`` the structure (zero outside `support`).
     - `support`: ``(h, w)`` 1 where the structure may be nonzero, 0 elsewhere (fixed: the
       pixels where the data showed significant structure; see
-      `deconvjax.fit.structure.add_structure`).
+      `deconvjax.fit.structure.add_structure`). Default: empty.
+    - `symmetric`: whether the fit may keep the body 180-degree symmetric (when its
+      constraints ask for symmetry). A data leaf, not a static flag, so that a scene's
+      sources can gain structure without changing the scene's structure (and the fit's
+      compiled program).
+
+    With an empty support and ``symmetric=True`` this is a `PixelMorphology` under
+    scarlet's constraints, in the form `deconvjax fit` starts from.
     """
 
     pixels: Float[Array, "h w"]
     structure: Float[Array, "h w"]
     support: Float[Array, "h w"]
+    symmetric: Float[Array, ""]
     shape: tuple[int, int] = eqx.field(static=True)
     intrinsic: ClassVar[bool] = False
 
-    def __init__(self, pixels, structure, support):
+    def __init__(self, pixels, structure=None, support=None, *, symmetric=False):
         body = jnp.asarray(finite(pixels, "pixels", "an (h, w) array of real numbers"), dtype=float)
         if body.ndim != 2:
             raise ValueError(f"pixels must be a 2-d (h, w) array, got shape {body.shape}")
-        extra = jnp.asarray(finite(structure, "structure", "an (h, w) array of real numbers"), dtype=float)
-        mask = jnp.asarray(finite(support, "support", "an (h, w) array of 0 and 1"), dtype=float)
+        extra = jnp.zeros_like(body) if structure is None else jnp.asarray(
+            finite(structure, "structure", "an (h, w) array of real numbers"), dtype=float)
+        mask = jnp.zeros_like(body) if support is None else jnp.asarray(
+            finite(support, "support", "an (h, w) array of 0 and 1"), dtype=float)
         if extra.shape != body.shape or mask.shape != body.shape:
             raise ValueError(
                 f"structure and support must have the shape of pixels {body.shape}, got {extra.shape} and {mask.shape}"
@@ -166,6 +177,9 @@ class StructuredMorphology(AbstractMorphology):
         self.pixels = body
         self.structure = extra * mask
         self.support = mask
+        # An explicit dtype: a weakly typed leaf would compile the fit again once it has
+        # been through one of its steps (they return strongly typed arrays).
+        self.symmetric = jnp.asarray(1.0 if bool(symmetric) else 0.0, dtype=float)
 
     def total(self) -> Float[Array, "h w"]:
         """The morphology's image at the stamp centre: body plus structure."""

@@ -99,8 +99,7 @@ def plot_scene(
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> None:
-    """Write a figure to PNG atomically (temporary file, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    """Write a figure to PNG atomically (`deconvjax._atomic.atomic_write`)."""
+    from ._atomic import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

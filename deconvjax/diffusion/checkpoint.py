@@ -9,8 +9,8 @@ Layout (one file, so it can be replaced atomically)::
 The header carries everything needed to rebuild the PyTree skeleton (hyperparameters), and
 the byte count and SHA-256 of the payload, so a truncated or corrupted file is reported as
 such instead of as an obscure deserialisation error. Writes go to a temporary file in the
-same folder followed by `os.replace`, so an interrupted write never clobbers the last good
-checkpoint.
+same folder followed by `os.replace` (`deconvjax._atomic`), so an interrupted write never
+clobbers the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -19,38 +19,18 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import equinox as eqx
 
-__all__ = ["save_checkpoint", "read_header", "load_checkpoint", "atomic_write_bytes"]
+from .._atomic import atomic_write_bytes
+
+__all__ = ["save_checkpoint", "read_header", "load_checkpoint"]
 
 _FORMAT = "deconvjax-checkpoint"
 _VERSION = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result ordinary permissions (umask applies).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, hyper: dict[str, Any], tree) -> None:

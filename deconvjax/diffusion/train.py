@@ -41,7 +41,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from .._atomic import atomic_write_bytes
+from .checkpoint import load_checkpoint, save_checkpoint
 from .prior import ScorePrior, build_denoiser, net_hyper_of, save_prior
 from .sde import VESDE
 from .unet import UNet, UNetDenoiser

@@ -15,8 +15,8 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from .._atomic import atomic_write
 from ..frame import Frame
-from ..io._atomic import atomic_write
 from ..model import (
     GaussianMorphology,
     PixelMorphology,

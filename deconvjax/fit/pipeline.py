@@ -10,8 +10,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from .._atomic import atomic_write
 from ..frame import Frame
-from ..io._atomic import atomic_write
 from ..observation import as_observations
 from .io import save_scene, write_results
 from .measure import catalog as make_catalog

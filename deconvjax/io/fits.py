@@ -38,7 +38,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from ._atomic import atomic_write
+from .._atomic import atomic_write
 from .noise import HEADER_KEYS, NoiseEstimate, estimate_noise
 
 FORMAT = "deconvjax-observation"

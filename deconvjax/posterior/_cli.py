@@ -89,7 +89,7 @@ def posterior_panel(observation, samples, mean, std, residual, path, n_show: int
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..io._atomic import atomic_write
+    from .._atomic import atomic_write
 
     obs = np.asarray(observation)[0]
     smp = [np.asarray(s)[0] for s in samples[:n_show]]
@@ -123,7 +123,7 @@ def write_outputs(out: Path, result, first_observation, header_extra: dict,
     Residuals of images of different shapes go to one HDU each."""
     from astropy.io import fits
 
-    from ..io._atomic import atomic_write
+    from .._atomic import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -12,7 +12,7 @@ from .surveys import SURVEYS
 
 
 def _write_json(path: Path, obj):
-    from deconvjax.io._atomic import atomic_write
+    from deconvjax._atomic import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True)))
 

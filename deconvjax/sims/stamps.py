@@ -22,7 +22,7 @@ import galsim
 import numpy as np
 from astropy.table import Table, vstack
 
-from ..io._atomic import atomic_write
+from .._atomic import atomic_write
 from ._fastdraw import (
     draw_components,
     good_fft_size,

@@ -113,6 +113,22 @@ def test_save_load_round_trip(fields, tmp_path):
     assert source_kinds(back) == ["point", "pixel", "sersic"]
     with pytest.raises(ValueError, match="path"):
         load_scene(tmp_path / "missing")
+    # One file, in the checkpoint format the priors use: a truncated copy is named as such.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.eqx"]
+    raw = (tmp_path / "s.eqx").read_bytes()
+    (tmp_path / "cut.eqx").write_bytes(raw[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        load_scene(tmp_path / "cut")
+    # A scene written before the one-file format (leaves + JSON beside them) still loads.
+    import json
+
+    import equinox as eqx
+
+    eqx.tree_serialise_leaves(tmp_path / "old.eqx", scene.groups)
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    old, _, _ = load_scene(tmp_path / "old.eqx")
+    for a, b in zip(jax.tree.leaves(scene), jax.tree.leaves(old)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_cli_fit_on_fits_files(fields, tmp_path):
@@ -138,7 +154,7 @@ def test_cli_fit_on_fits_files(fields, tmp_path):
     args += ["--catalog", str(tmp_path / "cat.ecsv"), "--out", str(out), "--max-iter", "40", "--no-progress"]
     res = CliRunner().invoke(fit_command, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    for name in ("model.fits", "residual.fits", "sources.fits", "catalog.ecsv", "results.fits", "panel.png", "scene.json"):
+    for name in ("model.fits", "residual.fits", "sources.fits", "catalog.ecsv", "results.fits", "panel.png", "scene.eqx"):
         assert (out / name).exists(), name
     table = Table.read(out / "catalog.ecsv")
     assert len(table) == len(f.truth)

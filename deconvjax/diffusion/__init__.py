@@ -1,9 +1,9 @@
 """Diffusion priors: SDEs, denoisers (analytic and U-Net), training, diffrax samplers,
 log-densities, the shipped galaxy prior and a MAP regulariser."""
 
-from .checkpoint import load_checkpoint as load_checkpoint
-from .checkpoint import read_header as read_header
-from .checkpoint import save_checkpoint as save_checkpoint
+from ..checkpoint import load_checkpoint as load_checkpoint
+from ..checkpoint import read_header as read_header
+from ..checkpoint import save_checkpoint as save_checkpoint
 from .denoiser import AbstractDenoiser as AbstractDenoiser
 from .denoiser import GaussianDenoiser as GaussianDenoiser
 from .denoiser import GaussianMixtureDenoiser as GaussianMixtureDenoiser

@@ -18,7 +18,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from .data import cosmos_heldout_indices
 from .sde import VESDE, VPSDE, AbstractSDE
 from .unet import UNet, UNetDenoiser

@@ -42,7 +42,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._atomic import atomic_write_bytes
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from .prior import ScorePrior, build_denoiser, net_hyper_of, save_prior
 from .sde import VESDE
 from .unet import UNet, UNetDenoiser

@@ -127,7 +127,7 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
 
     Writes model.fits, residual.fits, sources.fits (deblended per-source images),
     segmentation.fits (the detection's segment of each source), catalog.ecsv,
-    results.fits, scene.eqx/json and panel.png into --out; the FITS headers record how
+    results.fits, scene.eqx and panel.png into --out; the FITS headers record how
     the noise was set (NOISESRC).
     """
     import warnings

@@ -16,6 +16,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from .._atomic import atomic_write
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..frame import Frame
 from ..model import (
     GaussianMorphology,
@@ -32,6 +33,8 @@ from .measure import catalog as make_catalog
 from .measure import deblend
 
 FORMAT = "deconvjax-scene/1"
+#: The checkpoint kind of a saved scene.
+SCENE_KIND = "scene"
 
 _MORPHOLOGIES = {
     "GaussianMorphology": lambda shape: GaussianMorphology(1.0, shape=shape),
@@ -94,9 +97,11 @@ def _result_to_json(result) -> dict | None:
     return out
 
 
-def save_scene(path, scene: Scene, frame: Frame, result=None) -> tuple[Path, Path]:
-    """Write ``<path>.eqx`` (the scene's groups, `eqx.tree_serialise_leaves`) and
-    ``<path>.json`` (frame, group structure, source order, fit result). Atomic."""
+def save_scene(path, scene: Scene, frame: Frame, result=None) -> tuple[Path]:
+    """Write the scene to ``<path>.eqx``: one checkpoint file (`deconvjax.checkpoint`, the
+    format priors use too) whose JSON header holds the frame, the group structure, the
+    source order and the fit result, and whose payload is the scene's groups
+    (`eqx.tree_serialise_leaves`). Atomic. Returns ``(path,)``."""
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
     if not isinstance(frame, Frame):
@@ -111,29 +116,44 @@ def save_scene(path, scene: Scene, frame: Frame, result=None) -> tuple[Path, Pat
             raise TypeError(f"cannot save a morphology of type {name}")
         groups.append({"morphology": name, "shape": list(g.morphology.shape), "order": list(o)})
     meta = {"format": FORMAT, "frame": frame_to_json(frame), "groups": groups, "result": _result_to_json(result)}
-    leaves = atomic_write(path.with_suffix(".eqx"), lambda tmp: eqx.tree_serialise_leaves(tmp, scene.groups))
-    info = atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
-    return leaves, info
+    target = path.with_suffix(".eqx")
+    save_checkpoint(target, SCENE_KIND, meta, scene.groups)
+    return (target,)
 
 
-def load_scene(path) -> tuple[Scene, Frame, dict]:
-    """Read a scene written by `save_scene`: ``(scene, frame, metadata)``."""
-    path = Path(path)
-    if path.suffix in (".eqx", ".json"):
-        path = path.with_suffix("")
-    for suffix in (".eqx", ".json"):
-        if not path.with_suffix(suffix).exists():
-            raise ValueError(f"path: {path.with_suffix(suffix)} does not exist")
-    meta = json.loads(path.with_suffix(".json").read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"path: {path}.json is not a deconvjax scene (format {meta.get('format')!r})")
+def _skeleton(meta: dict):
     frame = frame_from_json(meta["frame"])
     skeleton = []
     for g in meta["groups"]:
         n = len(g["order"])
         one = Source(np.ones(frame.n_bands), _MORPHOLOGIES[g["morphology"]](tuple(g["shape"])), np.zeros(2))
         skeleton.append(jax.tree.map(lambda x: jnp.stack([x] * n), one))
-    groups = eqx.tree_deserialise_leaves(path.with_suffix(".eqx"), tuple(skeleton))
+    return tuple(skeleton)
+
+
+def load_scene(path) -> tuple[Scene, Frame, dict]:
+    """Read a scene written by `save_scene`: ``(scene, frame, metadata)``. ``path`` with or
+    without its ``.eqx``. Scenes written before the one-file format (``.eqx`` leaves plus a
+    ``.json``) are read too."""
+    path = Path(path)
+    if path.suffix in (".eqx", ".json"):
+        path = path.with_suffix("")
+    eqx_path, json_path = path.with_suffix(".eqx"), path.with_suffix(".json")
+    if not eqx_path.exists():
+        raise ValueError(f"path: {eqx_path} does not exist")
+    with open(eqx_path, "rb") as f:
+        is_checkpoint = f.read(1) == b"{"
+    if is_checkpoint:
+        groups, header = load_checkpoint(eqx_path, _skeleton, kind=SCENE_KIND)
+        meta = header["hyper"]
+    else:
+        if not json_path.exists():
+            raise ValueError(f"path: {eqx_path} is not a scene checkpoint and {json_path} does not exist")
+        meta = json.loads(json_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"path: {json_path} is not a deconvjax scene (format {meta.get('format')!r})")
+        groups = eqx.tree_deserialise_leaves(eqx_path, _skeleton(meta))
+    frame = frame_from_json(meta["frame"])
     # Rebuild from sources in their original order: Scene regroups them identically.
     n_total = sum(len(g["order"]) for g in meta["groups"])
     sources: list = [None] * n_total

@@ -42,7 +42,7 @@ def write_products(
       ``(source, band, y, x)`` (each source's model share of the data);
     - ``catalog.ecsv``: the measurement table (`deconvjax.fit.catalog`);
     - ``results.fits``: all of the above in one file (`write_results`);
-    - ``scene.eqx`` + ``scene.json``: the fitted scene (`load_scene` reads it back);
+    - ``scene.eqx``: the fitted scene, one checkpoint file (`load_scene` reads it back);
     - ``panel.png``: observation, model and residual;
     - ``segmentation.fits`` where ``segmentation`` is given: the ``(y, x)`` int32 map of
       the detection (`deconvjax.fit.detection.Detection.segmentation`: 0 background,

@@ -1,4 +1,6 @@
-"""Checkpoint files: one JSON header line, then `eqx.tree_serialise_leaves` bytes.
+"""Checkpoint files, the one format for everything deconvjax saves as a PyTree (diffusion
+priors and their training state, fitted scenes): one JSON header line, then
+`eqx.tree_serialise_leaves` bytes.
 
 Layout (one file, so it can be replaced atomically)::
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import equinox as eqx
 
-from .._atomic import atomic_write_bytes
+from ._atomic import atomic_write_bytes
 
 __all__ = ["save_checkpoint", "read_header", "load_checkpoint"]
 

@@ -1,3 +1,6 @@
+"""The likelihood family's interface: how a residual is whitened, its chi2 and the
+normalising constant, so that observations, fits and samplers use any noise model alike."""
+
 import abc
 
 import equinox as eqx

@@ -1,3 +1,6 @@
+"""Stationary correlated Gaussian noise (drizzled HST images): whitening by the noise power
+spectrum in Fourier space, from a correlation function or a power spectrum."""
+
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float

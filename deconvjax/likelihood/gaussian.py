@@ -1,3 +1,5 @@
+"""Independent Gaussian noise per pixel, from inverse-variance weights (0: masked)."""
+
 import jax.numpy as jnp
 
 from .base import AbstractLikelihood

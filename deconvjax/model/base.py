@@ -1,3 +1,6 @@
+"""What every morphology shares: rendering in Fourier space on a fixed stamp (phase ramps
+for sub-pixel centres, the pixel transfer function, shears), and the abstract morphology."""
+
 import abc
 from typing import ClassVar
 

@@ -1,3 +1,5 @@
+"""An elliptical Gaussian profile, rendered analytically in Fourier space."""
+
 from typing import ClassVar
 
 import equinox as eqx

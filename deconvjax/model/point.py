@@ -1,3 +1,5 @@
+"""Point sources: the model PSF itself at a sub-pixel centre."""
+
 from typing import ClassVar
 
 import equinox as eqx

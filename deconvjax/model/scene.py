@@ -1,3 +1,6 @@
+"""Scenes: all sources of a field batched by kind and stamp shape, rendered into the model
+frame in one traced program whose size does not grow with the number of sources."""
+
 import functools
 from collections.abc import Sequence
 

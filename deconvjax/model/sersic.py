@@ -1,3 +1,6 @@
+"""Sersic profiles, pixel-integrated by Gauss-Legendre quadrature so that cuspy cores (n of
+4 and more) keep their flux on coarse pixels."""
+
 from typing import ClassVar
 
 import equinox as eqx

@@ -1,3 +1,6 @@
+"""A source: its spectrum (flux per band), morphology and centre (model pixels, or a sky
+position converted by the frame's WCS)."""
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np

@@ -1,3 +1,6 @@
+"""PSFs given as images (measured or drawn), optical or effective (pixel response
+included), recentred and resampled onto the grids that need them."""
+
 from typing import ClassVar, Literal
 
 import jax.numpy as jnp

@@ -1,3 +1,6 @@
+"""The PSF family's interface (a kernel on any stamp, per band) and the helpers its members
+share: per-band parameters, normalisation, pixel-integration offsets."""
+
 import abc
 from collections.abc import Sequence
 from typing import ClassVar

@@ -1,3 +1,5 @@
+"""Gaussian PSFs, the usual model-frame PSF: exact pixel-integrated and band-limited kernels."""
+
 import math
 from collections.abc import Sequence
 

@@ -1,3 +1,5 @@
+"""Moffat PSFs (ground-based seeing), parametrised by FWHM and beta."""
+
 from collections.abc import Sequence
 
 import numpy as np

@@ -16,8 +16,6 @@ asked for it, so the fit does not chase the noise elsewhere. Refit the scene aft
 
 from __future__ import annotations
 
-import equinox as eqx
-import jax
 import numpy as np
 from scipy import ndimage
 
@@ -57,20 +55,12 @@ def with_structure_slots(scene: Scene, frame: Frame) -> Scene:
     compiling another one (in a first process the compilation is most of the time)."""
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
-    sources = _unbatched(scene)
+    sources = scene.sources()
     for k, src in enumerate(sources):
         m = src.morphology
         if isinstance(m, PixelMorphology):
             sources[k] = Source(src.spectrum, StructuredMorphology(m.pixels, symmetric=True), src.center)
     return Scene(frame, sources)
-
-
-def _unbatched(scene: Scene) -> list[Source]:
-    sources: list = [None] * scene.n_sources
-    for g, order in zip(scene.groups, scene.order):
-        for row, idx in enumerate(order):
-            sources[idx] = jax.tree.map(lambda x: x[row] if eqx.is_array(x) else x, g)
-    return sources
 
 
 def add_structure(
@@ -131,7 +121,7 @@ def add_structure(
     residual = np.asarray(obs.data - obs.predict(model)) * (np.asarray(obs.weights) > 0)  # (band, y, x)
     obs_bands = [frame.bands.index(b) for b in obs.bands]
 
-    sources = _unbatched(scene)
+    sources = scene.sources()
     changed = []
     ny, nx = frame.shape
     for k, src in enumerate(sources):

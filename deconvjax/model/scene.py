@@ -228,6 +228,15 @@ class Scene(eqx.Module):
     def n_sources(self) -> int:
         return sum(len(o) for o in self.order)
 
+    def sources(self) -> list[Source]:
+        """The unbatched sources, in the order given to the scene (``Scene(frame,
+        scene.sources())`` rebuilds the same scene)."""
+        out: list = [None] * self.n_sources
+        for g, order in zip(self.groups, self.order):
+            for row, idx in enumerate(order):
+                out[idx] = jax.tree.map(lambda x, r=row: x[r] if eqx.is_array(x) else x, g)
+        return out
+
     def stamps(self) -> tuple[tuple[Float[Array, "source band h w"], Int[Array, "source 2"]], ...]:
         """Per group: every source's ``(band, h, w)`` stamp and its top-left corner
         ``(y, x)`` in the model frame."""

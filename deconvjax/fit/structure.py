@@ -32,13 +32,12 @@ def _mad_std(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
-def residual_significance(scene: Scene, obs: Observation, smooth: float = 1.5) -> np.ndarray:
-    """``(y, x)`` the whitened residual of ``obs`` (its fitted background removed), summed
-    over bands, smoothed by a Gaussian of ``smooth`` pixels and divided by its own robust
-    noise (MAD over the unmasked pixels): a map in sigma of where the model misses
-    structure (> 0) or puts too much light (< 0)."""
-    model = scene.render()
-    white = np.asarray(obs.likelihood.whiten(obs.data - obs.predict(model), obs.weights))
+def residual_significance(obs: Observation, residual, smooth: float = 1.5) -> np.ndarray:
+    """``(y, x)`` the whitened ``residual`` ``(band, y, x)`` of ``obs`` (data less the
+    prediction, fitted background included), summed over bands, smoothed by a Gaussian of
+    ``smooth`` pixels and divided by its own robust noise (MAD over the unmasked pixels): a
+    map in sigma of where the model misses structure (> 0) or puts too much light (< 0)."""
+    white = np.asarray(obs.likelihood.whiten(residual, obs.weights))
     valid = np.asarray(obs.weights) > 0
     white = np.where(valid, white, 0.0).sum(axis=0) / np.sqrt(white.shape[0])
     sm = ndimage.gaussian_filter(white, smooth, mode="constant")
@@ -105,7 +104,8 @@ def add_structure(
     if not on_grid:
         return scene, []
     obs = on_grid[0]
-    sig = residual_significance(scene, obs, smooth)
+    residual = obs.data - obs.predict(scene.render())
+    sig = residual_significance(obs, residual, smooth)
     labels, n = ndimage.label(np.abs(sig) > nsigma)
     if n == 0:
         return scene, []
@@ -117,8 +117,7 @@ def add_structure(
     # Each pixel belongs to the source whose model is brightest there (band sum).
     per_source = np.asarray(scene.render_sources()).sum(axis=1)  # (source, y, x)
     owner = np.where(per_source.max(axis=0) > 0, per_source.argmax(axis=0), -1)
-    model = scene.render()
-    residual = np.asarray(obs.data - obs.predict(model)) * (np.asarray(obs.weights) > 0)  # (band, y, x)
+    residual = np.asarray(residual) * (np.asarray(obs.weights) > 0)  # (band, y, x)
     obs_bands = [frame.bands.index(b) for b in obs.bands]
 
     sources = scene.sources()

@@ -69,7 +69,7 @@ to end, 20,296 steps in all):
   program mostly on one core: the fit of the 256 (compiled) took 12.5 s with one pool,
   6.0 s with two. The pool's and the outputs' programs compile at once, in two threads.
 - Adam's first-moment decay 0.8 instead of 0.9 and a patience of 2 once the steps have
-  shrunk three times (`deconvjax.fit.optimise.ADAM_B1`, `LATE_PATIENCE`): 14,060 steps in
+  shrunk three times (`deconvjax.fit.solver.ADAM_B1`, `LATE_PATIENCE`): 14,060 steps in
   all instead of 20,296, median flux error 0.046 instead of 0.054 (truth: the simulated
   fluxes); 100 blends: 6,620 steps instead of 9,555, error 0.067 instead of 0.076.
 
@@ -217,19 +217,19 @@ def _constraints(plain=False):
 
 
 def dj_fit_one(field, max_iter, rtol=1e-4, stamp_size=None, chunk=None):
-    from deconvjax.fit import fit, init_scene, source_fluxes
+    from deconvjax.fit import AdamSolver, fit, init_scene, source_fluxes
 
     t0 = time.perf_counter()
     frame = field.frame()
     obs = field.to_observation(frame)
     scene = init_scene(frame, obs, truth_positions(field), kind="pixel", stamp_size=stamp_size)
-    fitted, result = fit(scene, obs, max_iter=max_iter, rtol=rtol, progress=False, chunk=chunk or max_iter,
+    fitted, result = fit(scene, obs, AdamSolver(rtol=rtol), max_iter=max_iter, progress=False, chunk=chunk or max_iter,
                          constraints=_constraints())
     return source_fluxes(fitted), time.perf_counter() - t0, result, (scene, obs)
 
 
 def dj_fit_batch(fields, max_iter, stamp_size, n_max, rtol=1e-4, plain=False, workers=None):
-    from deconvjax.fit import fit_batch, init_batch, source_fluxes, stack, unstack
+    from deconvjax.fit import AdamSolver, fit_batch, init_batch, source_fluxes, stack, unstack
 
     t0 = time.perf_counter()
     frame = fields[0].frame()
@@ -237,7 +237,7 @@ def dj_fit_batch(fields, max_iter, stamp_size, n_max, rtol=1e-4, plain=False, wo
     t1 = time.perf_counter()
     scenes, mask = init_batch(frame, obs, [truth_positions(f) for f in fields], n_max=n_max, stamp_size=stamp_size)
     t2 = time.perf_counter()
-    fitted, result = fit_batch(scenes, stack(obs), source_mask=mask, max_iter=max_iter, rtol=rtol, progress=False,
+    fitted, result = fit_batch(scenes, stack(obs), AdamSolver(rtol=rtol), source_mask=mask, max_iter=max_iter, progress=False,
                                chunk=max_iter, constraints=_constraints(plain), workers=workers)
     wall = time.perf_counter() - t0
     result.breakdown = {"observations": t1 - t0, "init": t2 - t1, "fit_with_compile": wall - (t2 - t0)}
@@ -311,11 +311,11 @@ def main(argv=None):
         for n_src in [int(s) for s in a.sources.split(",")]:
             field = simulate(1, a.seed + 1000 + n_src, (128, 128), n_src, n_src)[0]
             _, dj_full, res, (scene, obs) = dj_fit_one(field, a.max_iter, stamp_size=a.stamp_size)
-            from deconvjax.fit import fit
+            from deconvjax.fit import AdamSolver, fit
 
             def timed(n_it):
                 t = time.perf_counter()
-                fit(scene, obs, max_iter=n_it, rtol=0.0, min_iter=n_it, progress=False, chunk=n_it,
+                fit(scene, obs, AdamSolver(rtol=0.0, min_iter=n_it), max_iter=n_it, progress=False, chunk=n_it,
                     constraints=_constraints())
                 return time.perf_counter() - t
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import deconvjax.sims as sims
 from deconvjax import PixelMorphology, PointMorphology, Scene, SersicMorphology, Source
 from deconvjax.fit import (
+    AdamSolver,
     fit,
     fit_batch,
     init_batch,
@@ -45,17 +46,23 @@ def test_batched_fit_equals_individual_fits(fields):
     scenes, mask = init_batch(frame, obs, pos, n_max=2, stamp_size=21)
     assert mask.tolist() == [[True, False], [True, True], [True, False], [True, True]]
     # One worker of 8 slots for 4 cutouts: the one vmapped loop.
-    fitted, result = fit_batch(scenes, stack(obs), source_mask=mask, max_iter=60, rtol=1e-3, progress=False, workers=1)
+    fitted, result = fit_batch(scenes, stack(obs), AdamSolver(rtol=1e-3), source_mask=mask, max_iter=60, progress=False, workers=1)
     singles = unstack(scenes, len(fields))
     for i in range(len(fields)):
-        one, r1 = fit(singles[i], obs[i], source_mask=mask[i], max_iter=60, rtol=1e-3, progress=False)
+        one, r1 = fit(singles[i], obs[i], AdamSolver(rtol=1e-3), source_mask=mask[i], max_iter=60, progress=False)
         assert r1.iterations == result.iterations[i]
         a = np.asarray(one.render())
         b = np.asarray(unstack(fitted, len(fields))[i].render())
         # float32 rounding differs between the vmapped and the single program, and a fit
-        # still descending after 60 steps amplifies it (2.8e-4 of the peak on the brightest
-        # pixels of cutout 1 with JAX 0.10 on CPU): a logic error would differ by O(1).
-        np.testing.assert_allclose(b, a, atol=1e-3 * np.abs(a).max())
+        # still descending after 60 steps amplifies it: cutout 0 (not converged at 60)
+        # differs by up to 1.7e-3 of the peak, on 0.4% of its pixels beyond 3e-4, with
+        # JAX 0.10 on CPU (2.7e-4 with the hand-written update before `AdamSolver`'s optax
+        # chain); the converged cutouts by 2e-6. A logic error would differ by O(1), and
+        # the iteration counts above agree exactly.
+        np.testing.assert_allclose(b, a, atol=2.5e-3 * np.abs(a).max())
+        assert np.mean(np.abs(b - a) > 3e-4 * np.abs(a).max()) < 0.01
+        if result.converged[i]:
+            np.testing.assert_allclose(b, a, atol=1e-4 * np.abs(a).max())
         np.testing.assert_allclose(result.chi2_per_pixel[i], r1.chi2_per_pixel, rtol=1e-4)
         np.testing.assert_allclose(result.chi2_per_dof[i], r1.chi2_per_dof, rtol=1e-3)
         # Padding sources keep zero flux.
@@ -66,7 +73,7 @@ def test_batched_fit_equals_individual_fits(fields):
     # in two threads; three pools of one slot, over queues of 2, 1 and 1 cutouts.
     for workers, slots in ((1, 2), (2, 2), (3, 8)):
         pooled, pres = fit_batch(
-            scenes, stack(obs), source_mask=mask, max_iter=60, rtol=1e-3, progress=False, slots=slots, refill=7,
+            scenes, stack(obs), AdamSolver(rtol=1e-3), source_mask=mask, max_iter=60, progress=False, slots=slots, refill=7,
             chunk=9, workers=workers,
         )
         np.testing.assert_array_equal(pres.iterations, result.iterations)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deconvjax import Frame, GaussianMorphology, GaussianPSF, Observation, Scene, SersicMorphology, Source
-from deconvjax.fit import Constraints, compilation_count, detect, fit, init_scene, source_fluxes
+from deconvjax.fit import AdamSolver, Constraints, compilation_count, detect, fit, init_scene, source_fluxes
 from deconvjax.fit.constraints import monotonise, symmetrise
 
 SHAPE = (32, 32)
@@ -60,7 +60,7 @@ def test_recovers_fluxes_of_noiseless_blend(frame, blend, kind):
     truth, obs = blend
     kinds = "gaussian" if kind == "parametric" else "pixel"
     start = init_scene(frame, obs, TRUE_POS + 0.3, kind=kinds, stamp_size=25)
-    fitted, result = fit(start, obs, max_iter=400, rtol=1e-6, progress=False)
+    fitted, result = fit(start, obs, AdamSolver(rtol=1e-6), max_iter=400, progress=False)
     flux = source_fluxes(fitted)
     tol = 0.01 if kind == "parametric" else 0.04
     np.testing.assert_allclose(flux, TRUE_FLUX, rtol=tol)
@@ -79,7 +79,7 @@ def test_sersic_fit(frame):
     truth = truth_scene(frame, sersic=True)
     obs = observe(frame, truth)
     start = init_scene(frame, obs, TRUE_POS + 0.3, kind=["sersic", "gaussian"], stamp_size=25)
-    fitted, result = fit(start, obs, max_iter=400, rtol=1e-6, progress=False)
+    fitted, result = fit(start, obs, AdamSolver(rtol=1e-6), max_iter=400, progress=False)
     np.testing.assert_allclose(source_fluxes(fitted), TRUE_FLUX, rtol=0.01)
     np.testing.assert_allclose(np.asarray(fitted.groups[0].morphology.n), 1.0, rtol=0.05)
 
@@ -94,7 +94,7 @@ def test_joint_fit_of_two_observations(frame):
     b0 = Observation(np.zeros((1, 16, 16)), frame=big, psf=GaussianPSF(3.0), rms=0.1, bands=("i",), pixel_scale=2.0)
     b = Observation(np.asarray(b0(truth.render())) + np.random.default_rng(1).normal(0, 0.1, (1, 16, 16)), frame=big, psf=GaussianPSF(3.0), rms=0.1, bands=("i",), pixel_scale=2.0)
     start = init_scene(big, (a, b), TRUE_POS + 0.2, kind="gaussian", stamp_size=25)
-    fitted, result = fit(start, (a, b), max_iter=400, rtol=1e-6, progress=False)
+    fitted, result = fit(start, (a, b), AdamSolver(rtol=1e-6), max_iter=400, progress=False)
     np.testing.assert_allclose(source_fluxes(fitted), flux, rtol=0.03)
     assert not result.failed
 
@@ -106,7 +106,7 @@ def test_second_fit_does_not_recompile(frame, blend):
     count = compilation_count()
     other = observe(frame, truth_scene(frame, pos=TRUE_POS[::-1] + 1.0, flux=TRUE_FLUX * 2), seed=5)
     start2 = init_scene(frame, other, TRUE_POS[::-1] + 1.0, kind="pixel", stamp_size=25)
-    _, result = fit(start2, other, max_iter=40, learning_rate=0.5, rtol=1e-3, progress=True)
+    _, result = fit(start2, other, AdamSolver(learning_rate=0.5, rtol=1e-3), max_iter=40, progress=True)
     assert compilation_count() == count
     assert result.iterations > 0
 
@@ -147,7 +147,7 @@ def test_constraints_in_a_fit(frame, blend):
 def test_bad_arguments(frame, blend):
     truth, obs = blend
     with pytest.raises(ValueError, match="learning_rates"):
-        fit(truth, obs, learning_rates={"bogus": 1.0}, progress=False)
+        fit(truth, obs, AdamSolver(learning_rates={"bogus": 1.0}), progress=False)
     with pytest.raises(TypeError, match="scene"):
         fit("scene", obs, progress=False)
     with pytest.raises(ValueError, match="positions"):
@@ -155,7 +155,7 @@ def test_bad_arguments(frame, blend):
     with pytest.raises(ValueError, match="pixels"):
         Constraints(pixels="softmax")
     with pytest.raises(ValueError, match="late_patience"):
-        fit(truth, obs, late_patience=0, progress=False)
+        fit(truth, obs, AdamSolver(late_patience=0), progress=False)
 
 
 def test_late_patience_shortens_the_annealing():
@@ -169,7 +169,7 @@ def test_late_patience_shortens_the_annealing():
     pos = np.stack([field.truth["y"], field.truth["x"]], 1)
     start = init_scene(frame, obs, pos, kind="pixel", stamp_size=21)
     _, late = fit(start, obs, max_iter=300, progress=False)
-    _, slow = fit(start, obs, max_iter=300, progress=False, late_patience=None)
+    _, slow = fit(start, obs, AdamSolver(late_patience=None), max_iter=300, progress=False)
     assert late.converged and slow.converged
     assert late.iterations < slow.iterations - 5
     np.testing.assert_allclose(late.chi2_per_dof, slow.chi2_per_dof, rtol=0.02)

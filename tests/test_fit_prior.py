@@ -12,7 +12,8 @@ import numpy as np
 
 from deconvjax import Frame, GaussianPSF, Observation, PixelMorphology, Scene, Source
 from deconvjax.diffusion import GaussianDenoiser, prior_score_penalty
-from deconvjax.fit import Constraints, fit, optimise
+from deconvjax.fit import AdamSolver, Constraints, FitProblem, Objective, fit
+from deconvjax.fit.solver import group_step_sizes
 
 STAMP = 7
 SHAPE = (17, 17)
@@ -29,12 +30,16 @@ def _scene(frame, positions, sigma=1.2, flux=100.0):
 
 
 def _problem(scene, obs, prior, constraints):
-    settings = optimise._make_settings(1e-4, None, 5, 0, constraints, prior)
-    steps = optimise._check_steps(1.0, None)
-    step_tree = optimise._steps_of(scene.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
-    masks = optimise._masks_for(scene, None)
-    problem = optimise._Problem(scene=scene, observations=(obs,), masks=masks, steps=step_tree)
-    return problem, settings
+    """The problem and objective through the public solver API."""
+    objective = Objective(constraints, prior)
+    step_tree = group_step_sizes(scene.groups, AdamSolver().steps, constraints)
+    masks = tuple(jnp.ones(len(o)) for o in scene.order)
+    problem = FitProblem(scene=scene, observations=(obs,), masks=masks, steps=step_tree)
+    return problem, objective
+
+
+def _loss(u, problem, objective):
+    return objective.loss_and_groups(u, problem)[0]
 
 
 def test_prior_gradient_is_the_analytic_gaussian_score_in_one_call():
@@ -61,9 +66,9 @@ def test_prior_gradient_is_the_analytic_gaussian_score_in_one_call():
     cons = Constraints(symmetric=False, monotonic=False)
     with_prior, settings = _problem(scene, obs, hook, cons)
     without, settings0 = _problem(scene, obs, None, cons)
-    u = optimise._init(with_prior, settings).u
-    g1 = jax.grad(optimise._loss)(u, with_prior, settings)
-    g0 = jax.grad(optimise._loss)(u, without, settings0)
+    u = AdamSolver().init(with_prior, settings).u
+    g1 = jax.grad(_loss)(u, with_prior, settings)
+    g0 = jax.grad(_loss)(u, without, settings0)
     assert calls == [(3, 2, STAMP, STAMP)]
     # Analytic: the penalty's gradient w.r.t. the stamps m = spectrum x pixels is
     # -weight * score, score = -(C + sigma^2)^-1 (m / scale - mean) / scale; the fit moves
@@ -82,7 +87,7 @@ def test_prior_gradient_is_the_analytic_gaussian_score_in_one_call():
     np.testing.assert_allclose(got_pix, expect_pix, rtol=2e-3, atol=1e-4 * np.abs(expect_pix).max())
     np.testing.assert_allclose(got_spec, expect_spec, rtol=2e-3, atol=1e-4 * np.abs(expect_spec).max())
     # The penalty adds nothing to the loss value itself.
-    np.testing.assert_allclose(optimise._loss(u, with_prior, settings), optimise._loss(u, without, settings0), rtol=1e-6)
+    np.testing.assert_allclose(_loss(u, with_prior, settings), _loss(u, without, settings0), rtol=1e-6)
 
 
 def test_strong_prior_pulls_the_morphology_to_the_prior_mean():

@@ -1,5 +1,6 @@
-"""MAP fitting and deblending: initialisation, constraints, the in-jit optimiser,
-batched fits of many cutouts, measurements and catalogs, saving and loading."""
+"""MAP fitting and deblending: initialisation, constraints, the solver (`AdamSolver`) and
+the in-jit loop that runs it, batched fits of many cutouts, measurements and catalogs,
+saving and loading."""
 
 from .batch import batch_compilation_count as batch_compilation_count
 from .batch import fit_batch as fit_batch
@@ -20,10 +21,13 @@ from .io import write_results as write_results
 from .measure import catalog as catalog
 from .measure import deblend as deblend
 from .measure import source_fluxes as source_fluxes
-from .optimise import DEFAULT_STEPS as DEFAULT_STEPS
 from .optimise import FitResult as FitResult
 from .optimise import compilation_count as compilation_count
 from .optimise import fit as fit
 from .pipeline import write_products as write_products
+from .solver import DEFAULT_STEPS as DEFAULT_STEPS
+from .solver import AdamSolver as AdamSolver
+from .solver import FitProblem as FitProblem
+from .solver import Objective as Objective
 from .structure import add_structure as add_structure
 from .structure import with_structure_slots as with_structure_slots

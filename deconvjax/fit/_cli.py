@@ -138,6 +138,7 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
     from .init import init_scene
     from .optimise import fit
     from .pipeline import write_products
+    from .solver import AdamSolver
 
     try:
         data = _load(images, psf, weights, variance, rms, bands)
@@ -184,7 +185,8 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
             # A constrained fit that misses structure is refitted below, and what is
             # said about the noise is said of the refit.
             warnings.filterwarnings("ignore", message="fit: chi2/pixel", category=UserWarning)
-        fitted, result = fit(scene, obs, max_iter=max_iter, rtol=rtol, constraints=constraints, progress=progress)
+        fitted, result = fit(scene, obs, AdamSolver(rtol=rtol), max_iter=max_iter, constraints=constraints,
+                             progress=progress)
     if structure and not result.failed:
         from .structure import add_structure
 
@@ -193,7 +195,7 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
             click.echo(f"constrained fit: chi2/pixel {result.chi2_per_pixel:.3f}, "
                        f"{100 * result.frac_beyond_3sigma:.2f}% of pixels beyond 3 sigma; significant residual "
                        f"structure under source(s) {', '.join(map(str, changed))}: adding structure components, refitting")
-            fitted, result = fit(structured, obs, max_iter=max_iter, rtol=rtol, constraints=constraints,
+            fitted, result = fit(structured, obs, AdamSolver(rtol=rtol), max_iter=max_iter, constraints=constraints,
                                  progress=progress)
     written = write_products(out_dir, fitted, frame, obs, result, title=f"{Path(images[0]).name}",
                              segmentation=detection.segmentation, header_cards=data.noise_cards())

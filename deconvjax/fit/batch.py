@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
@@ -27,38 +27,31 @@ import numpy as np
 from jaxtyping import Array
 
 from ..frame import Frame
-from ..model import Scene, Source
+from ..model import MeasuredShape, Scene, Source
 from ..observation import Observation, as_observations
-from .constraints import Constraints
 from .init import (
-    KINDS,
     Kind,
-    _kernel_sigma2,
-    _make_morphology,
-    _moment_shapes,
-    _morphology_fields,
-    _normal_equations_impl,
-    _psf_sigma2,
-    _reference,
-    _solve,
+    check_kind,
+    kernel_sigma2,
+    moment_shapes,
+    normal_equations,
     positions_from,
+    psf_sigma2,
+    reference_observation,
+    solve_normal_equations,
 )
-from .optimise import (
-    LATE_PATIENCE,
-    PLATEAU_FACTOR,
-    FitResult,
-    MorphologyPrior,
-    _check_steps,
-    _group_steps,
-    _init_impl,
-    _loop_impl,
-    _make_settings,
-    _outputs_impl,
-    _Problem,
-    _run_impl,
-    _State,
-)
+from .optimise import FitResult, check_run
 from .quality import MAX_CHI2_PER_PIXEL, effective_parameters
+from .solver import (
+    AdamSolver,
+    FitProblem,
+    MorphologyPrior,
+    Objective,
+    SolverState,
+    count_parameters,
+    group_step_sizes,
+    run_steps,
+)
 
 
 def stack(trees: Sequence):
@@ -109,8 +102,7 @@ def init_batch(
     """
     if len(observations) != len(positions):
         raise ValueError(f"observations ({len(observations)}) and positions ({len(positions)}) differ in length")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    cls = check_kind(kind)
     counts = [len(np.atleast_2d(p)) if len(p) else 0 for p in positions]
     n_max = max(counts) if n_max is None else int(n_max)
     if max(counts) > n_max:
@@ -121,7 +113,7 @@ def init_batch(
         raise ValueError("every cutout needs at least one source position")
     size = int(stamp_size)
     per_cutout = [as_observations(o) for o in observations]
-    ref_index = [next((i for i, o in enumerate(obs) if _reference([o], frame) is not None), None) for obs in per_cutout]
+    ref_index = [next((i for i, o in enumerate(obs) if reference_observation([o], frame) is not None), None) for obs in per_cutout]
     if any(r is None for r in ref_index):
         raise ValueError("every cutout needs an observation on the model frame's grid")
     obs_stacked = stack(per_cutout)
@@ -129,9 +121,9 @@ def init_batch(
     ref = obs_stacked[ref_index[0]]
     data = np.asarray(ref.data, dtype=np.float64)
     weights = np.asarray(ref.weights, dtype=np.float64)
-    model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
+    model_sigma2 = psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
     # The observed PSF = model PSF * difference kernel; their second moments add.
-    psf_obs2 = model_sigma2 + _kernel_sigma2(np.fft.irfft2(np.asarray(ref.kernel_fft), s=ref.fft_shape))
+    psf_obs2 = model_sigma2 + kernel_sigma2(np.fft.irfft2(np.asarray(ref.kernel_fft), s=ref.fft_shape))
 
     pos = np.tile(np.array(frame.shape, float) / 2, (n_cut, n_max, 1))
     masks = np.zeros((n_cut, n_max), bool)
@@ -140,14 +132,14 @@ def init_batch(
         p = positions_from(frame, p)
         pos[c, :n] = p
         masks[c, :n] = True
-        sigmas, shears = _moment_shapes(data[c], weights[c], p, float(psf_obs2[c]))
-        one = [_morphology_fields(kind, sg, g1, g2, size, model_sigma2) for sg, (g1, g2) in zip(sigmas, shears)]
+        sigmas, shears = moment_shapes(data[c], weights[c], p, float(psf_obs2[c]))
+        one = [cls.initial_parameters(MeasuredShape(sg, g1, g2, model_sigma2), (size, size)) for sg, (g1, g2) in zip(sigmas, shears)]
         # Padding sources copy the first one's morphology (they have zero flux anyway).
         fields.append(one + [one[0]] * (n_max - n))
     leaves = {k: np.asarray([[f[k] for f in fc] for fc in fields], dtype=np.float64) for k in fields[0][0]}
     # One template source, stacked into a batched group of n_max, then every leaf
     # replaced by its (cutout, source, ...) host array: one device transfer per leaf.
-    template = Source(np.ones(nb), _make_morphology(kind, fields[0][0], size), pos[0, 0])
+    template = Source(np.ones(nb), cls.from_parameters(fields[0][0], (size, size)), pos[0, 0])
     f32 = np.dtype(jnp.result_type(float))
     # Broadcasts and casts on the host: each eager device op of a new shape compiles.
     host = lambda x, n: jnp.asarray(np.broadcast_to(np.asarray(x, dtype=f32), (n, *np.shape(x))))  # noqa: E731
@@ -167,9 +159,11 @@ def init_batch(
     mat = np.zeros((n_cut, nb, n_max, n_max))
     rhs = np.zeros((n_cut, nb, n_max))
     noise = np.zeros((n_cut, nb))
+    # Free-form images at the stamp centre, (cutout, source, h, w), for the host path.
+    images = np.asarray(stacked.groups[0].morphology.free_image(), np.float64) if cls.free_form else None
     for o in obs_stacked:
-        if kind == "pixel" and o.coords is None:
-            m, r = _pixel_normal_equations(leaves["pixels"], pos, o)
+        if images is not None and o.coords is None:
+            m, r = _free_form_normal_equations(images, pos, o)
         else:
             m, r = _normal_equations_b(stacked, o)
         m, r = np.asarray(m, dtype=np.float64), np.asarray(r, dtype=np.float64)
@@ -185,7 +179,7 @@ def init_batch(
     spectra = np.zeros((n_cut, n_max, nb))
     for c in range(n_cut):
         keep = masks[c]
-        sub = _solve(mat[c][:, keep][:, :, keep], rhs[c][:, keep], noise[c])
+        sub = solve_normal_equations(mat[c][:, keep][:, :, keep], rhs[c][:, keep], noise[c])
         spectra[c][keep] = sub
         spectra[c][~keep] = sub.min(axis=0)
     # One kind and one stamp size: a single group whose rows are the sources in order.
@@ -202,8 +196,8 @@ def _dirichlet_shift(n: int, d: np.ndarray) -> np.ndarray:
     return np.where(np.abs(t) < 1e-9, 1.0, out)
 
 
-def _pixel_normal_equations(pixels: np.ndarray, centers: np.ndarray, obs: Observation):
-    """`_normal_equations_impl` for free-form sources on an observation on the model
+def _free_form_normal_equations(pixels: np.ndarray, centers: np.ndarray, obs: Observation):
+    """`normal_equations` for free-form sources on an observation on the model
     grid, for all cutouts at once on the host (numpy and scipy's float32 FFTs): the same
     ``A^T W A`` and ``A^T W d``, without compiling a program for one call.
 
@@ -237,21 +231,34 @@ def _pixel_normal_equations(pixels: np.ndarray, centers: np.ndarray, obs: Observ
     return m, r
 
 
-_normal_equations_b = eqx.filter_jit(eqx.filter_vmap(_normal_equations_impl))
+_normal_equations_b = eqx.filter_jit(eqx.filter_vmap(normal_equations))
 
 
 def _batched(fn, in_axes):
     return eqx.filter_jit(eqx.filter_vmap(fn, in_axes=in_axes))
 
 
-_init_b = _batched(_init_impl, (0, None))
-_run_b = _batched(_run_impl, (0, 0, None, None))
-_steps_b = eqx.filter_jit(
-    eqx.filter_vmap(
-        lambda groups, steps, constraints: tuple(_group_steps(g, steps, constraints) for g in groups),
-        in_axes=(0, None, None),
-    )
-)
+def _init_one(problem: FitProblem, solver: AdamSolver, objective: Objective) -> SolverState:
+    return solver.init(problem, objective)
+
+
+def _run_one(state: SolverState, problem: FitProblem, solver: AdamSolver, objective: Objective, until):
+    state = run_steps(solver, state, problem, objective, until)
+    return state, solver.postprocess(state, problem, objective)
+
+
+def _outputs_one(state: SolverState, problem: FitProblem, solver: AdamSolver, objective: Objective):
+    return solver.postprocess(state, problem, objective)
+
+
+def _steps_one(groups, steps, constraints):
+    return group_step_sizes(groups, steps, constraints)
+
+
+# Cutout-batched: problems and states vmapped, the solver and objective shared.
+_init_b = _batched(_init_one, (0, None, None))
+_run_b = _batched(_run_one, (0, 0, None, None, None))
+_steps_b = _batched(_steps_one, (0, None, None))
 
 
 def batch_compilation_count() -> int:
@@ -285,10 +292,10 @@ class _Pool(eqx.Module):
     its first ``n_queue`` entries are the queue's (the rest pad queues of several pools to
     one shape, so that they share one compiled program)."""
 
-    state: _State
+    state: SolverState
     pending: Array
     slot_idx: Array
-    slot_state: _State
+    slot_state: SolverState
     next_ptr: Array
     order: Array
     n_queue: Array
@@ -302,7 +309,7 @@ def _put(tree, idx, values):
     return jax.tree.map(lambda x, v: x.at[idx].set(v), tree, values)
 
 
-def _pool_init_impl(state: _State, order, n_queue, n_slots: int) -> _Pool:
+def _pool_init_impl(state: SolverState, order, n_queue, n_slots: int) -> _Pool:
     queue = _take(state, order)
     slot_idx = jnp.arange(n_slots, dtype=jnp.int32)
     return _Pool(
@@ -316,13 +323,14 @@ def _pool_init_impl(state: _State, order, n_queue, n_slots: int) -> _Pool:
     )
 
 
-def _pool_run_impl(pool: _Pool, problem: _Problem, settings, max_iter, budget, refill):
+def _pool_run_impl(pool: _Pool, problem: FitProblem, solver: AdamSolver, objective: Objective, max_iter, budget,
+                   refill):
     """Run the slots ``refill`` steps at a time (each slot's cutout at most ``max_iter``
     in all), writing every slot back and refilling the finished ones, until every cutout
     of the queue is done or ``budget`` steps have passed. The outputs (groups, loss, chi2)
     are computed once at the end, by `_outputs_b`, not every round."""
     size = pool.order.shape[0]
-    loop_b = jax.vmap(_loop_impl, in_axes=(0, 0, None, 0))
+    loop_b = jax.vmap(lambda st, pr, until: run_steps(solver, st, pr, objective, until))
 
     def active(p):
         return ~p.slot_state.done & (p.slot_state.step < max_iter)
@@ -334,7 +342,7 @@ def _pool_run_impl(pool: _Pool, problem: _Problem, settings, max_iter, budget, r
     def body(carry):
         p, clock = carry
         until = jnp.minimum(p.slot_state.step + refill, max_iter)
-        slot_state = loop_b(p.slot_state, _take(problem, p.order[p.slot_idx]), settings, until)
+        slot_state = loop_b(p.slot_state, _take(problem, p.order[p.slot_idx]), until)
         state = _put(p.state, p.slot_idx, slot_state)
         pending = p.pending.at[p.slot_idx].set(False)
         # Finished slots take the next cutouts of the queue, in slot order.
@@ -372,7 +380,7 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _merge_queues(initial: _State, pools: Sequence[_Pool], n_queues: Sequence[int]) -> _State:
+def _merge_queues(initial: SolverState, pools: Sequence[_Pool], n_queues: Sequence[int]) -> SolverState:
     """Every cutout's final state, from the pools' queues (on the host: no program)."""
     leaves, treedef = jax.tree.flatten(initial)
     out = [np.array(x) if eqx.is_array(x) else x for x in leaves]
@@ -386,10 +394,10 @@ def _merge_queues(initial: _State, pools: Sequence[_Pool], n_queues: Sequence[in
 
 _pool_init = eqx.filter_jit(_pool_init_impl)
 _pool_run = eqx.filter_jit(_pool_run_impl)
-_outputs_b = eqx.filter_jit(eqx.filter_vmap(_outputs_impl, in_axes=(0, 0, None)))
+_outputs_b = _batched(_outputs_one, (0, 0, None, None))
 
 
-def _fit_pools(problem, settings, source_mask, n_slots, workers, max_iter, chunk, refill, progress):
+def _fit_pools(problem, solver, objective, source_mask, n_slots, workers, max_iter, chunk, refill, progress):
     """Fit every cutout with ``workers`` slot pools of ``n_slots`` slots, each driven by
     its own host thread over its share of the cutouts; returns every cutout's final state
     and the ``(clock, cutouts finished)`` log."""
@@ -404,7 +412,7 @@ def _fit_pools(problem, settings, source_mask, n_slots, workers, max_iter, chunk
     size = max(len(q) for q in queues)
     # Queues padded to one length (with their last cutout, never taken): one program.
     padded = [np.concatenate([q, np.full(size - len(q), q[-1], np.int32)]) for q in queues]
-    initial = _init_b(problem, settings)
+    initial = _init_b(problem, solver, objective)
     pools = [
         _pool_init(initial, jnp.asarray(p), jnp.asarray(len(q), jnp.int32), n_slots) for p, q in zip(padded, queues)
     ]
@@ -413,8 +421,8 @@ def _fit_pools(problem, settings, source_mask, n_slots, workers, max_iter, chunk
     )
     with ThreadPoolExecutor(max_workers=max(workers, 2)) as ex:
         # The two programs still to compile, at once (XLA compiles outside the GIL).
-        outputs = ex.submit(lambda: _outputs_b.lower(initial, problem, settings).compile())
-        _pool_run.lower(pools[0], problem, settings, *args).compile()
+        outputs = ex.submit(lambda: _outputs_b.lower(initial, problem, solver, objective).compile())
+        _pool_run.lower(pools[0], problem, solver, objective, *args).compile()
         outputs.result()
         lock = threading.Lock()
         history: list[tuple[int, int]] = []
@@ -425,7 +433,7 @@ def _fit_pools(problem, settings, source_mask, n_slots, workers, max_iter, chunk
             def drive(w):
                 pool, nq = pools[w], len(queues[w])
                 while True:
-                    pool = _pool_run(pool, problem, settings, *args)
+                    pool = _pool_run(pool, problem, solver, objective, *args)
                     # Progress on the host, in numpy (eager device ops would each compile).
                     pending = np.asarray(pool.pending)[:nq]
                     done = (np.asarray(pool.state.done) | (np.asarray(pool.state.step) >= max_iter))[:nq]
@@ -454,19 +462,11 @@ class _Weights:
 def fit_batch(
     scenes: Scene,
     observations: Observation | Sequence[Observation],
+    solver: AdamSolver | None = None,
     *,
-    source_mask=None,
     max_iter: int = 300,
-    rtol: float = 1e-4,
-    min_iter: int = 10,
-    learning_rate: float = 1.0,
-    learning_rates: Mapping[str, float] | None = None,
-    halflife: float | None = None,
-    patience: int | None = 5,
-    plateau_rtol: float | None = None,
-    plateau_factor: float = PLATEAU_FACTOR,
-    late_patience: int | None = LATE_PATIENCE,
-    constraints: Constraints | None = None,
+    source_mask=None,
+    constraints=None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
     chunk: int = 25,
@@ -503,7 +503,8 @@ def fit_batch(
       XLA:CPU runs each pool's program mostly on one core, so on CPU this is the way to
       use them all.
     - `chunk`: the host is touched (progress bar, loss log) every ``chunk`` steps.
-    - the rest as `fit`.
+    - `solver`, `max_iter`, `constraints`, `fit_centers`, `morphology_prior`, `progress`:
+      as `fit`.
 
     **Returns:** the stacked fitted scenes and a `FitResult` whose fields are arrays over
     cutouts (``loss_history`` holds ``(step, mean loss)``; with slots, the steps of the
@@ -521,10 +522,10 @@ def fit_batch(
     for i, o in enumerate(observations):
         if o.data.ndim != 4 or o.data.shape[0] != n:
             raise ValueError(f"observations[{i}] must be stacked over the {n} cutouts, got data shape {o.data.shape}")
-    constraints = Constraints() if constraints is None else constraints
-    steps = _check_steps(learning_rate, learning_rates)
+    solver = check_run(solver, max_iter, chunk)
     if not fit_centers:
-        steps["center"] = 0.0
+        solver = solver.without("center")
+    objective = Objective(constraints, morphology_prior)
     if source_mask is None:
         source_mask = np.ones((n, scenes.n_sources), bool)
     source_mask = np.asarray(source_mask, bool)
@@ -532,11 +533,8 @@ def fit_batch(
         raise ValueError(f"source_mask must be ({n}, {scenes.n_sources}) bool, got {source_mask.shape}")
     f32 = np.dtype(jnp.result_type(float))
     masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)].astype(f32)) for o in scenes.order)
-    settings = _make_settings(
-        rtol, halflife, patience, min_iter, constraints, morphology_prior, plateau_rtol, plateau_factor, late_patience
-    )
-    step_tree = _steps_b(scenes.groups, {k: jnp.asarray(v) for k, v in steps.items()}, constraints)
-    problem = _Problem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
+    step_tree = _steps_b(scenes.groups, solver.steps, objective.constraints)
+    problem = FitProblem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
     if shard:
         problem = _shard(problem, n)
     history = []
@@ -556,12 +554,14 @@ def fit_batch(
         workers = min(int(workers), n)
         n_slots = min(int(slots), n // workers)
     if workers == 1 and n_slots == n:
-        state = _init_b(problem, settings)
+        state = _init_b(problem, solver, objective)
         with tqdm(total=int(max_iter), desc=f"fit {n} cutouts", disable=not progress, leave=False) as bar:
             step = 0
             while True:
                 until = min(step + int(chunk), int(max_iter))
-                state, (groups, loss, chi2, n_valid) = _run_b(state, problem, settings, jnp.asarray(until, jnp.int32))
+                state, (groups, loss, chi2, n_valid) = _run_b(
+                    state, problem, solver, objective, jnp.asarray(until, jnp.int32)
+                )
                 new_step = int(jnp.max(state.step))
                 bar.update(new_step - step)
                 history.append((new_step, float(jnp.mean(loss))))
@@ -569,17 +569,14 @@ def fit_batch(
                     break
                 step = new_step
     else:
-        state, history = _fit_pools(problem, settings, source_mask, n_slots, workers, max_iter, chunk, refill, progress)
-        groups, loss, chi2, n_valid = _outputs_b(state, problem, settings)
+        state, history = _fit_pools(
+            problem, solver, objective, source_mask, n_slots, workers, max_iter, chunk, refill, progress
+        )
+        groups, loss, chi2, n_valid = _outputs_b(state, problem, solver, objective)
         history = [(c, float(np.mean(np.asarray(loss))) if k == n else float("nan")) for c, k in history]
     # Free parameters per cutout: the moving entries of every leaf of the sources present
-    # (`_n_params`, on the host: no program to compile for it).
-    n_params = sum(
-        ((np.asarray(leaf).reshape(*np.shape(leaf)[:2], -1) > 0).sum(axis=-1) * np.asarray(m)).sum(axis=-1)
-        for g, m in zip(step_tree, masks)
-        for leaf in jax.tree.leaves(eqx.filter(g, eqx.is_inexact_array))
-    )
-    n_params = np.asarray(n_params)
+    # (on the host, in numpy: no program to compile for it).
+    n_params = np.asarray(count_parameters(jax.tree.map(np.asarray, step_tree), [np.asarray(m) for m in masks]))
     failed = np.asarray(state.failed)
     if failed.any():
         warnings.warn(
@@ -600,7 +597,7 @@ def fit_batch(
             jax.tree.map(lambda x, i=i: x[i], host_scenes),
             [_Weights(w[i]) for w in host_weights],
             int(n_params[i]),
-            constraints.symmetric,
+            objective.constraints.symmetric,
         )
         for i in range(n)
     ])

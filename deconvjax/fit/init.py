@@ -6,7 +6,6 @@ light."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -16,15 +15,24 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
 from ..frame import Frame
-from ..model import GaussianMorphology, PixelMorphology, PointMorphology, Scene, SersicMorphology, Source
+from ..model import MeasuredShape, Scene, Source, morphology_class, morphology_kinds
 from ..observation import Observation, as_observations
 from .detection import STAMP_SIZES as STAMP_SIZES
 from .detection import Detection, find_sources, psf_width
 from .detection import detect as detect
 from .detection import detection_image as detection_image
 
-Kind = Literal["pixel", "sersic", "gaussian", "point"]
-KINDS = ("pixel", "sersic", "gaussian", "point")
+#: A morphology kind: ``"pixel"``, ``"sersic"``, ``"gaussian"``, ``"point"``,
+#: ``"starlet"``, ``"structured"``, or any morphology's `kind` (`morphology_kinds`).
+Kind = str
+
+
+def check_kind(kind: str, name: str = "kind") -> type:
+    """The morphology class of ``kind``; a `ValueError` naming ``name`` lists the kinds."""
+    try:
+        return morphology_class(kind)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name} must be one of {sorted(morphology_kinds())}, got {kind!r}") from None
 
 
 def positions_from(frame: Frame, catalog) -> np.ndarray:
@@ -45,7 +53,7 @@ def positions_from(frame: Frame, catalog) -> np.ndarray:
     return np.asarray(pos, dtype=np.float64).reshape(-1, 2)
 
 
-def _psf_sigma2(psf_kernel: np.ndarray) -> float | np.ndarray:
+def psf_sigma2(psf_kernel: np.ndarray) -> float | np.ndarray:
     """Mean second moment per axis of a ``(..., h, w)`` kernel, pixels^2 (one per leading
     index: many cutouts' kernels at once)."""
     k = np.clip(psf_kernel, 0, None)
@@ -131,7 +139,7 @@ def _stamp_size(sigma: float, sizes=STAMP_SIZES) -> int:
     return sizes[-1]
 
 
-def _reference(observations, frame):
+def reference_observation(observations, frame):
     """The first observation on the model grid, for moments and detection."""
     for o in observations:
         if o.coords is None and o.frame_shape == frame.shape:
@@ -139,67 +147,25 @@ def _reference(observations, frame):
     return None
 
 
-def _gaussian_image(shape, sigma, g1, g2) -> np.ndarray:
-    """A sheared Gaussian sampled at the pixel centres of a stamp (centre pixel h//2, w//2),
-    in numpy: initialisation needs no device round trip per source."""
-    h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    dy, dx = yy - h // 2, xx - w // 2
-    norm = 1.0 / np.sqrt(max(1.0 - g1**2 - g2**2, 1e-6))
-    s = norm * np.array([[1.0 - g1, g2], [g2, 1.0 + g1]])
-    cov = sigma**2 * (s @ s)
-    inv = np.linalg.inv(cov)
-    q = inv[0, 0] * dy**2 + 2 * inv[0, 1] * dy * dx + inv[1, 1] * dx**2
-    return np.exp(-0.5 * q)
-
-
-def _morphology_fields(kind, sig, g1, g2, size, model_sigma2) -> dict:
-    """The parameters (numpy) of one unit-flux morphology of ``kind`` on a ``size`` stamp:
-    kept apart from the objects so batched initialisation stacks them on the host."""
-    if kind == "point":
-        return {}
-    if kind == "gaussian":
-        return {"sigma": sig, "g1": g1, "g2": g2}
-    if kind == "sersic":
-        # A Gaussian's half-light radius is 1.177 sigma; start exponential-like.
-        return {"n": 1.0, "r_e": 1.177 * sig, "g1": g1, "g2": g2}
-    # Free-form pixels live behind the model PSF: a Gaussian of the summed width.
-    wide = np.sqrt(sig**2 + model_sigma2)
-    img = _gaussian_image((size, size), wide, g1, g2)
-    img = np.maximum(img, 1e-6 * img.max()) if img.max() > 0 else np.full(img.shape, 1.0)
-    return {"pixels": img / img.sum()}
-
-
-def _make_morphology(kind, fields: dict, size: int):
-    shape = (size, size)
-    if kind == "point":
-        return PointMorphology(shape=shape)
-    if kind == "gaussian":
-        return GaussianMorphology(fields["sigma"], fields["g1"], fields["g2"], shape=shape)
-    if kind == "sersic":
-        return SersicMorphology(fields["n"], fields["r_e"], fields["g1"], fields["g2"], shape=shape)
-    return PixelMorphology(fields["pixels"])
-
-
-def _morphology_size(kind, sig, model_sigma2, stamp_size) -> int:
+def _stamp_sigma_size(cls, measured: MeasuredShape, stamp_size) -> int:
     if stamp_size:
         return int(stamp_size)
-    if kind == "point":
-        return _stamp_size(np.sqrt(model_sigma2))
-    return _stamp_size(np.sqrt(sig**2 + model_sigma2))
+    return _stamp_size(cls.stamp_sigma(measured))
 
 
 def _unit_morphologies(frame, kind, sigmas, shears, stamp_size, min_sizes=None, max_sizes=None):
-    model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
+    model_sigma2 = psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
     morphs = []
     for s, (sig, (g1, g2)) in enumerate(zip(sigmas, shears)):
-        size = _morphology_size(kind[s], sig, model_sigma2, stamp_size)
+        cls = morphology_class(kind[s])
+        size = _stamp_sigma_size(cls, MeasuredShape(sig, g1, g2, model_sigma2), stamp_size)
         if not stamp_size and max_sizes is not None and int(max_sizes[s]) > 0:
             size = min(size, int(max_sizes[s]))
             sig = min(sig, size / 6.0)  # the starting Gaussian fits in its stamp
         if not stamp_size and min_sizes is not None:
             size = max(size, int(min_sizes[s]))
-        morphs.append(_make_morphology(kind[s], _morphology_fields(kind[s], sig, g1, g2, size, model_sigma2), size))
+        measured = MeasuredShape(sig, g1, g2, model_sigma2)
+        morphs.append(cls.from_parameters(cls.initial_parameters(measured, (size, size)), (size, size)))
     return morphs
 
 
@@ -214,17 +180,17 @@ def solve_spectra(scene: Scene, observations, *, floor: float | None = None) -> 
     rhs = np.zeros((nb, n))
     noise = np.zeros(nb)
     for o in observations:
-        m, r = _normal_equations(scene, o)
+        m, r = _normal_equations_jit(scene, o)
         for j, b in enumerate(o.band_index):
             mat[b] += np.asarray(m[j], dtype=np.float64)
             rhs[b] += np.asarray(r[j], dtype=np.float64)
             w = np.asarray(o.weights[j])
             if np.any(w > 0):
                 noise[b] = max(noise[b], float(np.median(1 / np.sqrt(w[w > 0]))))
-    return _solve(mat, rhs, noise, floor)
+    return solve_normal_equations(mat, rhs, noise, floor)
 
 
-def _solve(mat, rhs, noise, floor=None) -> np.ndarray:
+def solve_normal_equations(mat, rhs, noise, floor=None) -> np.ndarray:
     """Solve the per-band normal equations ``(band, n, n)``; clip to a positive floor."""
     nb, n, _ = mat.shape
     spectra = np.zeros((n, nb))
@@ -240,7 +206,7 @@ def _solve(mat, rhs, noise, floor=None) -> np.ndarray:
     return np.maximum(spectra, fl[None, :])
 
 
-def _normal_equations_impl(scene: Scene, obs: Observation):
+def normal_equations(scene: Scene, obs: Observation):
     """Per observation band, ``M = A^T W A`` and ``r = A^T W d``, ``A`` the sources with
     unit spectra seen through the observation."""
     if obs.coords is None:
@@ -261,7 +227,7 @@ def _normal_equations_impl(scene: Scene, obs: Observation):
     return m, r
 
 
-_normal_equations = eqx.filter_jit(_normal_equations_impl)
+_normal_equations_jit = eqx.filter_jit(normal_equations)
 
 
 def init_scene(
@@ -288,8 +254,10 @@ def init_scene(
       Table (``y``/``x`` or ``ra``/``dec`` columns). ``None`` detects them
       (`deconvjax.fit.detection.find_sources`: ``nsigma`` above the background,
       ``min_distance``, ``max_sources``, deblending ``contrast``).
-    - `kind`: ``"pixel"`` (free-form, scarlet style), ``"sersic"``, ``"gaussian"`` or
-      ``"point"``, or one per source: parametric and free-form sources mix in a scene.
+    - `kind`: a morphology kind (`deconvjax.model.morphology_kinds`): ``"pixel"``
+      (free-form, scarlet style), ``"starlet"`` (free-form in the starlet basis),
+      ``"structured"``, ``"sersic"``, ``"gaussian"`` or ``"point"``; or one per source:
+      parametric and free-form sources mix in a scene.
     - `stamp_size`: one odd stamp size for every source (fixes the scene's structure, as
       batched fits of many cutouts need); default: from each source's size and segment.
     - `return_detection`: also return the `Detection` (positions, segmentation map,
@@ -309,7 +277,7 @@ def init_scene(
     # of it, or the sky would go into the sources' sizes and fluxes (the fit then
     # refines the background together with the sources).
     observations = tuple(_less_initial_background(o) for o in observations)
-    ref = _reference(observations, frame)
+    ref = reference_observation(observations, frame)
     if ref is None:
         raise ValueError(
             "init_scene needs one observation on the model frame's pixel grid (for detection "
@@ -340,8 +308,10 @@ def init_scene(
     if outside.any():
         raise ValueError(f"positions {np.nonzero(outside)[0].tolist()} lie outside the frame of shape {frame.shape}")
     kinds = [kind] * n if isinstance(kind, str) else list(kind)
-    if len(kinds) != n or any(k not in KINDS for k in kinds):
-        raise ValueError(f"kind must be one of {KINDS} or one per source ({n}), got {kind!r}")
+    if len(kinds) != n:
+        raise ValueError(f"kind must be one kind or one per source ({n}), got {kind!r}")
+    for k in kinds:
+        check_kind(k)
     if detection is None and (stamp_size is None or return_detection):
         # Given positions: the footprints divided among them size their stamps.
         detection = find_sources(data, weights, positions=positions, **det_kwargs)
@@ -397,12 +367,12 @@ def _observed_psf(frame: Frame, ref: Observation) -> np.ndarray:
     return np.fft.irfft2(np.fft.rfft2(pad)[None] * np.asarray(ref.kernel_fft), s=ref.fft_shape)
 
 
-def _observed_psf_sigma2(frame: Frame, ref: Observation) -> float:
+def _observedpsf_sigma2(frame: Frame, ref: Observation) -> float:
     """Second moment per axis (pixels^2) of ``ref``'s PSF: the model PSF's plus the
     difference kernel's (second moments add under convolution)."""
-    model_sigma2 = _psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
+    model_sigma2 = psf_sigma2(frame.psf_kernel((31, 31), pixel_integrated=True))
     psf_k = np.fft.irfft2(np.asarray(ref.kernel_fft), s=ref.fft_shape)
-    return float(model_sigma2 + _kernel_sigma2(psf_k))
+    return float(model_sigma2 + kernel_sigma2(psf_k))
 
 
 def initial_morphologies(
@@ -415,14 +385,14 @@ def initial_morphologies(
     (e.g. `Detection.stamp_sizes`, 0 for none); ``max_sizes``: per source, the largest
     (`Detection.max_sizes`, 0 for no limit: the moments of a satellite include its host's
     halo); ``stamp_size`` overrides them."""
-    sigmas, shears = _moment_shapes(
+    sigmas, shears = moment_shapes(
         np.asarray(ref.data, dtype=np.float64), np.asarray(ref.weights, dtype=np.float64), positions,
-        _observed_psf_sigma2(frame, ref),
+        _observedpsf_sigma2(frame, ref),
     )
     return _unit_morphologies(frame, kinds, sigmas, shears, stamp_size, min_sizes, max_sizes)
 
 
-def _moment_shapes(data, weights, positions, psf_obs2) -> tuple[list, list]:
+def moment_shapes(data, weights, positions, psf_obs2) -> tuple[list, list]:
     """Intrinsic sizes and shears of the sources at ``positions`` from the moments of
     one cutout's ``(band, y, x)`` data; ``psf_obs2`` is the observed PSF's second moment
     (model PSF and difference kernel: their second moments add)."""
@@ -440,9 +410,9 @@ def _moment_shapes(data, weights, positions, psf_obs2) -> tuple[list, list]:
     return sigmas, shears
 
 
-def _kernel_sigma2(k: np.ndarray) -> float | np.ndarray:
+def kernel_sigma2(k: np.ndarray) -> float | np.ndarray:
     """Second moment per axis of the (wrapped-around) difference kernel ``(..., band, h,
     w)``, averaged over bands."""
     k = k if k.ndim >= 3 else k[None]
-    out = np.mean(_psf_sigma2(np.fft.fftshift(k, axes=(-2, -1))), axis=-1)
+    out = np.mean(psf_sigma2(np.fft.fftshift(k, axes=(-2, -1))), axis=-1)
     return float(out) if np.ndim(out) == 0 else out

@@ -18,15 +18,7 @@ from astropy.wcs import WCS
 from .._atomic import atomic_write
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..frame import Frame
-from ..model import (
-    GaussianMorphology,
-    PixelMorphology,
-    PointMorphology,
-    Scene,
-    SersicMorphology,
-    Source,
-    StructuredMorphology,
-)
+from ..model import MeasuredShape, Scene, Source, morphology_class
 from ..observation import as_observations
 from ..psf import ArrayPSF, GaussianPSF, MoffatPSF
 from .measure import catalog as make_catalog
@@ -36,13 +28,6 @@ FORMAT = "deconvjax-scene/1"
 #: The checkpoint kind of a saved scene.
 SCENE_KIND = "scene"
 
-_MORPHOLOGIES = {
-    "GaussianMorphology": lambda shape: GaussianMorphology(1.0, shape=shape),
-    "SersicMorphology": lambda shape: SersicMorphology(1.0, 1.0, shape=shape),
-    "PointMorphology": lambda shape: PointMorphology(shape=shape),
-    "PixelMorphology": lambda shape: PixelMorphology(np.zeros(shape)),
-    "StructuredMorphology": lambda shape: StructuredMorphology(np.zeros(shape)),
-}
 
 
 def _psf_to_json(psf) -> dict:
@@ -111,14 +96,30 @@ def save_scene(path, scene: Scene, frame: Frame, result=None) -> tuple[Path]:
         path = path.with_suffix("")
     groups = []
     for g, o in zip(scene.groups, scene.order):
-        name = type(g.morphology).__name__
-        if name not in _MORPHOLOGIES:
-            raise TypeError(f"cannot save a morphology of type {name}")
-        groups.append({"morphology": name, "shape": list(g.morphology.shape), "order": list(o)})
+        # The morphology by its kind, and the shape of each of its leaves per source, so
+        # that loading rebuilds the tree whatever the morphology's options were.
+        leaves = [list(np.shape(x)[1:]) for x in jax.tree.leaves(eqx.filter(g.morphology, eqx.is_array))]
+        groups.append({"morphology": g.morphology.kind, "shape": list(g.morphology.shape), "order": list(o),
+                       "leaf_shapes": leaves})
     meta = {"format": FORMAT, "frame": frame_to_json(frame), "groups": groups, "result": _result_to_json(result)}
     target = path.with_suffix(".eqx")
     save_checkpoint(target, SCENE_KIND, meta, scene.groups)
     return (target,)
+
+
+def _template(group: dict):
+    """A morphology of the saved group's kind and leaf shapes (values to be read)."""
+    cls = morphology_class(group["morphology"])
+    shape = tuple(group["shape"])
+    template = cls.from_parameters(cls.initial_parameters(MeasuredShape(1.0, model_sigma2=1.0), shape), shape)
+    if "leaf_shapes" not in group:  # scenes saved before leaf shapes were recorded
+        return template
+    arrays, static = eqx.partition(template, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(arrays)
+    if len(leaves) != len(group["leaf_shapes"]):
+        raise ValueError(f"a saved {group['morphology']} group has {len(group['leaf_shapes'])} leaves, expected {len(leaves)}")
+    zeros = [jnp.zeros(tuple(s), x.dtype) for x, s in zip(leaves, group["leaf_shapes"])]
+    return eqx.combine(jax.tree.unflatten(treedef, zeros), static)
 
 
 def _skeleton(meta: dict):
@@ -126,7 +127,7 @@ def _skeleton(meta: dict):
     skeleton = []
     for g in meta["groups"]:
         n = len(g["order"])
-        one = Source(np.ones(frame.n_bands), _MORPHOLOGIES[g["morphology"]](tuple(g["shape"])), np.zeros(2))
+        one = Source(np.ones(frame.n_bands), _template(g), np.zeros(2))
         skeleton.append(jax.tree.map(lambda x: jnp.stack([x] * n), one))
     return tuple(skeleton)
 

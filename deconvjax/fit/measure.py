@@ -10,7 +10,7 @@ from astropy.table import Table
 from jaxtyping import Array, Float
 
 from ..frame import Frame
-from ..model import Scene, StructuredMorphology
+from ..model import Scene
 from ..observation import Observation, as_observations
 
 
@@ -41,13 +41,7 @@ def source_kinds(scene: Scene) -> list[str]:
     after."""
     kinds = []
     for g, o in zip(scene.groups, scene.order):
-        m = g.morphology
-        name = type(m).__name__.replace("Morphology", "").lower()
-        if isinstance(m, StructuredMorphology):
-            has = np.asarray(m.support).reshape(len(o), -1).max(axis=1) > 0
-            kinds += [(i, "structured" if h else "pixel") for i, h in zip(o, has)]
-        else:
-            kinds += [(i, name) for i in o]
+        kinds += list(zip(o, g.morphology.source_kinds(len(o))))
     return [k for _, k in sorted(kinds)]
 
 

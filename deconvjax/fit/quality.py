@@ -16,7 +16,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import PixelMorphology, Scene, StructuredMorphology
+from ..model import Scene
 from ..observation import Observation
 
 #: A fit "reaches the noise" when chi2 per pixel is at most this ...
@@ -93,28 +93,16 @@ def effective_parameters(scene: Scene, observations: Sequence[Observation], n_pa
     free_form = 0.0
     n_free_form_params = 0
     for group in scene.groups:
-        m = group.morphology
-        if isinstance(m, PixelMorphology):
-            parts = [np.asarray(m.pixels)]  # (source, h, w)
-            tied = symmetric
-        elif isinstance(m, StructuredMorphology):
-            # Symmetric only where its flag says; the structure's pixels outside its
-            # support are not free.
-            parts = [np.asarray(m.pixels), np.asarray(m.structure)]
-            tied = symmetric & (np.asarray(m.symmetric) > 0.5)
-        else:
+        flux = np.asarray(group.spectrum).sum(axis=1)
+        counted = group.morphology.effective_pixels(flux, sigma, symmetric)
+        if counted is None:  # a profile: its parameters all count
             continue
-        flux = np.asarray(group.spectrum).sum(axis=1)[:, None, None]
-        support = 0.0
-        for pixels in parts:
-            snr2 = (flux * pixels / sigma) ** 2
-            support = support + (snr2 / (1.0 + snr2)).sum(axis=(1, 2))
-        support = np.where(tied, support / 2.0, support)
+        support, n_free = counted
+        # Padding sources of batched fits have zero flux and no parameters in n_params.
+        present = flux != 0
         extra = group.spectrum.shape[1] + 2
-        # Free pixels per source: the body's, plus the structure's on its support.
-        n_free = parts[0][0].size + (np.asarray(m.support).sum(axis=(1, 2)) if len(parts) > 1 else 0)
-        free_form += float(np.sum(np.minimum(support, n_free) + extra))
-        n_free_form_params += int(np.sum(n_free * np.ones(len(flux)))) + group.spectrum.size + group.center.size
+        free_form += float(np.sum(np.where(present, np.minimum(support, n_free) + extra, 0.0)))
+        n_free_form_params += int(np.sum(np.where(present, n_free + extra, 0)))
     return float(min(n_params, n_params - n_free_form_params + free_form))
 
 

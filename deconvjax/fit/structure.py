@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..frame import Frame
-from ..model import PixelMorphology, Scene, Source, StructuredMorphology
+from ..model import Scene, Source, StructuredMorphology, as_structured
 from ..observation import Observation, as_observations
 
 
@@ -56,9 +56,9 @@ def with_structure_slots(scene: Scene, frame: Frame) -> Scene:
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
     sources = scene.sources()
     for k, src in enumerate(sources):
-        m = src.morphology
-        if isinstance(m, PixelMorphology):
-            sources[k] = Source(src.spectrum, StructuredMorphology(m.pixels, symmetric=True), src.center)
+        structured = as_structured(src.morphology)
+        if structured is not None:
+            sources[k] = Source(src.spectrum, structured, src.center)
     return Scene(frame, sources)
 
 
@@ -124,8 +124,8 @@ def add_structure(
     changed = []
     ny, nx = frame.shape
     for k, src in enumerate(sources):
-        m = src.morphology
-        if not isinstance(m, (PixelMorphology, StructuredMorphology)):
+        m = as_structured(src.morphology)
+        if m is None:  # no body-plus-structure form (profiles, starlets)
             continue
         mine = region & (owner == k)
         if mine.sum() < int(min_pixels):
@@ -146,9 +146,8 @@ def add_structure(
         stamp[(slice(None),) + inner] = residual[:, ys, xs]
         extra = np.maximum(np.tensordot(spectrum, stamp, axes=1) / max(float(spectrum @ spectrum), 1e-30), 0.0)
         body = np.asarray(m.pixels)
-        if isinstance(m, StructuredMorphology):
-            support = np.maximum(support, np.asarray(m.support))
-            extra = extra + np.asarray(m.structure)
+        support = np.maximum(support, np.asarray(m.support))
+        extra = extra + np.asarray(m.structure)
         # A floor inside the support: the log map of the fit needs positive values.
         extra = (extra + 1e-3 * float(body.max())) * support
         total = float(body.sum() + extra.sum())

@@ -4,11 +4,13 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import check_shear, finite
 from .base import (
-    AbstractMorphology,
+    AbstractParametricMorphology,
+    MeasuredShape,
     check_stamp_shape,
     fourier_grid,
     phase_ramp,
@@ -16,9 +18,10 @@ from .base import (
     shear_matrix,
     stamp_centre,
 )
+from .parametrisation import exp_clipped, log_floor, shear_to_u, u_to_shear
 
 
-class GaussianMorphology(AbstractMorphology):
+class GaussianMorphology(AbstractParametricMorphology):
     """An elliptical Gaussian of unit total flux.
 
     Rendered analytically in Fourier space, pixel integration included, so it is exact
@@ -36,6 +39,7 @@ class GaussianMorphology(AbstractMorphology):
     g2: Float[Array, ""]
     shape: tuple[int, int] = eqx.field(static=True)
     intrinsic: ClassVar[bool] = True
+    kind: ClassVar[str] = "gaussian"
 
     def __init__(self, sigma, g1=0.0, g2=0.0, *, shape=(31, 31)):
         sigma, g1, g2 = finite(sigma, "sigma"), finite(g1, "g1"), finite(g2, "g2")
@@ -52,3 +56,33 @@ class GaussianMorphology(AbstractMorphology):
         quad = cov[0, 0] * ky**2 + 2 * cov[0, 1] * ky * kx + cov[1, 1] * kx**2
         centre = jnp.asarray(stamp_centre(self.shape), dtype=float) + offset
         return jnp.exp(-2 * jnp.pi**2 * quad) * pixel_transfer(self.shape) * phase_ramp(self.shape, centre)
+
+    # -- parametrisation: log sigma, shear through tanh (|g| < G_MAX).
+
+    def to_unconstrained(self, constraints):
+        u1, u2 = shear_to_u(self.g1, self.g2)
+        return eqx.tree_at(lambda m: (m.sigma, m.g1, m.g2), self, (log_floor(self.sigma, 1e-3), u1, u2))
+
+    def from_unconstrained(self, constraints):
+        g1, g2 = u_to_shear(self.g1, self.g2)
+        return eqx.tree_at(lambda m: (m.sigma, m.g1, m.g2), self, (exp_clipped(self.sigma, 7.0), g1, g2))
+
+    def step_sizes(self, steps, constraints):
+        return eqx.tree_at(
+            lambda m: (m.sigma, m.g1, m.g2),
+            self,
+            (jnp.full_like(self.sigma, steps["size"]), jnp.full_like(self.g1, steps["shear"]),
+             jnp.full_like(self.g2, steps["shear"])),
+        )
+
+    @classmethod
+    def initial_parameters(cls, measured: MeasuredShape, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        return {"sigma": np.asarray(measured.sigma), "g1": np.asarray(measured.g1), "g2": np.asarray(measured.g2)}
+
+    @classmethod
+    def from_parameters(cls, parameters, shape: tuple[int, int]) -> "GaussianMorphology":
+        return cls(parameters["sigma"], parameters["g1"], parameters["g2"], shape=shape)
+
+    @classmethod
+    def stamp_sigma(cls, measured: MeasuredShape) -> float:
+        return float(np.sqrt(measured.sigma**2 + measured.model_sigma2))

@@ -1,3 +1,8 @@
+"""Free-form morphologies: pixel arrays in the model frame (scarlet's representation of
+galaxies that no profile describes), and the body-plus-structure form of resolved
+galaxies. Each carries its own parametrisation for fitting: positive through a log map
+(or projected), symmetric and monotonic under scarlet's constraints, unit sum."""
+
 import functools
 from typing import ClassVar
 
@@ -8,10 +13,60 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import finite
-from .base import AbstractMorphology, check_stamp_shape, phase_ramp
+from .base import AbstractFreeFormMorphology, MeasuredShape, check_stamp_shape, phase_ramp
+from .parametrisation import (
+    TINY,
+    exp_clipped,
+    log_floor,
+    monotonise,
+    normalise,
+    relative_steps,
+    symmetrise,
+)
 
 
-class PixelMorphology(AbstractMorphology):
+def gaussian_stamp(shape: tuple[int, int], sigma: float, g1: float = 0.0, g2: float = 0.0) -> np.ndarray:
+    """A sheared Gaussian sampled at the pixel centres of a stamp (centre pixel h//2,
+    w//2), unit sum, floored at 1e-6 of its peak (log maps need positive values); in
+    numpy, so that initialisation needs no device round trip per source."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    dy, dx = yy - h // 2, xx - w // 2
+    norm = 1.0 / np.sqrt(max(1.0 - g1**2 - g2**2, 1e-6))
+    s = norm * np.array([[1.0 - g1, g2], [g2, 1.0 + g1]])
+    inv = np.linalg.inv(sigma**2 * (s @ s))
+    img = np.exp(-0.5 * (inv[0, 0] * dy**2 + 2 * inv[0, 1] * dy * dx + inv[1, 1] * dx**2))
+    img = np.maximum(img, 1e-6 * img.max()) if img.max() > 0 else np.ones(img.shape)
+    return img / img.sum()
+
+
+def _log_floor_of(image):
+    """The floor of the log map: far below each image's peak, never zero."""
+    return 1e-8 * jnp.max(image, axis=(-2, -1), keepdims=True) + TINY
+
+
+def _pixel_steps(image, steps, constraints):
+    if constraints.pixels == "projection":
+        return relative_steps(image, steps["pixels_projection"])
+    return jnp.full_like(image, steps["pixels"])
+
+
+def _free_pixel_support(parts, flux, noise, tied, n_free):
+    """`AbstractMorphology.effective_pixels` from the host images of a morphology's parts."""
+    support = 0.0
+    for pixels in parts:
+        snr2 = (flux[:, None, None] * pixels / noise) ** 2
+        support = support + (snr2 / (1.0 + snr2)).sum(axis=(1, 2))
+    return np.where(tied, support / 2.0, support), n_free
+
+
+def _sparsity_of(image):
+    """Sum over pixels of the max-normalised positive image: its effective number of pixels."""
+    p = jnp.maximum(image, 0.0)
+    return jnp.sum(p, axis=(-2, -1)) / (jnp.max(p, axis=(-2, -1)) + TINY)
+
+
+class PixelMorphology(AbstractFreeFormMorphology):
     """A free-form morphology: a pixel array in the model frame (already seen through
     the model PSF), the scarlet representation of galaxies that no profile describes.
 
@@ -27,7 +82,7 @@ class PixelMorphology(AbstractMorphology):
 
     pixels: Float[Array, "h w"]
     shape: tuple[int, int] = eqx.field(static=True)
-    intrinsic: ClassVar[bool] = False
+    kind: ClassVar[str] = "pixel"
 
     def __init__(self, pixels):
         image = jnp.asarray(finite(pixels, "pixels", "an (h, w) array of real numbers"), dtype=float)
@@ -50,6 +105,61 @@ class PixelMorphology(AbstractMorphology):
         # the Dirichlet kernel along each axis: two small matmuls, several times faster
         # on CPU than an rfft2 / irfft2 pair (and its gradient).
         return _shift_image(self.pixels, jnp.asarray(offset, dtype=self.pixels.dtype))
+
+    # -- parametrisation: log pixels (or projected at 0), scarlet's symmetry and
+    # -- monotonicity, unit sum.
+
+    def to_unconstrained(self, constraints):
+        if constraints.pixels != "log":
+            return self
+        return eqx.tree_at(lambda m: m.pixels, self, log_floor(self.pixels, _log_floor_of(self.pixels)))
+
+    def from_unconstrained(self, constraints):
+        if constraints.pixels != "log":
+            return self
+        return eqx.tree_at(lambda m: m.pixels, self, exp_clipped(self.pixels))
+
+    def step_sizes(self, steps, constraints):
+        return eqx.tree_at(lambda m: m.pixels, self, _pixel_steps(self.pixels, steps, constraints))
+
+    def project(self, constraints, *, full=True):
+        p = self.pixels
+        if constraints.pixels == "projection":
+            p = jnp.maximum(p, 0.0)
+        if constraints.symmetric:
+            p = symmetrise(p)
+        if constraints.monotonic:
+            # Materialise the input first: otherwise XLA fuses everything upstream (the
+            # optimiser update, the exponential, the symmetrisation) into each of the
+            # shifted reads of the sweep, recomputing it ~9 times per pixel.
+            p = monotonise(jax.lax.optimization_barrier(p), full=full)
+        scale = jnp.ones(p.shape[:-2])
+        if constraints.normalise:
+            p, scale = normalise(p)
+        return eqx.tree_at(lambda m: m.pixels, self, p), scale
+
+    def free_image(self):
+        return self.pixels
+
+    def sparsity(self):
+        return _sparsity_of(self.pixels)
+
+    def effective_pixels(self, flux, noise, symmetric):
+        pixels = np.asarray(self.pixels)
+        return _free_pixel_support([pixels], flux, noise, bool(symmetric), np.full(len(pixels), pixels[0].size))
+
+    def source_kinds(self, n):
+        return [self.kind] * n
+
+    @classmethod
+    def initial_parameters(cls, measured: MeasuredShape, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        # Free-form pixels live behind the model PSF: a Gaussian of the summed width.
+        wide = cls.stamp_sigma(measured)
+        return {"pixels": gaussian_stamp(shape, wide, measured.g1, measured.g2)}
+
+    @classmethod
+    def from_parameters(cls, parameters, shape: tuple[int, int]) -> "PixelMorphology":
+        return cls(parameters["pixels"])
 
 
 def shift_matrix(n: int, shift: Float[Array, ""]) -> Float[Array, "n n"]:
@@ -129,7 +239,7 @@ def _shift_image_jvp(primals, tangents):
     return out, jnp.einsum("ik,jk->ij", u, sx)  # (S_y t) S_x^T
 
 
-class StructuredMorphology(AbstractMorphology):
+class StructuredMorphology(AbstractFreeFormMorphology):
     """A free-form morphology in two parts: a smooth body (`pixels`, which the fit keeps
     monotonic when its constraints say so, and symmetric only where `symmetric`) plus
     `structure`, a positive
@@ -159,7 +269,7 @@ class StructuredMorphology(AbstractMorphology):
     support: Float[Array, "h w"]
     symmetric: Float[Array, ""]
     shape: tuple[int, int] = eqx.field(static=True)
-    intrinsic: ClassVar[bool] = False
+    kind: ClassVar[str] = "structured"
 
     def __init__(self, pixels, structure=None, support=None, *, symmetric=False):
         body = jnp.asarray(finite(pixels, "pixels", "an (h, w) array of real numbers"), dtype=float)
@@ -194,3 +304,84 @@ class StructuredMorphology(AbstractMorphology):
         if h % 2 == 0 or w % 2 == 0:
             return super().image(offset)
         return _shift_image(self.total(), jnp.asarray(offset, dtype=self.pixels.dtype))
+
+    # -- parametrisation: body and structure positive by the same map; the body
+    # -- monotonic, and symmetric only where `symmetric` says; the structure zero outside
+    # -- its support; their sum at unit flux.
+
+    def to_unconstrained(self, constraints):
+        if constraints.pixels != "log":
+            return self
+        floor = _log_floor_of(self.total())
+        return eqx.tree_at(lambda m: (m.pixels, m.structure), self,
+                           (log_floor(self.pixels, floor), log_floor(self.structure, floor)))
+
+    def from_unconstrained(self, constraints):
+        # The support applies here too, so that pixels outside it get no gradient (Adam
+        # would otherwise move them by a full step on any leak).
+        body, extra = self.pixels, self.structure
+        if constraints.pixels == "log":
+            body, extra = exp_clipped(body), exp_clipped(extra)
+        return eqx.tree_at(lambda m: (m.pixels, m.structure), self, (body, extra * self.support))
+
+    def step_sizes(self, steps, constraints):
+        if constraints.pixels == "projection":
+            body = relative_steps(self.total(), steps["pixels_projection"])
+        else:
+            body = jnp.full_like(self.pixels, steps["pixels"])
+        # The support and the symmetry flag are data, not parameters: step 0.
+        return eqx.tree_at(lambda m: (m.pixels, m.structure, m.support, m.symmetric), self,
+                           (body, body * self.support, jnp.zeros_like(self.support), jnp.zeros_like(self.symmetric)))
+
+    def project(self, constraints, *, full=True):
+        body, extra = jnp.maximum(self.pixels, 0.0), jnp.maximum(self.structure, 0.0) * self.support
+        if constraints.symmetric:
+            body = jnp.where(self.symmetric[..., None, None] > 0.5, symmetrise(body), body)
+        if constraints.monotonic:
+            body = monotonise(jax.lax.optimization_barrier(body), full=full)
+        scale = jnp.ones(body.shape[:-2])
+        if constraints.normalise:
+            _, scale = normalise(body + extra)
+            body, extra = body / scale[..., None, None], extra / scale[..., None, None]
+        return eqx.tree_at(lambda m: (m.pixels, m.structure), self, (body, extra)), scale
+
+    def free_image(self):
+        return self.total()
+
+    def sparsity(self):
+        return _sparsity_of(self.total())
+
+    def effective_pixels(self, flux, noise, symmetric):
+        # Symmetric only where its flag says; the structure's pixels outside its support
+        # are not free.
+        body, extra = np.asarray(self.pixels), np.asarray(self.structure)
+        tied = bool(symmetric) & (np.asarray(self.symmetric) > 0.5)
+        n_free = body[0].size + np.asarray(self.support).sum(axis=(1, 2))
+        return _free_pixel_support([body, extra], flux, noise, tied, n_free)
+
+    def source_kinds(self, n):
+        # "pixel" until the source has a structure component.
+        has = np.asarray(self.support).reshape(n, -1).max(axis=1) > 0
+        return ["structured" if h else "pixel" for h in has]
+
+    @classmethod
+    def initial_parameters(cls, measured: MeasuredShape, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        body = gaussian_stamp(shape, cls.stamp_sigma(measured), measured.g1, measured.g2)
+        zero = np.zeros_like(body)
+        return {"pixels": body, "structure": zero, "support": zero, "symmetric": np.asarray(1.0)}
+
+    @classmethod
+    def from_parameters(cls, parameters, shape: tuple[int, int]) -> "StructuredMorphology":
+        return cls(parameters["pixels"], parameters.get("structure"), parameters.get("support"),
+                   symmetric=bool(np.asarray(parameters.get("symmetric", 0.0)) > 0.5))
+
+
+def as_structured(morphology) -> StructuredMorphology | None:
+    """A free-form morphology in the body-plus-structure form (the same image: an empty
+    support and a symmetric body for a `PixelMorphology`; itself for a
+    `StructuredMorphology`), or ``None`` for a morphology that has no such form."""
+    if isinstance(morphology, StructuredMorphology):
+        return morphology
+    if isinstance(morphology, PixelMorphology):
+        return StructuredMorphology(morphology.pixels, symmetric=True)
+    return None

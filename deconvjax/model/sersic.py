@@ -10,7 +10,8 @@ from jax.scipy.special import gammaln
 from jaxtyping import Array, Float
 
 from .._checks import check_shear, finite, is_traced
-from .base import AbstractMorphology, check_stamp_shape, shear_matrix, stamp_centre
+from .base import AbstractParametricMorphology, MeasuredShape, check_stamp_shape, shear_matrix, stamp_centre
+from .parametrisation import exp_clipped, log_floor, logit_n, shear_to_u, sigmoid_n, u_to_shear
 
 
 def sersic_b(n: Float[Array, ""]) -> Float[Array, ""]:
@@ -31,7 +32,7 @@ def _gl(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x / 2.0, w / 2.0
 
 
-class SersicMorphology(AbstractMorphology):
+class SersicMorphology(AbstractParametricMorphology):
     """An elliptical Sersic profile ``I(r) ~ exp(-b_n (r / r_e)^(1/n))`` of unit total
     flux (over the infinite plane: light beyond the stamp is lost, as on a detector).
 
@@ -53,6 +54,7 @@ class SersicMorphology(AbstractMorphology):
     g2: Float[Array, ""]
     shape: tuple[int, int] = eqx.field(static=True)
     intrinsic: ClassVar[bool] = True
+    kind: ClassVar[str] = "sersic"
 
     def __init__(self, n, r_e, g1=0.0, g2=0.0, *, shape=(31, 31)):
         n, r_e, g1, g2 = finite(n, "n"), finite(r_e, "r_e"), finite(g1, "g1"), finite(g2, "g2")
@@ -102,3 +104,39 @@ class SersicMorphology(AbstractMorphology):
         centre = centre.reshape(3, sub, 3, sub).mean(axis=(1, 3))
         img = img.at[py - 1 : py + 2, px - 1 : px + 2].set(centre)
         return jnp.fft.rfft2(img)
+
+    # -- parametrisation: n logistic on (N_MIN, N_MAX), log r_e, shear through tanh.
+
+    def to_unconstrained(self, constraints):
+        u1, u2 = shear_to_u(self.g1, self.g2)
+        return eqx.tree_at(
+            lambda m: (m.n, m.r_e, m.g1, m.g2), self, (logit_n(self.n), log_floor(self.r_e, 1e-3), u1, u2)
+        )
+
+    def from_unconstrained(self, constraints):
+        g1, g2 = u_to_shear(self.g1, self.g2)
+        return eqx.tree_at(
+            lambda m: (m.n, m.r_e, m.g1, m.g2), self, (sigmoid_n(self.n), exp_clipped(self.r_e, 7.0), g1, g2)
+        )
+
+    def step_sizes(self, steps, constraints):
+        return eqx.tree_at(
+            lambda m: (m.n, m.r_e, m.g1, m.g2),
+            self,
+            (jnp.full_like(self.n, steps["n"]), jnp.full_like(self.r_e, steps["size"]),
+             jnp.full_like(self.g1, steps["shear"]), jnp.full_like(self.g2, steps["shear"])),
+        )
+
+    @classmethod
+    def initial_parameters(cls, measured: MeasuredShape, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        # A Gaussian's half-light radius is 1.177 sigma; start exponential-like.
+        return {"n": np.asarray(1.0), "r_e": np.asarray(1.177 * measured.sigma),
+                "g1": np.asarray(measured.g1), "g2": np.asarray(measured.g2)}
+
+    @classmethod
+    def from_parameters(cls, parameters, shape: tuple[int, int]) -> "SersicMorphology":
+        return cls(parameters["n"], parameters["r_e"], parameters["g1"], parameters["g2"], shape=shape)
+
+    @classmethod
+    def stamp_sigma(cls, measured: MeasuredShape) -> float:
+        return float(np.sqrt(measured.sigma**2 + measured.model_sigma2))

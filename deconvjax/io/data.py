@@ -151,8 +151,9 @@ class ObservationData:
 
     def to_observation(self, frame=None, **kwargs):
         """A `deconvjax.Observation`: the PSF an `ArrayPSF` of ``psf_images``, the weights
-        ``weights``; ``frame`` defaults to `frame()`, this observation's own grid; other
-        keyword arguments go to `Observation`."""
+        ``weights``, 0 where ``mask`` is set (also where the mask was changed in place
+        since); ``frame`` defaults to `frame()`, this observation's own grid; other keyword
+        arguments go to `Observation`."""
         from deconvjax.observation import Observation
         from deconvjax.psf import ArrayPSF
 
@@ -162,7 +163,8 @@ class ObservationData:
             frame = self.frame()
         ps = self.psf_pixel_scale or self.pixel_scale
         psf = ArrayPSF(self.psf_images, pixel_scale=ps, center=self.psf_center)
-        return Observation(self.images, frame=frame, psf=psf, weights=self.weights,
+        weights = np.where(self.mask, 0.0, self.weights)
+        return Observation(self.images, frame=frame, psf=psf, weights=weights,
                            bands=self.bands, wcs=self.wcs, pixel_scale=self.pixel_scale,
                            **kwargs)
 

@@ -117,21 +117,32 @@ def pixel_scale_of(wcs: WCS) -> float:
     return float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs.celestial))) * 3600.0)
 
 
+#: (RA, Dec) in degrees of the default image centre: the COSMOS field.
+COSMOS_CENTER: tuple[float, float] = (150.1, 2.2)
+
+
 def make_wcs(
     shape: tuple[int, int],
     pixel_scale: float,
-    center: tuple[float, float] = (150.1, 2.2),
+    center: tuple[float, float] = COSMOS_CENTER,
     rotation_deg: float = 0.0,
 ) -> WCS:
     """A gnomonic (TAN) WCS for an image of ``shape`` (ny, nx) with square pixels of
-    ``pixel_scale`` arcsec, its centre at sky position ``center`` (RA, Dec in degrees), and
-    the y axis ``rotation_deg`` degrees east of north. Useful for simulations and tests."""
+    ``pixel_scale`` arcsec, its centre at sky position ``center`` (RA, Dec in degrees, ICRS),
+    and the y axis ``rotation_deg`` degrees east of north (0: north up, east left).
+
+    The sky centre falls on the geometric centre of the image, pixel ((ny-1)/2, (nx-1)/2)
+    (0-based). Used by the simulations (`deconvjax.sims`), the posterior's synthetic grids
+    and tests."""
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = list(center)
-    w.wcs.crpix = [(shape[1] + 1) / 2, (shape[0] + 1) / 2]
+    w.wcs.crval = [float(center[0]), float(center[1])]
+    w.wcs.crpix = [(shape[1] + 1) / 2.0, (shape[0] + 1) / 2.0]  # FITS is 1-based
     s = pixel_scale / 3600.0
     c, t = np.cos(np.radians(rotation_deg)), np.sin(np.radians(rotation_deg))
     # East to the left (RA increases with -x), north up, then rotated.
     w.wcs.cd = s * np.array([[-c, t], [t, c]])
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.radesys = "ICRS"
+    w.wcs.set()
     return w

@@ -43,16 +43,11 @@ def _load(images, psf, weights, variance, rms, bands):
     option."""
     import warnings
 
-    from astropy.io import fits
-
-    from ..io import NoiseMapError, read_arrays, read_images
+    from ..io import NoiseMapError, is_observation_file, read_images
 
     images = [Path(p) for p in images]
-    if len(images) == 1 and not psf:
-        with fits.open(images[0]) as hdul:
-            is_dj = hdul[0].header.get("DJFORMAT") == "deconvjax-observation"
-        if is_dj:
-            return read_arrays(images[0])
+    if len(images) == 1 and not psf and is_observation_file(images[0]):
+        return read_images(images[0])  # a deconvjax file: its own PSF and noise
     if not psf:
         raise click.UsageError("--psf is required (one PSF image per band, a PSF cube, or one for all bands)")
     given = [(n, v) for n, v in (("weight", weights), ("variance", variance), ("rms", rms)) if v]

@@ -21,6 +21,7 @@ from .detection import STAMP_SIZES as STAMP_SIZES
 from .detection import Detection, find_sources, psf_width
 from .detection import detect as detect
 from .detection import detection_image as detection_image
+from .moments import image_moments
 
 #: A morphology kind: ``"pixel"``, ``"sersic"``, ``"gaussian"``, ``"point"``,
 #: ``"starlet"``, ``"structured"``, or any morphology's `kind` (`morphology_kinds`).
@@ -64,52 +65,6 @@ def psf_sigma2(psf_kernel: np.ndarray) -> float | np.ndarray:
     cy, cx = (ky * y).sum(axis=-1) / s, (kx * x).sum(axis=-1) / s
     out = ((ky * (y - cy[..., None]) ** 2).sum(axis=-1) + (kx * (x - cx[..., None]) ** 2).sum(axis=-1)) / s / 2
     return float(out) if np.ndim(out) == 0 else out
-
-
-def _moments(image, weights, positions, window_sigma=3.0, n_iter=4):
-    """Adaptive (Gaussian-weighted) second moments of each source, each on the pixels
-    nearer to it than to any other source (its Voronoi cell), so a close neighbour's
-    light stays out. Returns per source ``(Qyy, Qyx, Qxx)`` of the light itself (the
-    window corrected for, Gaussian-profile approximation) and a success flag."""
-    ny, nx = image.shape
-    yy, xx = np.mgrid[:ny, :nx]
-    n = len(positions)
-    if n == 0:
-        return np.zeros((0, 3)), np.zeros(0, bool)
-    d2 = (yy[None] - positions[:, 0, None, None]) ** 2 + (xx[None] - positions[:, 1, None, None]) ** 2
-    owner = np.argmin(d2, axis=0)
-    img = np.where(weights > 0, np.clip(image, 0, None), 0.0)
-    out = np.zeros((n, 3))
-    ok = np.zeros(n, bool)
-    for s in range(n):
-        cell = owner == s
-        sw = window_sigma
-        q = None
-        for _ in range(n_iter):
-            wgt = np.exp(-0.5 * d2[s] / sw**2) * cell * img
-            tot = wgt.sum()
-            if not tot > 0:
-                break
-            dy = yy - positions[s, 0]
-            dx = xx - positions[s, 1]
-            m = np.array([(wgt * dy * dy).sum(), (wgt * dy * dx).sum(), (wgt * dx * dx).sum()]) / tot
-            # A Gaussian of covariance C seen through a window of sw^2: measured
-            # M = (C^-1 + sw^-2)^-1, so C^-1 = M^-1 - sw^-2 (isotropic window).
-            mat = np.array([[m[0], m[1]], [m[1], m[2]]])
-            try:
-                cinv = np.linalg.inv(mat) - np.eye(2) / sw**2
-                c = np.linalg.inv(cinv)
-                if np.all(np.linalg.eigvalsh(c) > 0):
-                    q = c
-                else:
-                    q = mat
-            except np.linalg.LinAlgError:
-                break
-            sw = float(np.clip(np.sqrt(np.trace(q) / 2) * 1.5, 1.0, 12.0))
-        if q is not None and np.all(np.isfinite(q)):
-            out[s] = (q[0, 0], q[0, 1], q[1, 1])
-            ok[s] = True
-    return out, ok
 
 
 def _shape_from_moments(q, sigma2_sub, max_g=0.5):
@@ -398,7 +353,8 @@ def moment_shapes(data, weights, positions, psf_obs2) -> tuple[list, list]:
     (model PSF and difference kernel: their second moments add)."""
     det_num = (weights * data).sum(0)
     det_w = (weights > 0).any(0).astype(float)
-    q, ok = _moments(det_num / np.maximum(weights.sum(0), 1e-30) * det_w, det_w, positions)
+    m = image_moments(det_num / np.maximum(weights.sum(0), 1e-30) * det_w, det_w, positions, window_sigma=3.0)
+    q, ok = m.q, m.ok
     sigmas, shears = [], []
     for s in range(len(positions)):
         if ok[s]:

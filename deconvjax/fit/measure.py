@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 from ..frame import Frame
 from ..model import Scene
 from ..observation import Observation, as_observations
+from .moments import image_moments
 
 
 def source_fluxes(scene: Scene) -> np.ndarray:
@@ -66,20 +67,6 @@ def _deblend(scene: Scene, observation: Observation):
     return _share(models, observation.data)
 
 
-def _moments(images: np.ndarray):
-    """Centroid (y, x) and size ``sqrt(trace / 2)`` of the positive part of (n, y, x)."""
-    n, ny, nx = images.shape
-    yy, xx = np.mgrid[:ny, :nx]
-    img = np.clip(images, 0, None)
-    tot = img.sum(axis=(1, 2))
-    safe = np.where(tot > 0, tot, 1.0)
-    cy = (img * yy).sum(axis=(1, 2)) / safe
-    cx = (img * xx).sum(axis=(1, 2)) / safe
-    var = (img * ((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2)).sum(axis=(1, 2)) / safe
-    bad = tot <= 0
-    return np.where(bad, np.nan, cy), np.where(bad, np.nan, cx), np.where(bad, np.nan, np.sqrt(var / 2))
-
-
 def catalog(scene: Scene, frame: Frame, observations=None) -> Table:
     """An astropy Table with one row per source (in the order given to the scene):
 
@@ -105,7 +92,8 @@ def catalog(scene: Scene, frame: Frame, observations=None) -> Table:
     for b, name in enumerate(frame.bands):
         t[f"flux_{name}"] = flux[:, b]
     images = np.asarray(scene.render_sources()).sum(axis=1)
-    cy, cx, size = _moments(images)
+    m = image_moments(images)
+    cy, cx, size = m.y, m.x, m.size
     t["centroid_y"], t["centroid_x"], t["size"] = cy, cx, size
     if observations is not None:
         done = set()

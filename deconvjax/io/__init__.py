@@ -1,7 +1,16 @@
-"""Input and output: FITS observations, simulated fields and truth tables."""
+"""Input and output: the host-side observation container (`ObservationData`; a
+`SimulatedField` is one plus its truth), the one FITS reader (`read_images`, with
+`read_arrays`, `read_observation` and `read_field` on the same code), the writers and
+truth tables, and noise estimation.
 
+`deconvjax.io` sits below the simulations: `deconvjax.sims` builds its fields from these
+containers, and nothing here imports `deconvjax.sims` (or GalSim).
+"""
+
+from .data import ObservationData as ObservationData
+from .data import SimulatedField as SimulatedField
 from .fits import NoiseMapError as NoiseMapError
-from .fits import ObservationData as ObservationData
+from .fits import is_observation_file as is_observation_file
 from .fits import read_arrays as read_arrays
 from .fits import read_field as read_field
 from .fits import read_images as read_images

@@ -1,15 +1,17 @@
-"""FITS input and output of observations, simulated fields and truth tables.
+"""FITS input and output of observations, simulated fields and truth tables: the one
+reading path from disk into `deconvjax.io.ObservationData`.
 
 The deconvjax observation file (``DJFORMAT = 'deconvjax-observation'`` in the primary header):
 
 - primary HDU: no data; ``NBAND``, ``BAND1`` ... ``BANDn`` (band names in band-axis order),
-  ``PIXSCALE`` (arcsec/pixel), ``BUNIT``, optional ``SURVEY`` and ``SEED``;
+  ``PIXSCALE`` (arcsec/pixel), ``BUNIT``, ``NOISESRC`` (where the noise came from, when
+  known), optional ``SURVEY`` and ``SEED``;
 - for each band ``k`` (``EXTVER = k + 1``, ``BAND`` keyword = its name):
   ``SCI`` float32 image with the celestial WCS in its header, ``VAR`` float32 variance (or
   ``WHT`` inverse variance), ``MASK`` uint8 (1 = bad pixel), ``PSF`` float32 (odd-sized,
   centred, unit sum, ``PIXSCALE`` of its sampling);
 - optional ``TRUTH`` binary table (the truth catalog) and ``SOURCES`` image
-  (source, band, y, x) float32 (noise-free image of each source alone).
+  (source, band, y, x) float32 (noise-free image of each source alone): a simulated field.
 
 Every image HDU carries ``DJHASH``, a SHA-256 prefix of its data, checked on reading so that
 flipped bits in a data unit are reported as corruption (FITS CHECKSUM cards would also do, but
@@ -17,10 +19,13 @@ astropy stamps them with the current date, which would break byte-identical file
 Writes are atomic (temp file then ``os.replace``) and deterministic (no dates), so the same
 simulation seed gives byte-identical files.
 
-`read_images` accepts the common real layouts: one FITS image per band (a list of files), or
-one (band, y, x) cube, each with optional PSF and variance / weight / RMS images or cubes.
-Without a noise map it estimates the noise from the images (`deconvjax.io.noise`) and says
-so; a bad noise map (negative, NaN, wrong shape, all masked) is a `NoiseMapError`.
+`read_images` is the reader: it reads deconvjax files whole, and the common real layouts: one
+FITS image per band (a list of files), or one (band, y, x) cube, each with optional PSF and
+variance / weight / RMS images or cubes (or one number for every pixel, or, on request, the
+noise extension of the image file). Without a noise map it estimates the noise from the
+images (`deconvjax.io.noise`) and says so; a bad or missing noise map is a `NoiseMapError`.
+`read_arrays` (a deconvjax file), `read_observation` and `read_field` are built on the same
+code; every command (``fit``, ``sample``) reads through it.
 """
 
 from __future__ import annotations
@@ -39,103 +44,25 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from .._atomic import atomic_write
-from .noise import HEADER_KEYS, NoiseEstimate, estimate_noise
+from .data import ObservationData, SimulatedField
+from .noise import HEADER_KEYS, estimate_noise
+
+__all__ = [
+    "NoiseMapError", "is_observation_file", "read_arrays", "read_field", "read_images",
+    "read_observation", "read_truth", "write_field", "write_observation", "write_truth",
+]
 
 FORMAT = "deconvjax-observation"
 VERSION = 1
 
 
 class NoiseMapError(ValueError):
-    """A noise map (variance, weight or rms) that cannot be used; ``option`` names which
-    (``"variance"``, ``"weight"`` or ``"rms"``)."""
+    """A noise map (variance, weight or rms) that cannot be used, or none where one is
+    needed; ``option`` names which (``"variance"``, ``"weight"`` or ``"rms"``)."""
 
     def __init__(self, message: str, option: str):
         super().__init__(message)
         self.option = option
-
-
-# ---------------------------------------------------------------------------------------
-# Container
-# ---------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class ObservationData:
-    """Arrays of an observation as read from disk (numpy, host side).
-
-    Attributes:
-        images: (band, y, x) float32 data.
-        weights: (band, y, x) inverse variances, 0 where masked or unknown.
-        variance: (band, y, x) variance, inf where the weight is 0.
-        mask: (band, y, x) bool, True for bad pixels.
-        psf_images: (band, h, w) PSF images or None.
-        bands: band names.
-        wcs: celestial astropy WCS or None.
-        pixel_scale: arcsec per pixel (from PIXSCALE or the WCS) or None.
-        psf_pixel_scale: arcsec per pixel of the PSF images (None: same as the images).
-        truth: truth Table or None; source_images: (source, band, y, x) or None.
-        meta: other header values (survey, seed, ...); path: where it was read from.
-        psf_center: how `ArrayPSF` finds the PSF centre: "pixel" for deconvjax files (odd,
-            centred PSFs), "centroid" for foreign PSF images.
-        noise_source: where the noise came from (``"given: variance map"``, ...,
-            or the estimate's method); noise_estimate: the `NoiseEstimate` where the noise
-            was estimated from the images, else None.
-    """
-
-    images: np.ndarray
-    weights: np.ndarray
-    variance: np.ndarray
-    mask: np.ndarray
-    psf_images: np.ndarray | None
-    bands: tuple[str, ...]
-    wcs: WCS | None = None
-    pixel_scale: float | None = None
-    psf_pixel_scale: float | None = None
-    truth: Table | None = None
-    source_images: np.ndarray | None = None
-    meta: dict = dataclasses.field(default_factory=dict)
-    path: str = ""
-    psf_center: str = "centroid"
-    noise_source: str = ""
-    noise_estimate: NoiseEstimate | None = None
-
-    def noise_cards(self) -> list[tuple[str, object, str]]:
-        """FITS cards saying where the noise came from: ``NOISESRC`` and, for an
-        estimate, its values per band (`NoiseEstimate.header_cards`)."""
-        if self.noise_estimate is not None:
-            return self.noise_estimate.header_cards()
-        if self.noise_source:
-            return [("NOISESRC", self.noise_source, "origin of the weights")]
-        return []
-
-    def frame(self, psf=None):
-        """A `deconvjax.Frame` on this observation's grid, with model PSF ``psf`` (default:
-        the widest Gaussian that every band's PSF can be matched to,
-        `deconvjax.psf.model_psf_for`; an undersampled space PSF gets a narrow one)."""
-        from deconvjax.frame import Frame
-        from deconvjax.psf import ArrayPSF
-        from deconvjax.psf.matching import model_psf_for
-
-        ps = 1.0 if self.pixel_scale is None else self.pixel_scale
-        if psf is None and self.psf_images is not None:
-            psf_scale = self.psf_pixel_scale or ps
-            psf = model_psf_for(ArrayPSF(self.psf_images, pixel_scale=psf_scale, center=self.psf_center), ps)
-        return Frame(self.bands, tuple(self.images.shape[1:]), pixel_scale=ps, wcs=self.wcs,
-                     psf=psf)
-
-    def to_observation(self, frame=None, **kwargs):
-        """A `deconvjax.Observation` (frame defaults to `frame()`); kwargs go to Observation."""
-        from deconvjax.observation import Observation
-        from deconvjax.psf import ArrayPSF
-
-        if self.psf_images is None:
-            raise ValueError(f"{self.path or 'observation'}: no PSF; an Observation needs one")
-        if frame is None:
-            frame = self.frame()
-        ps = self.psf_pixel_scale or self.pixel_scale
-        psf = ArrayPSF(self.psf_images, pixel_scale=ps, center=self.psf_center)
-        return Observation(self.images, frame=frame, psf=psf, weights=self.weights,
-                           bands=self.bands, wcs=self.wcs, pixel_scale=self.pixel_scale,
-                           **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,13 +182,14 @@ def write_observation(
     meta: dict | None = None,
     bunit: str = "ct",
 ) -> Path:
-    """Write one observation in the deconvjax layout (see module docstring).
+    """Write one observation given as arrays in the deconvjax layout (see module docstring);
+    `write_field` writes an `ObservationData` or a `SimulatedField`.
 
     Args:
         images: (band, y, x) data; stored as float32.
         psf_images: (band, h, w) PSFs at the image pixel scale.
         bands: band names, one per image plane.
-        variance | weights: the noise, exactly one (same shape as images).
+        variance | weights: the noise, exactly one (same shape as images), stored as given.
         mask: (band, y, x) bool, True for bad pixels (default none).
         wcs: celestial WCS written into each SCI/VAR/MASK header.
         truth: optional truth Table; source_images: optional (source, band, y, x).
@@ -272,8 +200,6 @@ def write_observation(
     nb = img.shape[0]
     if len(bands) != nb:
         raise ValueError(f"bands: {len(bands)} names {bands} for {nb} image planes")
-    if len(set(bands)) != nb:
-        raise ValueError(f"bands: names must be unique, got {bands}")
     if (variance is None) == (weights is None):
         raise ValueError("variance, weights: give exactly one of them")
     noise_name = "VAR" if variance is not None else "WHT"
@@ -281,14 +207,49 @@ def write_observation(
     noise = _cube(variance if variance is not None else weights, arg)
     if noise.shape != img.shape:
         raise ValueError(f"{arg}: expected shape {img.shape}, got {noise.shape}")
-    m = np.zeros(img.shape, np.uint8) if mask is None else _cube(mask, "mask", np.uint8)
-    if m.shape != img.shape:
+    m = None if mask is None else _cube(mask, "mask", np.uint8)
+    if m is not None and m.shape != img.shape:
         raise ValueError(f"mask: expected shape {img.shape}, got {m.shape}")
     psf = _cube(psf_images, "psf_images")
     if psf.shape[0] != nb:
         raise ValueError(f"psf_images: expected {nb} planes, got shape {psf.shape}")
+    data = ObservationData(img, **{arg: noise}, mask=m, psf_images=psf, bands=bands, wcs=wcs,
+                           pixel_scale=pixel_scale, bunit=bunit, meta=dict(meta or {}))
+    return _write(path, data, noise_name, noise, truth, source_images)
+
+
+def write_field(path, field: ObservationData | SimulatedField) -> Path:
+    """Write an `ObservationData`, or a `SimulatedField` with its truth table, source images,
+    survey and seed (`read_field` reads it back). The noise is stored as variance."""
+    if isinstance(field, SimulatedField):
+        data = field.data
+        meta = {**data.meta, "SURVEY": field.survey, "SEED": int(field.seed)}
+        truth, sources = field.truth, field.source_images
+    elif isinstance(field, ObservationData):
+        data, meta, truth, sources = field, dict(field.meta), None, None
+    else:
+        raise TypeError(f"field: expected an ObservationData or SimulatedField, got {type(field).__name__}")
+    if data.psf_images is None:
+        raise ValueError(f"{path}: the observation has no PSF; a deconvjax file needs one")
+    data = dataclasses.replace(data, meta=meta)
+    return _write(path, data, "VAR", _cube(data.variance, "variance"), truth, sources)
+
+
+def _write(path, data: ObservationData, noise_name: str, noise: np.ndarray, truth, source_images) -> Path:
+    """Write ``data`` with ``noise`` (its ``VAR`` or ``WHT`` planes) and the truth parts."""
+    img = _cube(data.images, "images")
+    bands, nb = data.bands, img.shape[0]
+    if len(set(bands)) != nb:
+        raise ValueError(f"bands: names must be unique, got {bands}")
+    m = np.asarray(data.mask, np.uint8)
+    psf = _cube(data.psf_images, "psf_images")
+    wcs, pixel_scale = data.wcs, data.pixel_scale
     if pixel_scale is None and wcs is not None:
         pixel_scale = float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600)
+    if data.psf_pixel_scale is not None and pixel_scale is not None and not np.isclose(
+            data.psf_pixel_scale, pixel_scale):
+        raise ValueError(f"psf_pixel_scale: a deconvjax file holds PSFs at the image pixel scale "
+                         f"({pixel_scale}), got {data.psf_pixel_scale}")
 
     prim = fits.PrimaryHDU()
     h = prim.header
@@ -299,9 +260,12 @@ def write_observation(
         h[f"BAND{k + 1}"] = b
     if pixel_scale is not None:
         h["PIXSCALE"] = (float(pixel_scale), "arcsec / pixel")
-    h["BUNIT"] = bunit
+    if data.bunit is not None:
+        h["BUNIT"] = data.bunit
     h["NOISE"] = (noise_name, "VAR: variance planes; WHT: inverse-variance planes")
-    for k, v in (meta or {}).items():
+    for key, value, comment in data.noise_cards():
+        h[key] = (value, comment)
+    for k, v in data.meta.items():
         h[k[:8].upper()] = v
 
     wh = _wcs_header(wcs)
@@ -310,8 +274,8 @@ def write_observation(
         for name, arr in (("SCI", img[k]), (noise_name, noise[k]), ("MASK", m[k])):
             hh = _image_hdu(arr, header=wh.copy(), name=name, ver=k + 1)
             hh.header["BAND"] = b
-            if name == "SCI":
-                hh.header["BUNIT"] = bunit
+            if name == "SCI" and data.bunit is not None:
+                hh.header["BUNIT"] = data.bunit
             hdus.append(hh)
         ph = _image_hdu(psf[k], name="PSF", ver=k + 1)
         ph.header["BAND"] = b
@@ -334,23 +298,6 @@ def write_observation(
     path = Path(path)
     _atomic_write_hdul(path, fits.HDUList(hdus))
     return path
-
-
-def write_field(path, field) -> Path:
-    """Write a `deconvjax.sims.SimulatedField` (with its truth and source images)."""
-    return write_observation(
-        path,
-        field.images,
-        psf_images=field.psf_images,
-        bands=field.bands,
-        variance=field.variance,
-        mask=field.mask,
-        wcs=field.wcs,
-        pixel_scale=field.pixel_scale,
-        truth=field.truth,
-        source_images=field.source_images,
-        meta={"SURVEY": field.survey, "SEED": int(field.seed)},
-    )
 
 
 def write_truth(path, table: Table) -> Path:
@@ -423,12 +370,20 @@ def _variance_from(noise, kind):
         return np.where(noise > 0, 1.0 / noise, np.inf).astype(noise.dtype)
 
 
-def read_arrays(path) -> ObservationData:
-    """Read a file written by `write_observation` / `write_field` into numpy arrays.
+def is_observation_file(path) -> bool:
+    """Whether ``path`` is a deconvjax observation file (``DJFORMAT`` in its primary
+    header); False for other FITS files and for files that are not readable FITS."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fits.getheader(path, 0).get("DJFORMAT") == FORMAT
+    except Exception:  # noqa: BLE001 - anything unreadable is not one
+        return False
 
-    Raises ValueError naming the file and the problem for a missing HDU, a corrupted file or
-    arrays of mismatched shapes.
-    """
+
+def _read_file(path) -> tuple[ObservationData, Table | None, np.ndarray | None]:
+    """A deconvjax observation file: its observation, truth table and source images (None
+    where absent)."""
     path = Path(path)
     with _open(path) as hdul:
         h0 = hdul[0].header
@@ -499,7 +454,8 @@ def read_arrays(path) -> ObservationData:
                 )
         meta = {k: h0[k] for k in h0 if k in ("SURVEY", "SEED")}
         ps = h0.get("PIXSCALE")
-        return ObservationData(
+        bunit = h0.get("BUNIT")
+        data = ObservationData(
             images=images,
             weights=weights,
             variance=variance,
@@ -508,13 +464,24 @@ def read_arrays(path) -> ObservationData:
             bands=bands,
             wcs=wcs,
             pixel_scale=None if ps is None else float(ps),
-            truth=truth,
-            source_images=src,
+            bunit=None if bunit is None else str(bunit),
             meta=meta,
             path=str(path),
             psf_center="pixel",
-            noise_source=f"given: deconvjax observation file ({noise_kind})",
+            noise_source=str(h0.get("NOISESRC", f"given: deconvjax observation file ({noise_kind})")),
         )
+        return data, truth, src
+
+
+
+def read_arrays(path) -> ObservationData:
+    """Read a file written by `write_observation` / `write_field` into an `ObservationData`
+    (a simulated field's truth parts are left out: `read_field` reads them).
+
+    Raises ValueError naming the file and the problem for a missing HDU, a corrupted file or
+    arrays of mismatched shapes.
+    """
+    return _read_file(path)[0]
 
 
 def read_observation(path, frame=None, **kwargs):
@@ -522,44 +489,54 @@ def read_observation(path, frame=None, **kwargs):
     return read_arrays(path).to_observation(frame, **kwargs)
 
 
-def read_field(path):
-    """Read a file written by `write_field` back into a `deconvjax.sims.SimulatedField`."""
-    from deconvjax.sims.blends import SimulatedField
-
-    d = read_arrays(path)
-    if d.truth is None or d.source_images is None:
+def read_field(path) -> SimulatedField:
+    """Read a file written by `write_field` from a `SimulatedField` back into one."""
+    data, truth, src = _read_file(path)
+    if truth is None or src is None:
         raise ValueError(f"{path}: missing HDU 'TRUTH' or 'SOURCES'; not a simulated field")
-    return SimulatedField(
-        images=d.images,
-        variance=d.variance,
-        psf_images=d.psf_images,
-        wcs=d.wcs,
-        truth=d.truth,
-        source_images=d.source_images,
-        bands=d.bands,
-        pixel_scale=d.pixel_scale,
-        survey=str(d.meta.get("SURVEY", "")),
-        seed=int(d.meta.get("SEED", -1)),
-        mask=d.mask,
-    )
+    meta = dict(data.meta)
+    survey, seed = str(meta.pop("SURVEY", "")), int(meta.pop("SEED", -1))
+    return SimulatedField(dataclasses.replace(data, meta=meta), truth, src, survey=survey, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------
 # Common real layouts
 # ---------------------------------------------------------------------------------------
 
-def _read_plane_or_cube(spec, name: str, hdu) -> tuple[np.ndarray, list, str]:
-    """Read a path (cube or image) or a list of paths (one image each) into (band, y, x).
-
-    Each path may also be a ``(path, hdu)`` pair, to pick an extension per file (e.g. the
-    ``SCI`` and ``WHT`` extensions of one HST drizzled file).
-    """
-    single = isinstance(spec, (str, os.PathLike)) or (
+def _is_single(spec) -> bool:
+    """Whether ``spec`` is one path or one ``(path, hdu)`` pair (not a list of them)."""
+    return isinstance(spec, (str, os.PathLike)) or (
         isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], (int, str))
         and isinstance(spec[0], (str, os.PathLike)) and not isinstance(spec[1], os.PathLike)
         and not str(spec[1]).lower().endswith((".fits", ".fit", ".fz", ".gz"))
     )
-    paths = [spec] if single else list(spec)
+
+
+#: Extension names of noise maps in an image file, and the noise they hold (the
+#: ``noise_extensions`` option of `read_images`).
+NOISE_EXTENSIONS = {"VARIANCE": "variance", "VAR": "variance", "WEIGHT": "weight", "WHT": "weight",
+                    "IVAR": "weight", "RMS": "rms", "SIGMA": "rms", "ERR": "rms"}
+
+
+def _noise_extension(path) -> tuple[str, int] | None:
+    """``(kind, index)`` of the first HDU of ``path`` named as a noise map
+    (`NOISE_EXTENSIONS`) holding a 2-D or 3-D array, or None."""
+    with _open(path) as hdul:
+        for i, h in enumerate(hdul):
+            kind = NOISE_EXTENSIONS.get(str(h.name).upper())
+            if kind and h.is_image and h.data is not None and h.data.ndim in (2, 3):
+                return kind, i
+    return None
+
+
+def _read_plane_or_cube(spec, name: str, hdu, skip=()) -> tuple[np.ndarray, list, str]:
+    """Read a path (cube or image) or a list of paths (one image each) into (band, y, x).
+
+    Each path may also be a ``(path, hdu)`` pair, to pick an extension per file (e.g. the
+    ``SCI`` and ``WHT`` extensions of one HST drizzled file). Without an HDU the first one
+    holding an image is read, skipping HDUs whose names are in ``skip``.
+    """
+    paths = [spec] if _is_single(spec) else list(spec)
     if not paths:
         raise ValueError(f"{name}: expected a path or a non-empty list of paths")
     planes = []
@@ -577,7 +554,7 @@ def _read_plane_or_cube(spec, name: str, hdu) -> tuple[np.ndarray, list, str]:
         with _open(p) as hdul:
             if hdu_ is None:
                 h = next((x for x in hdul if x.data is not None and x.is_image
-                          and x.data.ndim >= 2), None)
+                          and x.data.ndim >= 2 and str(x.name).upper() not in skip), None)
                 if h is None:
                     raise ValueError(f"{p}: missing image HDU (no HDU holds a 2-D or 3-D array)")
             else:
@@ -671,17 +648,26 @@ def read_images(
     hdu: int | str | None = None,
     psf_pixel_scale: float | None = None,
     estimate_noise_if_missing: bool = True,
+    noise_extensions: bool = False,
+    crop_psf: bool = True,
 ) -> ObservationData:
-    """Read common real layouts into `ObservationData`.
+    """Read FITS images into `ObservationData`: a deconvjax observation file whole, or the
+    common real layouts.
 
     Args:
-        images: one (band, y, x) cube file, a single-band image file, or a list of image files
-            (one per band). Any path may be a ``(path, hdu)`` pair to pick its extension.
-            The WCS comes from the first image header (celestial axes).
-        psf: the same layouts; a single (h, w) PSF is used for all bands.
-        variance | weight | rms: the noise (at most one), same layouts. Negative values,
-            NaN on pixels with data, or no pixel with information raise `NoiseMapError`
-            (a ValueError); 0 weight or infinite variance masks a pixel.
+        images: a deconvjax observation file (`write_observation`, `write_field`: read
+            with its own PSF, noise and mask, `read_arrays`; the other arguments but
+            ``bands`` must then be left out), one (band, y, x) cube file, a single-band image
+            file, or a list of image files (one per band). Any path may be a ``(path, hdu)``
+            pair to pick its extension. The WCS comes from the first image header
+            (celestial axes), ``BUNIT`` from it or the primary header.
+        psf: the same layouts; a single (h, w) PSF is used for all bands. PSF images larger
+            than the images are cropped around their peak with a warning (``crop_psf``
+            False: left as they are, for a caller that prepares PSFs itself).
+        variance | weight | rms: the noise (at most one), same layouts, or a number (the
+            same at every pixel). Negative values, NaN on pixels with data, or no pixel
+            with information raise `NoiseMapError` (a ValueError); 0 weight or infinite
+            variance masks a pixel.
         mask: same layouts, nonzero marks bad pixels.
         bands: band names (default: FILTER/BAND keywords, else "0", "1", ...).
         hdu: HDU index or name to read in every file (default: the first with an image).
@@ -690,14 +676,35 @@ def read_images(
             (`deconvjax.io.noise.estimate_noise`: background rms, plus the sources' Poisson
             noise where BUNIT / EXPTIME / GAIN allow) and warn saying so; False: raise.
             The result's ``noise_source`` and ``noise_estimate`` record what was done.
+        noise_extensions: without a noise map given, first look in the (single) image file
+            for an extension named as one (`NOISE_EXTENSIONS`: ``VARIANCE``, ``WEIGHT``,
+            ``RMS``, ``ERR``, ...); such extensions are never read as the image.
+
+    Returns:
+        The `ObservationData`: images (band, y, x) float32, NaN or inf pixels set to 0 and
+        masked; weights and variance (band, y, x); psf_images (band, h, w) or None.
     """
-    img, headers, first = _read_plane_or_cube(images, "images", hdu)
+    if _is_single(images) and not isinstance(images, tuple) and is_observation_file(images):
+        extra = [n for n, v in (("psf", psf), ("variance", variance), ("weight", weight), ("rms", rms),
+                                ("mask", mask), ("hdu", hdu), ("psf_pixel_scale", psf_pixel_scale))
+                 if v is not None]
+        if extra:
+            raise ValueError(f"{images}: a deconvjax observation file holds its own PSF, noise and "
+                             f"mask; leave out {', '.join(extra)}")
+        data = read_arrays(images)
+        return data if bands is None else dataclasses.replace(data, bands=tuple(bands))
+    skip = tuple(NOISE_EXTENSIONS) if noise_extensions else ()
+    img, headers, first = _read_plane_or_cube(images, "images", hdu, skip)
     header = headers[0]
     nb = img.shape[0]
     given = [(n, v) for n, v in (("variance", variance), ("weight", weight), ("rms", rms))
              if v is not None]
     if len(given) > 1:
         raise ValueError(f"variance, weight, rms: give at most one, got {[n for n, _ in given]}")
+    if not given and noise_extensions and _is_single(images):
+        found = _noise_extension(images[0] if isinstance(images, tuple) else images)
+        if found is not None:
+            given = [(found[0], (images[0] if isinstance(images, tuple) else images, found[1]))]
     if mask is not None:
         m, _, mpath = _read_plane_or_cube(mask, "mask", hdu)
         if m.shape[0] == 1 and nb > 1:
@@ -727,10 +734,13 @@ def read_images(
     estimate = None
     if given:
         name, spec = given[0]
-        try:
-            noise, _, npath = _read_plane_or_cube(spec, name, hdu)
-        except ValueError as err:
-            raise NoiseMapError(str(err), name) from None
+        if isinstance(spec, int | float | np.number) and not isinstance(spec, bool):
+            noise, npath = np.full(img.shape, float(spec)), f"{name}={spec}"
+        else:
+            try:
+                noise, _, npath = _read_plane_or_cube(spec, name, hdu)
+            except ValueError as err:
+                raise NoiseMapError(str(err), name) from None
         if noise.shape[0] == 1 and nb > 1:
             noise = np.broadcast_to(noise, img.shape)
         if noise.shape != img.shape:
@@ -753,7 +763,9 @@ def read_images(
         source = estimate.method
         warnings.warn(f"{first}: {estimate.summary()}", UserWarning, stacklevel=2)
     else:
-        raise ValueError(f"{first}: no noise map (variance, weight or rms) given")
+        where = (" and the file has no " + " / ".join(sorted(set(NOISE_EXTENSIONS) - {"VAR", "WHT"}))
+                 + " extension") if noise_extensions else ""
+        raise NoiseMapError(f"{first}: no noise map (variance, weight or rms) given{where}", "variance")
     weights = np.where(m, 0.0, weights)
     img = np.where(bad, 0.0, img)
     psf_arr = None
@@ -765,7 +777,8 @@ def read_images(
             raise ValueError(f"{ppath}: psf has {psf_arr.shape[0]} planes but images have {nb}")
         if not np.all(np.isfinite(psf_arr)):
             raise ValueError(f"{ppath}: psf contains NaN or inf")
-        psf_arr = _psf_cropped_to(psf_arr, img.shape[1:], ppath, psf_pixel_scale is None)
+        if crop_psf:
+            psf_arr = _psf_cropped_to(psf_arr, img.shape[1:], ppath, psf_pixel_scale is None)
     wcs = _wcs_from(header, first, "the image header")
     ps = None
     if wcs is not None:
@@ -786,6 +799,7 @@ def read_images(
         wcs=wcs,
         pixel_scale=ps,
         psf_pixel_scale=psf_pixel_scale,
+        bunit=None if header.get("BUNIT") is None else str(header["BUNIT"]).strip(),
         path=first,
         noise_source=source,
         noise_estimate=estimate,

@@ -1,4 +1,8 @@
-"""``deconvjax sample``: posterior samples of a galaxy from FITS images (click command)."""
+"""``deconvjax sample``: posterior samples of a galaxy from FITS images (click command).
+
+The images, PSFs and noise maps are read by `deconvjax.io.read_images`, the reader every
+command shares; `deconvjax.posterior.adapt.prior_observations` then places the prior's
+stamp on them."""
 
 from __future__ import annotations
 
@@ -10,71 +14,51 @@ import numpy as np
 
 __all__ = ["sample", "write_outputs", "posterior_panel"]
 
-_NOISE_HDUS = {"VARIANCE": "variance", "VAR": "variance", "WEIGHT": "weights", "WHT": "weights",
-               "IVAR": "weights", "RMS": "rms", "SIGMA": "rms", "ERR": "rms"}
-
-
-def _read_image(path: str) -> tuple[np.ndarray, dict, object]:
-    """The first 2-D or 3-D image of a FITS file, its noise extensions and its celestial
-    WCS (None when the header has none)."""
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
-    with fits.open(path) as hdul:
-        data, noise, wcs = None, {}, None
-        for h in hdul:
-            if h.data is None or h.data.ndim not in (2, 3):
-                continue
-            name = str(h.name).upper()
-            if name in _NOISE_HDUS:
-                noise[_NOISE_HDUS[name]] = np.asarray(h.data, np.float64)
-            elif data is None:
-                data = np.asarray(h.data, np.float64)
-                try:
-                    import warnings
-
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        w = WCS(h.header, naxis=2)
-                    wcs = w.celestial if w.has_celestial else None
-                except Exception:  # noqa: BLE001 - a broken WCS is treated as none
-                    wcs = None
-    if data is None:
-        raise click.BadParameter(f"{path}: no 2-D or 3-D image in the file", param_hint="IMAGES")
-    return data, noise, wcs
-
-
-def _read_psf(path: str) -> np.ndarray:
-    from astropy.io import fits
-
-    with fits.open(path) as hdul:
-        for h in hdul:
-            if h.data is not None and h.data.ndim in (2, 3):
-                return np.asarray(h.data, np.float64)
-    raise click.BadParameter(f"{path}: no PSF image in the file", param_hint="--psf")
-
-
 def _noise_arg(value: str):
-    """A number, or a readable FITS file holding a variance map."""
+    """A number, or the path of an existing file (a variance map, read with the images by
+    `deconvjax.io.read_images`)."""
     try:
         v = float(value)
     except ValueError:
-        from pathlib import Path as _P
-
-        if not _P(value).is_file():
+        if not Path(value).is_file():
             raise click.BadParameter(f"{value!r} is neither a number nor an existing FITS file",
                                      param_hint="--variance") from None
-        from astropy.io import fits
-
-        try:
-            return np.asarray(fits.getdata(value), np.float64)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is a bad option
-            raise click.BadParameter(f"{value}: not a readable FITS image ({err})",
-                                     param_hint="--variance") from None
+        return value
     if not (np.isfinite(v) and v > 0):
         raise click.BadParameter(f"{value!r}: a variance must be positive and finite",
                                  param_hint="--variance")
     return v
+
+
+def _read(path: str, psf: str, variance) -> tuple[np.ndarray, np.ndarray, np.ndarray, object, float | None]:
+    """One image of the command through `deconvjax.io.read_images`: ``(data, psf,
+    variance, wcs, pixel_scale)``. The noise is ``variance`` (a number or a file), else a
+    VARIANCE / WEIGHT / RMS extension of the image file; the PSF is left at its size
+    (`prior_observations` crops or pads it, with a notice). NaN or inf pixels come back as
+    NaN (`prior_observations` masks them with a warning); masked pixels have infinite
+    variance. The pixel scale is the header's (PIXSCALE, ...) for an image without a WCS."""
+    import warnings
+
+    from ..io import NoiseMapError, read_images
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            d = read_images(path, psf=psf, variance=variance, noise_extensions=True,
+                            estimate_noise_if_missing=False, crop_psf=False)
+    except NoiseMapError as err:
+        message = str(err)
+        if "no noise map" in message:
+            message = (f"{path}: no noise information (give --variance, or a VARIANCE / WEIGHT / RMS "
+                       "extension in the file)")
+        raise click.BadParameter(message, param_hint="--variance") from None
+    except ValueError as err:
+        hint = "--psf" if str(err).startswith(str(psf)) else "IMAGES"
+        raise click.BadParameter(str(err), param_hint=hint) from None
+    data = np.where(d.mask, np.nan, d.images).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        var = np.where(d.weights > 0, 1.0 / np.where(d.weights > 0, d.weights, 1.0), np.inf)
+    return data, d.psf_images, var, d.wcs, None if d.wcs is not None else d.pixel_scale
 
 
 def _check_variances(ctx, param, values):
@@ -249,29 +233,20 @@ def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior
         prior = load_prior(None if prior_path == "shipped" else prior_path)
     except (OSError, FileNotFoundError, ValueError, KeyError) as err:
         raise click.BadParameter(f"cannot load prior {prior_path!r}: {err}", param_hint="--prior") from err
-    datas, noises, wcss = [], [], []
+    datas, psf_images, noises, wcss, header_scales = [], [], [], [], []
     for i, p in enumerate(images):
-        data, found, wcs = _read_image(p)
-        if variances:
-            noises.append(variances[i])
-        elif "variance" in found:
-            noises.append(found["variance"])
-        elif "weights" in found:
-            w = found["weights"]
-            noises.append(np.where(w > 0, 1.0 / np.where(w > 0, w, 1.0), np.inf))
-        elif "rms" in found:
-            noises.append(found["rms"] ** 2)
-        else:
-            raise click.BadParameter(
-                f"{p}: no noise information (give --variance, or a VARIANCE / WEIGHT / RMS "
-                "extension in the file)", param_hint="--variance")
+        data, psf, var, wcs, scale = _read(p, psfs[i], variances[i] if variances else None)
         datas.append(data)
+        psf_images.append(psf)
+        noises.append(var)
         wcss.append(wcs)
+        header_scales.append(scale)
     if any(w is None for w in wcss):
         wcss = None  # all or none: images without a WCS share their centres
-    scales = list(pixel_scales) if pixel_scales else None
+    scales = list(pixel_scales) if pixel_scales else (
+        header_scales if wcss is None and all(s is not None for s in header_scales) else None)
     try:
-        setup = prior_observations(prior, datas, [_read_psf(p) for p in psfs], noises,
+        setup = prior_observations(prior, datas, psf_images, noises,
                                    pixel_scales=scales, wcss=wcss, grid_scale=grid_scale,
                                    flux_factor=flux_factor)
         cg = {} if cg_iters is None else {"cg_iters": cg_iters}

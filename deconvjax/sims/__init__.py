@@ -1,11 +1,16 @@
-"""GalSim-backed survey simulations with truth (see `deconvjax.sims.blends` for conventions)."""
+"""GalSim-backed survey simulations with truth (see `deconvjax.sims.blends` for conventions).
 
-from .blends import COSMOS_CENTER as COSMOS_CENTER
-from .blends import SimulatedField as SimulatedField
+A simulated field is a `deconvjax.io.SimulatedField`: the observation container
+(`deconvjax.io.ObservationData`) that real data are read into, plus the truth; the field's
+TAN WCS is `deconvjax.wcs.make_wcs` (both re-exported here).
+"""
+
+from ..io.data import SimulatedField as SimulatedField
+from ..wcs import COSMOS_CENTER as COSMOS_CENTER
+from ..wcs import make_wcs as make_wcs
 from .blends import blendedness as blendedness
 from .blends import default_field as default_field
 from .blends import draw_psf_images as draw_psf_images
-from .blends import make_wcs as make_wcs
 from .blends import simulate_field as simulate_field
 from .blends import simulate_fields as simulate_fields
 from .paired import PairedField as PairedField

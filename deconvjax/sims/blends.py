@@ -20,6 +20,8 @@ import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from ..io.data import ObservationData, SimulatedField
+from ..wcs import COSMOS_CENTER, make_wcs
 from .galaxies import (
     draw_galaxy_params,
     draw_real_params,
@@ -33,25 +35,8 @@ from .galaxies import (
 )
 from .surveys import Survey, get_survey
 
-COSMOS_CENTER = (150.1, 2.2)  # RA, Dec in degrees
-
-
-def make_wcs(shape, pixel_scale: float, center=COSMOS_CENTER) -> WCS:
-    """A north-up, east-left TAN WCS of ``shape`` (ny, nx) centred on ``center`` (RA, Dec deg).
-
-    The sky centre falls on the geometric centre of the image, pixel ((ny-1)/2, (nx-1)/2).
-    """
-    ny, nx = shape
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [float(center[0]), float(center[1])]
-    w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]  # FITS is 1-based
-    w.wcs.cd = np.array([[-pixel_scale / 3600.0, 0.0], [0.0, pixel_scale / 3600.0]])
-    w.wcs.cunit = ["deg", "deg"]
-    w.wcs.radesys = "ICRS"
-    w.wcs.set()
-    return w
-
+__all__ = ["COSMOS_CENTER", "SimulatedField", "blendedness", "default_field", "draw_psf_images",
+           "make_wcs", "simulate_field", "simulate_fields"]
 
 def galsim_wcs(wcs: WCS) -> galsim.GSFitsWCS:
     """The same WCS as a GalSim GSFitsWCS (pure numpy, fast for drawing)."""
@@ -82,101 +67,6 @@ def draw_psf_images(survey: Survey, size: int | None = None) -> np.ndarray:
         a = img.array.astype(np.float64)
         out[b] = a / a.sum()
     return out
-
-
-@dataclasses.dataclass
-class SimulatedField:
-    """A simulated multi-band field and its truth.
-
-    Attributes:
-        images: (band, y, x) float32 noisy images, electrons, sky subtracted.
-        variance: (band, y, x) float32 true per-pixel noise variance (electrons^2).
-        psf_images: (band, h, w) float32 PSFs, odd-sized, centred, unit sum, pixel included.
-        wcs: astropy TAN WCS of the images.
-        truth: astropy Table, one row per source (see `simulate_field`).
-        source_images: (source, band, y, x) float32 noise-free image of each source alone.
-        bands: band names along the band axis.
-        pixel_scale: arcsec per pixel.
-        survey: the preset name.
-        seed: the seed that made the field (or -1 if unknown).
-        mask: (band, y, x) bool, True where a pixel is bad (all False for simulations).
-    """
-
-    images: np.ndarray
-    variance: np.ndarray
-    psf_images: np.ndarray
-    wcs: WCS
-    truth: Table
-    source_images: np.ndarray
-    bands: tuple[str, ...]
-    pixel_scale: float
-    survey: str
-    seed: int = -1
-    mask: np.ndarray | None = None
-
-    def __post_init__(self):
-        self.bands = tuple(self.bands)
-        nb = len(self.bands)
-        if self.images.ndim != 3 or self.images.shape[0] != nb:
-            raise ValueError(f"images: expected (band={nb}, y, x), got shape {self.images.shape}")
-        if self.variance.shape != self.images.shape:
-            raise ValueError(
-                f"variance: expected shape {self.images.shape}, got {self.variance.shape}"
-            )
-        if self.psf_images.ndim != 3 or self.psf_images.shape[0] != nb:
-            raise ValueError(f"psf_images: expected (band={nb}, h, w), got {self.psf_images.shape}")
-        if self.source_images.ndim != 4 or self.source_images.shape[1:] != self.images.shape:
-            raise ValueError(
-                f"source_images: expected (source, {', '.join(map(str, self.images.shape))}), "
-                f"got {self.source_images.shape}"
-            )
-        if self.mask is None:
-            self.mask = np.zeros(self.images.shape, bool)
-        elif self.mask.shape != self.images.shape:
-            raise ValueError(f"mask: expected shape {self.images.shape}, got {self.mask.shape}")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.images.shape[1:])
-
-    @property
-    def weights(self) -> np.ndarray:
-        """Inverse variances (float32); 0 where masked."""
-        w = np.where(self.mask, 0.0, 1.0 / self.variance)
-        return w.astype(np.float32)
-
-    @property
-    def noise_free(self) -> np.ndarray:
-        """(band, y, x) sum of all sources without noise."""
-        return self.source_images.sum(axis=0)
-
-    def frame(self, psf=None):
-        """A `deconvjax.Frame` on this field's pixel grid and WCS, with model PSF ``psf``
-        (default: the widest Gaussian that every band's PSF can be matched to,
-        `deconvjax.psf.model_psf_for`)."""
-        from deconvjax.frame import Frame  # lazy: sims must not need the core
-        from deconvjax.psf.matching import model_psf_for
-
-        if psf is None:
-            psf = model_psf_for(self.psf_images, self.pixel_scale)
-        return Frame(self.bands, self.shape, pixel_scale=self.pixel_scale, wcs=self.wcs, psf=psf)
-
-    def to_observation(self, frame=None, **kwargs):
-        """This field as a `deconvjax.Observation`.
-
-        The PSF is an `ArrayPSF` of ``psf_images`` at the image pixel scale (centred on the
-        central pixel); weights are ``1 / variance``. ``frame`` defaults to `frame()`, the
-        field's own grid; other keyword arguments go to `Observation`.
-        """
-        from deconvjax.observation import Observation  # lazy: sims must not need the core
-        from deconvjax.psf import ArrayPSF
-
-        if frame is None:
-            frame = self.frame()
-        psf = ArrayPSF(self.psf_images, pixel_scale=self.pixel_scale, center="pixel")
-        return Observation(self.images, frame=frame, psf=psf, weights=self.weights,
-                           bands=self.bands, wcs=self.wcs, pixel_scale=self.pixel_scale,
-                           **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -405,18 +295,20 @@ def render_catalog(
     else:
         images = noise_free + rng.standard_normal(noise_free.shape) * np.sqrt(variance)
     truth = _truth_table(survey, cat, sources, fluxes, px, py, ra, dec, cosmos_path)
-    return SimulatedField(
+    # (Correlated noise: the variance is its diagonal only.)
+    noise = "simulated: true variance" + (" (diagonal; correlated)" if correlated_noise else "")
+    data = ObservationData(
         images=images.astype(np.float32),
         variance=variance.astype(np.float32),
         psf_images=draw_psf_images(survey, psf_size),
-        wcs=wcs,
-        truth=truth,
-        source_images=sources,
         bands=survey.band_names,
+        wcs=wcs,
         pixel_scale=survey.pixel_scale,
-        survey=survey.name,
-        seed=seed,
+        bunit="ct",  # FITS-standard; counts are electrons (gain 1)
+        psf_center="pixel",
+        noise_source=noise,
     )
+    return SimulatedField(data, truth, sources, survey=survey.name, seed=seed)
 
 
 def blendedness(source_images: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..diffusion.denoiser import AbstractDenoiser
 from ..diffusion.prior import ScorePrior
+from ..diffusion.samplers import DEFAULT_SAMPLER, AbstractSampler
 from ..diffusion.sde import AbstractSDE
 from ..observation import Observation
 from .base import AbstractEmbedding, AbstractGuidance, PosteriorDenoiser, exact_jacobian, prior_shape
@@ -150,7 +151,7 @@ def deblend(
     spectra: np.ndarray | None = None,
     sde: AbstractSDE | None = None,
     method: AbstractGuidance | None = None,
-    sampler: str = "dpm2m",
+    sampler: AbstractSampler = DEFAULT_SAMPLER,
     n_spectrum_iters: int = 1,
     n_init_samples: int | None = None,
     **sample_kwargs,
@@ -212,10 +213,10 @@ def deblend(
     if not fixed:
         for i in range(int(n_spectrum_iters)):
             x, _ = sample_posterior(jax.random.fold_in(key, 1000 + i), post, sde,
-                                    n_init, method=sampler, **sample_kwargs)
+                                    n_init, sampler, **sample_kwargs)
             s = _fit_spectra(post, x.mean(0))
             post = eqx.tree_at(lambda q: q.embed.spectra, post, s.astype(jnp.float32))
-    x, _ = sample_posterior(key, post, sde, n_samples, method=sampler, **sample_kwargs)
+    x, _ = sample_posterior(key, post, sde, n_samples, sampler, **sample_kwargs)
     return _summarise(post, x)
 
 

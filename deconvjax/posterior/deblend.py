@@ -167,6 +167,8 @@ def deblend(
         centers: ``(n_source, 2)`` source centres ``(y, x)`` in model pixels; each stamp
             is centred on the rounded centre.
         spectra: ``(n_source, band)`` fixed spectra; default: optimised (module doc).
+        sampler: any sampler of `deconvjax.diffusion.samplers` (default `DPMSolver2M()`);
+            other keyword arguments go to its ``sample``.
         n_spectrum_iters, n_init_samples: the spectrum optimisation (module doc);
             ``n_init_samples`` defaults to ``n_samples``.
     """

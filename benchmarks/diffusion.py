@@ -9,14 +9,14 @@ benchmarks running; load average 3.1-3.8, given per line in the output), full mo
 the shipped prior retrained that day (held-out rows every 5th, 4000 steps):
 
 * 64x64 sampling with the shipped network's weights, batch 16, compile excluded:
-  **0.45 s/sample with 49 NFE** (default ``dpm2m``: DPM-Solver++(2M), 48 steps on the EDM
-  schedule, host loop); EDM Heun 18 steps: 0.32 s/sample with 37 NFE. The same evaluations
-  in diffrax's compiled loop (``ode_fixed``) cost 17.7x more per NFE (8.0 s/sample at 49
+  **0.45 s/sample with 49 NFE** (default ``DPMSolver2M()``: DPM-Solver++(2M), 48 steps on the
+  EDM schedule, host loop); ``EDMHeun()`` 18 steps: 0.32 s/sample with 37 NFE. The same
+  evaluations in diffrax's compiled loop (``FixedStepODE``) cost 17.7x more per NFE (8.0 s/sample at 49
   NFE); one 64x64 evaluation costs 9.3 ms/image called directly and 22.6x that inside a
   ``lax.scan``. Weights closed over as constants: 0.95x (not used). Anchor: DDPM 10 s per
   128x128 sample on an A100 with 950 steps. No GPU was available to this session.
-* Gaussian (d=3, 40000 samples) covariance rel. error: pf_ode 0.0073 (56 NFE), dpm2m
-  0.0147 (49 NFE), EDM Heun 18 steps 0.099 (37 NFE), EDM Heun 48 steps 0.0141 (97 NFE).
+* Gaussian (d=3, 40000 samples) covariance rel. error: ``AdaptiveODE`` 0.0073 (56 NFE),
+  ``DPMSolver2M`` 0.0147 (49 NFE), EDM Heun 18 steps 0.099 (37 NFE), EDM Heun 48 steps 0.0141 (97 NFE).
 * Training: 108 images/s (32x32, widths 16/32/32, batch 16), 86 images/s (16/32/64, batch 32).
 * Posterior (MMPS, cg_iters=1, around the shipped prior, 32x32, batch 8, dpm2m): 0.51 s/sample.
 * Shipped prior 32x32: 0.08 s/sample (49 NFE, batch 64). Held-out COSMOS PSNR (rows 4, 9,
@@ -65,6 +65,7 @@ from deconvjax.diffusion.evaluate import (
     psnr,
     tweedie_denoise,
 )
+from deconvjax.diffusion.samplers import DEFAULT_SAMPLER, AdaptiveODE, DPMSolver2M, EDMHeun, FixedStepODE
 from deconvjax.diffusion.train import _make_optimizer, _train_step
 
 # The shared data folder beside the checkout (../shared/data/cosmos), or $DECONVJAX_COSMOS.
@@ -88,10 +89,9 @@ def gaussian_check(quick):
     cov, mean = a @ a.T, np.array([0.5, -0.3, 0.2])
     den, sde = GaussianDenoiser(mean, cov), VESDE(1e-3, 100.0)
     out = {}
-    for name, kw in [("pf_ode", {"method": "pf_ode"}), ("dpm2m_48", {"method": "dpm2m"}),
-                     ("edm_18", {"method": "edm", "steps": 18}),
-                     ("edm_48", {"method": "edm", "steps": 48})]:
-        x, nfe = sample(jr.key(0), den, sde, (3,), 40_000, **kw)
+    for name, sampler in [("pf_ode", AdaptiveODE()), ("dpm2m_48", DPMSolver2M()),
+                          ("edm_18", EDMHeun(steps=18)), ("edm_48", EDMHeun(steps=48))]:
+        x, nfe = sample(jr.key(0), den, sampler, sde=sde, shape=(3,), n_samples=40_000)
         c = np.cov(np.asarray(x).T)
         out[name] = (float(np.linalg.norm(c - cov) / np.linalg.norm(cov)), int(nfe))
     return out
@@ -118,8 +118,10 @@ def training_throughput(size, channels, batch, steps):
     return batch / dt, dt, compile_s
 
 
-def timed_sample(n, *args, **kw):
-    """(seconds per sample after compilation, nfe, samples)."""
+def timed_sample(n, key, denoiser, sampler=DEFAULT_SAMPLER, **kw):
+    """(seconds per sample after compilation, nfe, samples) of ``sample(key, denoiser,
+    sampler, n_samples=n, **kw)``."""
+    args, kw = (key, denoiser, sampler), {"n_samples": n, **kw}
     x, _ = sample(*args, **kw)  # compile
     jax.block_until_ready(x)
     t = time.perf_counter()
@@ -213,7 +215,7 @@ def main():
     # 64x64 sampling cost (shipped weights at 64x64), batch 16, compile excluded.
     sde = VESDE(1e-3, 100.0)
     shape64 = (1, 64, 64)
-    sps, nfe, _ = timed_sample(nb, jr.key(3), den64, sde, shape64, nb)  # default: dpm2m, 48 steps
+    sps, nfe, _ = timed_sample(nb, jr.key(3), den64, sde=sde, shape=shape64)  # DPMSolver2M(): 48 steps
     la = load()
     res["seconds_per_sample_64"] = round(sps, 3)
     res["nfe_64"] = nfe
@@ -221,20 +223,20 @@ def main():
     print(f"64x64 sampling, default sampler (dpm2m, host loop), batch {nb}: {sps:.3f} s/sample "
           f"with {nfe} NFE ({1e3 * sps / nfe:.1f} ms per image-evaluation), load {la}; anchor DDPM "
           f"10 s per 128x128 sample on an A100 with 950 steps")
-    sps_e, nfe_e, _ = timed_sample(nb, jr.key(3), den64, sde, shape64, nb, method="edm",
-                                   steps=18)
+    sps_e, nfe_e, _ = timed_sample(nb, jr.key(3), den64, EDMHeun(steps=18), sde=sde,
+                                   shape=shape64)
     res["seconds_per_sample_64_edm18"] = round(sps_e, 3)
     res["nfe_64_edm18"] = nfe_e
     print(f"64x64 sampling, EDM Heun 18 steps: {sps_e:.3f} s/sample with {nfe_e} NFE, "
           f"load {load()}")
     if not args.quick:
         # The diffrax fixed-step Heun loop for comparison, 2 steps only (5 NFE), per NFE.
-        sps_d, nfe_d, _ = timed_sample(nb, jr.key(3), den64, sde, shape64, nb,
-                                       method="ode_fixed", steps=2)
+        sps_d, nfe_d, _ = timed_sample(nb, jr.key(3), den64, FixedStepODE(steps=2), sde=sde,
+                                       shape=shape64)
         ratio = (sps_d / nfe_d) / (sps / nfe)
         res["diffrax_loop_cost_per_nfe_ratio"] = round(ratio, 1)
         res["seconds_per_sample_64_diffrax_equiv_nfe"] = round(sps_d / nfe_d * nfe, 2)
-        print(f"64x64 diffrax ode_fixed (while loop), per NFE: {ratio:.1f}x the host loop's "
+        print(f"64x64 diffrax FixedStepODE (while loop), per NFE: {ratio:.1f}x the host loop's "
               f"cost ({sps_d / nfe_d * nfe:.2f} s/sample at {nfe} NFE), load {load()}")
 
     # Posterior denoiser (MMPS around the shipped prior, VJPs of the U-Net) through the same
@@ -249,7 +251,7 @@ def main():
     post = PosteriorDenoiser(prior, Observation(y, frame=frame, psf=GaussianPSF(1.5), rms=0.02),
                              method=MMPS(cg_iters=1))
     npost = 8
-    sps_p, nfe_p, xp = timed_sample(npost, jr.key(5), post, prior.sde, prior.shape, npost)
+    sps_p, nfe_p, xp = timed_sample(npost, jr.key(5), post, sde=prior.sde, shape=prior.shape)
     res["posterior_seconds_per_sample_32"] = round(sps_p, 3)
     res["posterior_nfe_32"] = nfe_p
     print(f"posterior (MMPS cg_iters=1, shipped prior, 32x32) dpm2m batch {npost}: "
@@ -258,8 +260,8 @@ def main():
 
     # Shipped prior: samples vs its training set (recipe of deconvjax/data/prior/README.md).
     n = 64 if args.quick else 256
-    sps32, nfe32, samples = timed_sample(n, jr.key(4), prior.denoiser, prior.sde, prior.shape,
-                                         n, batch_size=64)
+    sps32, nfe32, samples = timed_sample(n, jr.key(4), prior.denoiser, sde=prior.sde,
+                                         shape=prior.shape, batch_size=64)
     samples = np.asarray(samples)
     res["seconds_per_sample_32_shipped"] = round(sps32, 3)
     res["nfe_32_shipped"] = nfe32

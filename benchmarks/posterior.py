@@ -92,6 +92,7 @@ from astropy.io import fits  # noqa: E402
 from deconvjax.classical import richardson_lucy, tikhonov  # noqa: E402
 from deconvjax.diffusion import VESDE, StationaryGaussianDenoiser, sample  # noqa: E402
 from deconvjax.diffusion.data import cosmos_noise_variance, cosmos_stamps  # noqa: E402
+from deconvjax.diffusion.samplers import SAMPLER_NAMES, sampler_from_name  # noqa: E402
 from deconvjax.frame import Frame  # noqa: E402
 from deconvjax.observation import Observation  # noqa: E402
 from deconvjax.posterior import MMPS, PosteriorDenoiser, ScaledIdentity  # noqa: E402
@@ -147,8 +148,10 @@ def main():
     ap.add_argument("--tarp-size", type=int, default=16)
     ap.add_argument("--tarp-cg-iters", type=int, default=6)
     ap.add_argument("--cg-iters", type=int, default=1)
-    ap.add_argument("--sampler", default="dpm2m", help="dpm2m, edm, ode_fixed, pf_ode, sde, ...")
-    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--sampler", default="dpm2m", choices=SAMPLER_NAMES,
+                    help="as deconvjax sample --sampler (dpm2m: DPMSolver2M)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="the sampler's steps (default: its own, 48 for dpm2m)")
     ap.add_argument("--n-timing", type=int, default=16, help="trajectories in the timed batch")
     ap.add_argument("--force-gaussian", action="store_true")
     ap.add_argument("--n-sim", type=int, default=20, help="held-out simulated galaxies")
@@ -196,7 +199,7 @@ def main():
         sde = VESDE(1e-3 * 1.0, 100.0 * float(np.sqrt(np.mean((train / scale) ** 2))) + 1.0)
     else:
         scale, prior, sde = unet.flux_scale, unet.denoiser, unet.sde
-    skw = {"method": args.sampler, "steps": args.steps}
+    sampler = sampler_from_name(args.sampler, args.steps)
     mmps = MMPS(cg_iters=args.cg_iters)
 
     def compare(truths, subsets, seed, snr=20.0, peak=None, noise_var=None):
@@ -213,8 +216,8 @@ def main():
         # Posterior means: all galaxies in one stacked solve.
         stacked = StackedPosterior(template, [data])
         t0 = time.perf_counter()
-        x, nfe = sample(jr.key(seed), stacked, sde, stacked.shape, args.n_samples, progress=True,
-                        **skw)
+        x, nfe = sample(jr.key(seed), stacked, sampler, sde=sde, shape=stacked.shape,
+                        n_samples=args.n_samples, progress=True)
         post_mean = np.asarray(x, np.float64).mean(0) * scale  # (n, 1, s, s)
         print(f"posterior: {len(truths)} galaxies x {args.n_samples} samples in "
               f"{time.perf_counter() - t0:.1f} s (compile included), NFE {int(nfe)}")
@@ -306,9 +309,9 @@ def main():
         obs64 = PosteriorDenoiser(den64, Observation(np.zeros((1, s64, s64)), frame=f64, psf=psf, rms=rms),
                                   method=mmps, embed=ScaledIdentity(scale), x_shape=(1, s64, s64))
     nt = args.n_timing
-    sample(jr.key(1), obs64, sde, obs64.x_shape, nt, **skw)[0].block_until_ready()
+    sample(jr.key(1), obs64, sampler, sde=sde, shape=obs64.x_shape, n_samples=nt)[0].block_until_ready()
     t0 = time.perf_counter()
-    x64, nfe64 = sample(jr.key(2), obs64, sde, obs64.x_shape, nt, **skw)
+    x64, nfe64 = sample(jr.key(2), obs64, sampler, sde=sde, shape=obs64.x_shape, n_samples=nt)
     x64.block_until_ready()
     sec = (time.perf_counter() - t0) / nt
     res["seconds_per_posterior_sample_64"] = sec
@@ -333,8 +336,8 @@ def main():
                               method=MMPS(cg_iters=args.tarp_cg_iters))
     tstack = StackedPosterior(ttemp, [tdata])
     t0 = time.perf_counter()
-    xs, _ = sample(jr.key(3), tstack, VESDE(1e-3, 100.0), tstack.shape, args.tarp_samples,
-                   progress=True)
+    xs, _ = sample(jr.key(3), tstack, sde=VESDE(1e-3, 100.0), shape=tstack.shape,
+                   n_samples=args.tarp_samples, progress=True)
     xs = np.asarray(xs).swapaxes(0, 1)
     alpha, ecp, _ = tarp_coverage(jr.key(4), xs, truths)
     res["tarp_max_dev"] = float(tarp_max_deviation(alpha, ecp))
@@ -348,7 +351,7 @@ def main():
 
     res["prior"] = prior_name
     res["evaluated_on"] = held
-    res["sampler"] = f"{args.sampler} steps={args.steps}, MMPS cg_iters={args.cg_iters}"
+    res["sampler"] = f"{args.sampler} steps={getattr(sampler, 'steps', 'adaptive')}, MMPS cg_iters={args.cg_iters}"
     res["n_eval"] = args.n_eval
     res["load_average"] = os.getloadavg()[0]
     res["targets_met"] = {

@@ -114,7 +114,7 @@ def test_shipped_prior_samples_match_training_statistics(prior):
     train = prior.normalise(np.concatenate(
         [np.concatenate([cosmos_stamps(COSMOS, 32, trained_on)] * 4),
          simulate_galaxies(0, 1200, 32)]))
-    s, _ = dd.sample(jr.key(0), prior.denoiser, prior.sde, prior.shape, 128)
+    s, _ = dd.sample(jr.key(0), prior.denoiser, sde=prior.sde, shape=prior.shape, n_samples=128)
     c = compare_statistics(np.asarray(s), train)
     print(c)
     flux = c["flux_q16_50_84_samples"][1] / c["flux_q16_50_84_reference"][1]

@@ -166,20 +166,20 @@ def test_small_network_reproduces_gaussian(tmp_path):
                          "steps_per_call": 100})
     prior = train_prior(x, tmp_path / "g.eqx", cfg, flux_scale=1.0, progress=False)
     x1 = prior.sde.prior_std() * _moment_matched_normal(jr.key(0), 2000, (1, 2, 2))
-    s, nfe = sample(jr.key(0), prior.denoiser, prior.sde, (1, 2, 2), 2000, x_init=x1)
+    s, nfe = sample(jr.key(0), prior.denoiser, sde=prior.sde, shape=(1, 2, 2), n_samples=2000, x_init=x1)
     mean_err, cov_err = _moment_errors(s, mean, cov)
     print(f"trained: mean error {mean_err:.4f} (in std), covariance rel. error {cov_err:.4f}, "
           f"{int(nfe)} NFE")
     assert mean_err < 0.05 and cov_err < 0.05, (mean_err, cov_err)
     # The exact denoiser through the same sampler and starting points: the sampler's own
     # error is well below the tolerance.
-    e, _ = sample(jr.key(0), GaussianDenoiser(mean.reshape(1, 2, 2), cov), prior.sde,
-                  (1, 2, 2), 2000, x_init=x1)
+    e, _ = sample(jr.key(0), GaussianDenoiser(mean.reshape(1, 2, 2), cov), sde=prior.sde,
+                  shape=(1, 2, 2), n_samples=2000, x_init=x1)
     assert max(_moment_errors(e, mean, cov)) < 0.02
     # The check has power: the untrained network (same architecture) fails it.
     untrained = train_prior(x, tmp_path / "u.eqx", TrainConfig(**{**cfg.__dict__, "steps": 0}),
                             flux_scale=1.0, progress=False)
-    u, _ = sample(jr.key(0), untrained.denoiser, prior.sde, (1, 2, 2), 2000, x_init=x1)
+    u, _ = sample(jr.key(0), untrained.denoiser, sde=prior.sde, shape=(1, 2, 2), n_samples=2000, x_init=x1)
     assert max(_moment_errors(u, mean, cov)) > 0.2
 
 
@@ -188,7 +188,7 @@ def test_trained_network_reproduces_gaussian(tmp_path):
     x, mean, cov = _gaussian_data(4096)
     prior = train_prior(x, tmp_path / "g.eqx", TrainConfig(**{**GAUSS_CFG, "steps": 600}),
                         flux_scale=1.0, progress=False)
-    s, _ = sample(jr.key(0), prior.denoiser, prior.sde, (1, 2, 2), 8000)
+    s, _ = sample(jr.key(0), prior.denoiser, sde=prior.sde, shape=(1, 2, 2), n_samples=8000)
     s = np.asarray(s).reshape(-1, 4)
     assert np.max(np.abs(s.mean(0) - mean) / np.sqrt(np.diag(cov))) < 0.05
     assert np.linalg.norm(np.cov(s.T) - cov) / np.linalg.norm(cov) < 0.05

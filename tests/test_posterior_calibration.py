@@ -38,7 +38,7 @@ def _draw(rng, power, n_draws):
     pytest.param(1000, 16, 0.05, marks=pytest.mark.slow),
 ])
 def test_tarp_coverage_and_chi2_on_simulations(n_sims, n_samples, tol):
-    """Simulated observations from the prior, MMPS PF-ODE samples for each; the full
+    """Simulated observations from the prior, MMPS samples (default sampler) for each; the full
     version (1000 simulations, deviation at most 0.05) is marked slow and also run in
     benchmarks/posterior.py. ~0.87/sqrt(n_sims) is the expected deviation of a
     calibrated posterior."""
@@ -54,7 +54,7 @@ def test_tarp_coverage_and_chi2_on_simulations(n_sims, n_samples, tol):
     data = np.asarray(jax.vmap(o)(jnp.asarray(truths, jnp.float32))) + noise * rng.normal(
         size=(n_sims, 1, N, N))
     stacked = StackedPosterior(template, [data])
-    x, _ = sample(jr.key(1), stacked, VESDE(1e-3, 50.0), stacked.shape, n_samples)
+    x, _ = sample(jr.key(1), stacked, sde=VESDE(1e-3, 50.0), shape=stacked.shape, n_samples=n_samples)
     x = np.asarray(x).swapaxes(0, 1)  # (n_sims, n_samples, 1, N, N)
     alpha, ecp, _ = tarp_coverage(jr.key(2), x, truths)
     dev = float(tarp_max_deviation(alpha, ecp))

@@ -13,6 +13,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from deconvjax.cli import main  # noqa: E402
 from deconvjax.diffusion import VESDE, ScorePrior, UNet, UNetDenoiser, save_prior  # noqa: E402
+from deconvjax.diffusion.samplers import FixedStepODE  # noqa: E402
 from deconvjax.posterior.deconvolve import deconvolve_images  # noqa: E402
 
 N = 16
@@ -52,7 +53,7 @@ def _run(args):
 
 def test_flux_factor_undoes_exactly(tiny):
     _, prior, img, psf = tiny
-    kw = dict(n_samples=2, sampler="ode_fixed", steps=3, pixel_scales=[0.2])
+    kw = dict(n_samples=2, sampler=FixedStepODE(steps=3), pixel_scales=[0.2])
     r1, s1 = deconvolve_images(jr.key(3), prior, [img], [psf], [0.05**2], **kw)
     r2, s2 = deconvolve_images(jr.key(3), prior, [1000 * img], [psf], [1e6 * 0.05**2], **kw)
     np.testing.assert_allclose(s2.flux_factor, 1000 * s1.flux_factor, rtol=1e-9)

@@ -1,4 +1,4 @@
-"""Diffusion priors: SDEs, denoisers (analytic and U-Net), training, diffrax samplers,
+"""Diffusion priors: SDEs, denoisers (analytic and U-Net), training, samplers (`deconvjax.diffusion.samplers`),
 log-densities, the shipped galaxy prior and a MAP regulariser."""
 
 from ..checkpoint import load_checkpoint as load_checkpoint
@@ -15,9 +15,17 @@ from .prior import load_prior as load_prior
 from .prior import save_prior as save_prior
 from .regulariser import prior_score as prior_score
 from .regulariser import prior_score_penalty as prior_score_penalty
-from .sample import edm_sigmas as edm_sigmas
-from .sample import sample as sample
-from .sample import score_at as score_at
+from .samplers import AbstractSampler as AbstractSampler
+from .samplers import AdaptiveODE as AdaptiveODE
+from .samplers import Ancestral as Ancestral
+from .samplers import DPMSolver2M as DPMSolver2M
+from .samplers import EDMHeun as EDMHeun
+from .samplers import FixedStepODE as FixedStepODE
+from .samplers import PredictorCorrector as PredictorCorrector
+from .samplers import ReverseSDE as ReverseSDE
+from .samplers import edm_sigmas as edm_sigmas
+from .samplers import sample as sample
+from .samplers import score_at as score_at
 from .sde import VESDE as VESDE
 from .sde import VPSDE as VPSDE
 from .sde import AbstractSDE as AbstractSDE

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .sample import reverse_drift
+from .samplers.base import diffrax_nfe, reverse_drift
 from .sde import AbstractSDE
 
 __all__ = ["log_prob"]
@@ -67,8 +67,6 @@ def log_prob(
 
 @eqx.filter_jit
 def _log_prob(key, denoiser, sde, x, n_probes, exact_trace, solver, rtol, atol, max_steps):
-    from .sample import _nfe
-
     n = x.shape[0]
     dim = x[0].size
     if exact_trace:
@@ -100,4 +98,4 @@ def _log_prob(key, denoiser, sde, x, n_probes, exact_trace, solver, rtol, atol, 
     logp1 = -0.5 * jnp.sum((x1 / std) ** 2, axis=axes) - dim * jnp.log(std * jnp.sqrt(2 * jnp.pi))
     # Density of the VE-unit variable x_t / s at x: Jacobian s^dim of x -> s x.
     logp = logp1 + delta + dim * jnp.log(sde.scale(t0))
-    return logp, jnp.asarray(_nfe(solver, sol.stats["num_steps"]), jnp.int32)
+    return logp, jnp.asarray(diffrax_nfe(solver, sol.stats["num_steps"]), jnp.int32)

@@ -22,6 +22,5 @@ from .deconvolve import make_observations as make_observations
 from .dps import DPS as DPS
 from .mmps import MMPS as MMPS
 from .sampling import sample_posterior as sample_posterior
-from .sampling import sample_unrolled as sample_unrolled
 from .tarp import tarp_coverage as tarp_coverage
 from .tarp import tarp_max_deviation as tarp_max_deviation

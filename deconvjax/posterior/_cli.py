@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..diffusion.samplers.names import DEFAULT_SAMPLER_NAME, SAMPLER_NAMES
+
 __all__ = ["sample", "write_outputs", "posterior_panel"]
 
 def _noise_arg(value: str):
@@ -181,13 +183,16 @@ def _float_or_auto(name):
 @click.option("--n-samples", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--method", type=click.Choice(["mmps", "convolved", "dps"]), default="mmps",
               show_default=True, help="Guidance method.")
-@click.option("--sampler", type=click.Choice(["dpm2m", "edm", "pf_ode", "sde", "ode_fixed", "pc"]),
-              default="dpm2m", show_default=True,
-              help="dpm2m / edm: fixed steps on the EDM schedule from a host loop, the fast "
-                   "choice for U-Net priors; the others run inside diffrax's loop.")
+@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default=DEFAULT_SAMPLER_NAME,
+              show_default=True,
+              help="dpm2m (DPMSolver2M) / edm (EDMHeun) / edm_euler / ancestral: fixed steps on "
+                   "the EDM schedule from a host loop, the fast choices for U-Net priors; "
+                   "pf_ode (AdaptiveODE), ode_fixed (FixedStepODE), sde / sde_shark "
+                   "(ReverseSDE), pc (PredictorCorrector).")
 @click.option("--steps", default=None, type=click.IntRange(1),
-              help="Steps of the fixed-step samplers (default 48 for dpm2m, 18 for edm, 64 "
-                   "for sde, ode_fixed and pc).")
+              help="Steps of the fixed-step samplers (default: the sampler's own, as in Python: "
+                   "48 for dpm2m, 18 for edm and edm_euler, 64 for the others; pf_ode is "
+                   "adaptive).")
 @click.option("--cg-iters", default=None, type=click.IntRange(0),
               help="CG iterations of the guidance's solve. Default: chosen from the prior as "
                    "MMPS() does, 1 for learned priors such as the shipped one (more do worse: "
@@ -212,6 +217,7 @@ def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior
     import jax.random as jr
 
     from ..diffusion.prior import load_prior
+    from ..diffusion.samplers.names import sampler_from_name
     from .adapt import prior_observations
     from .base import PosteriorDenoiser
     from .convolved import ConvolvedLikelihood
@@ -252,6 +258,7 @@ def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior
         cg = {} if cg_iters is None else {"cg_iters": cg_iters}
         guidance = {"mmps": MMPS(**cg), "convolved": ConvolvedLikelihood(**cg), "dps": DPS()}[method]
         post = PosteriorDenoiser(prior, setup.observations, method=guidance, embed=setup.embed)
+        sampler_obj = sampler_from_name(sampler, steps)
     except (ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from err
     for note in setup.notes:
@@ -259,9 +266,8 @@ def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior
     for w in setup.warnings:
         click.echo(f"warning: {w}")
     t0 = time.perf_counter()
-    x, nfe = sample_posterior(jr.key(seed), post, prior.sde, n_samples, method=sampler,
-                              batch_size=batch_size, steps=steps,
-                              progress=not no_progress)
+    x, nfe = sample_posterior(jr.key(seed), post, prior.sde, n_samples, sampler_obj,
+                              batch_size=batch_size, progress=not no_progress)
     result = crop_result(summarise(post, x, nfe), setup.embed)
     dt = time.perf_counter() - t0
     stamp = setup.frame.wcs.deepcopy()

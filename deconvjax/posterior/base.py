@@ -8,7 +8,7 @@ or the placement of sources in a scene) and ``A`` the observation's linear opera
 ``n ~ N(0, W^-1)`` (``W`` the inverse-variance weights).
 
 A `PosteriorDenoiser` is itself an `AbstractDenoiser` returning ``E[x | x_t, y]`` (or a
-guidance method's approximation of it), so every sampler of `deconvjax.diffusion.sample`
+guidance method's approximation of it), so every sampler of `deconvjax.diffusion.samplers`
 draws posterior samples with it unchanged: by Tweedie's formula applied to the posterior,
 ``grad log p(x_t | y) = (E[x | x_t, y] - x_t) / sigma^2``.
 

@@ -30,6 +30,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..diffusion.denoiser import AbstractDenoiser
 from ..diffusion.prior import ScorePrior
+from ..diffusion.samplers import DEFAULT_SAMPLER, AbstractSampler
 from ..diffusion.sde import AbstractSDE
 from ..observation import Observation
 from .base import AbstractEmbedding, AbstractGuidance, PosteriorDenoiser, exact_jacobian, prior_shape
@@ -150,7 +151,7 @@ def deblend(
     spectra: np.ndarray | None = None,
     sde: AbstractSDE | None = None,
     method: AbstractGuidance | None = None,
-    sampler: str = "dpm2m",
+    sampler: AbstractSampler = DEFAULT_SAMPLER,
     n_spectrum_iters: int = 1,
     n_init_samples: int | None = None,
     **sample_kwargs,
@@ -166,6 +167,8 @@ def deblend(
         centers: ``(n_source, 2)`` source centres ``(y, x)`` in model pixels; each stamp
             is centred on the rounded centre.
         spectra: ``(n_source, band)`` fixed spectra; default: optimised (module doc).
+        sampler: any sampler of `deconvjax.diffusion.samplers` (default `DPMSolver2M()`);
+            other keyword arguments go to its ``sample``.
         n_spectrum_iters, n_init_samples: the spectrum optimisation (module doc);
             ``n_init_samples`` defaults to ``n_samples``.
     """
@@ -212,10 +215,10 @@ def deblend(
     if not fixed:
         for i in range(int(n_spectrum_iters)):
             x, _ = sample_posterior(jax.random.fold_in(key, 1000 + i), post, sde,
-                                    n_init, method=sampler, **sample_kwargs)
+                                    n_init, sampler, **sample_kwargs)
             s = _fit_spectra(post, x.mean(0))
             post = eqx.tree_at(lambda q: q.embed.spectra, post, s.astype(jnp.float32))
-    x, _ = sample_posterior(key, post, sde, n_samples, method=sampler, **sample_kwargs)
+    x, _ = sample_posterior(key, post, sde, n_samples, sampler, **sample_kwargs)
     return _summarise(post, x)
 
 

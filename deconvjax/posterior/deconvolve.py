@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..diffusion.prior import ScorePrior
+from ..diffusion.samplers import DEFAULT_SAMPLER, AbstractSampler
 from ..diffusion.sde import AbstractSDE
 from ..frame import Frame
 from ..observation import Observation
@@ -49,7 +50,7 @@ def deconvolve(
     n_samples: int = 64,
     sde: AbstractSDE | None = None,
     method: AbstractGuidance | None = None,
-    sampler: str = "dpm2m",
+    sampler: AbstractSampler = DEFAULT_SAMPLER,
     batch_size: int | None = None,
     progress: bool = False,
     embed: AbstractEmbedding | None = None,
@@ -68,10 +69,10 @@ def deconvolve(
         sde: the diffusion SDE (default: the prior's).
         method: guidance (default `MMPS()`, whose CG solve is chosen from the prior:
             converged for exact Gaussian denoisers, one iteration for learned ones).
-        sampler: ``"dpm2m"`` (default: DPM-Solver++(2M), 48 steps, one denoiser call per
-            step from a host loop, the fast choice for U-Net priors), ``"pf_ode"``
-            (adaptive, the exact choice for analytic priors) or any method of
-            `deconvjax.diffusion.sample`.
+        sampler: `DPMSolver2M()` (default: DPM-Solver++(2M), 48 steps, one denoiser call
+            per step from a host loop, the fast choice for U-Net priors), `AdaptiveODE()`
+            (adaptive, the exact choice for analytic priors) or any sampler of
+            `deconvjax.diffusion.samplers`; other keyword arguments go to its ``sample``.
         embed: the map from the prior variable to the model cube (default: the prior's
             ``flux_scale``; `deconvolve_images` passes a `PaddedScale` that also carries
             the data's flux units and places the prior's stamp in a larger frame).
@@ -81,7 +82,7 @@ def deconvolve(
             raise ValueError("sde: give the SDE when the prior is a bare denoiser")
         sde = prior.sde
     post = PosteriorDenoiser(prior, observations, method=method, embed=embed)
-    x, nfe = sample_posterior(key, post, sde, n_samples, method=sampler, batch_size=batch_size,
+    x, nfe = sample_posterior(key, post, sde, n_samples, sampler, batch_size=batch_size,
                               progress=progress, **sample_kwargs)
     return summarise(post, x, nfe)
 
@@ -99,7 +100,7 @@ def deconvolve_images(
     flux_factor: float | None = None,
     n_samples: int = 64,
     method: AbstractGuidance | None = None,
-    sampler: str = "dpm2m",
+    sampler: AbstractSampler = DEFAULT_SAMPLER,
     batch_size: int | None = None,
     progress: bool = False,
     **sample_kwargs,
@@ -119,7 +120,7 @@ def deconvolve_images(
     setup = prior_observations(prior, images, psfs, variances, pixel_scales=pixel_scales,
                                wcss=wcss, grid_scale=grid_scale, flux_factor=flux_factor)
     post = PosteriorDenoiser(prior, setup.observations, method=method, embed=setup.embed)
-    x, nfe = sample_posterior(key, post, prior.sde, n_samples, method=sampler,
+    x, nfe = sample_posterior(key, post, prior.sde, n_samples, sampler,
                               batch_size=batch_size, progress=progress, **sample_kwargs)
     return crop_result(summarise(post, x, nfe), setup.embed), setup
 

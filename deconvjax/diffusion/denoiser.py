@@ -10,6 +10,7 @@ posterior denoisers of `deconvjax.posterior`.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import ClassVar
 
 import equinox as eqx
@@ -52,7 +53,9 @@ class AbstractDenoiser(eqx.Module):
         return score_from_denoiser(self, x, sigma)
 
 
-def score_from_denoiser(denoiser, x, sigma):
+def score_from_denoiser(
+    denoiser: Callable, x: Float[Array, "*shape"], sigma: Float[ArrayLike, ""]
+) -> Float[Array, "*shape"]:
     """``(D(x, sigma) - x) / sigma^2`` for any callable denoiser."""
     sigma = jnp.asarray(sigma, dtype=x.dtype)
     return (denoiser(x, sigma) - x) / sigma**2

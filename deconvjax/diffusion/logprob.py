@@ -42,18 +42,20 @@ def log_prob(
 ) -> tuple[Float[Array, " n"], Int[Array, ""]]:
     """Log-density ``log p_{t_min}(x)`` of each of a batch of points ``x`` (nats).
 
-    Args:
-        key: PRNG key for the Hutchinson probes.
-        denoiser: unbatched ``D(x, sigma)``.
-        sde: the forward SDE (its reference Gaussian at ``t = 1`` closes the integral).
-        x: batch of points, shape ``(n, *shape)``.
-        n_probes: Rademacher probes per point (the estimate's variance falls as 1/n_probes).
-        exact_trace: use the exact Jacobian trace instead (cost grows with the dimension).
-        solver, rtol, atol: diffrax solver (default Tsit5) and PIDController tolerances.
+    **Arguments:**
 
-    Returns:
-        ``(logp, nfe)``: log-densities of shape ``(n,)`` and the number of solver steps'
-        vector-field evaluations (each one is ``n_probes`` JVPs or ``dim`` for exact trace).
+    - `key`: PRNG key for the Hutchinson probes.
+    - `denoiser`: unbatched ``D(x, sigma)``.
+    - `sde`: the forward SDE (its reference Gaussian at ``t = 1`` closes the integral).
+    - `x`: batch of points, shape ``(n, *shape)``.
+    - `n_probes`: Rademacher probes per point (the estimate's variance falls as 1/n_probes).
+    - `exact_trace`: use the exact Jacobian trace instead (cost grows with the dimension).
+      solver, rtol, atol: diffrax solver (default Tsit5) and PIDController tolerances.
+
+    **Returns:**
+
+    ``(logp, nfe)``: log-densities of shape ``(n,)`` and the number of solver steps'
+    vector-field evaluations (each one is ``n_probes`` JVPs or ``dim`` for exact trace).
     """
     if x.ndim < 2:
         raise ValueError(f"x: expected a batch of shape (n, *shape), got shape {x.shape}")

@@ -72,14 +72,15 @@ def prior_score_penalty(
 ) -> Float[Array, ""]:
     """Zero-valued loss term whose gradient w.r.t. ``morphologies`` is ``-weight * score``.
 
-    Args:
-        prior: the shipped/loaded `ScorePrior` (or any denoiser over ``(band, y, x)``).
-        morphologies: the scene's morphologies, one per source.
-        weight: regularisation strength, a scalar or one per source (0 switches a source
-            off, e.g. padding slots).
-        sigma: the small noise level (prior units) at which the score is taken; it smooths
-            the prior; ~1-3x the pixel noise in prior units is a good start.
-        scale: flux units of ``morphologies`` per prior unit (see `prior_score`).
+    **Arguments:**
+
+    - `prior`: the shipped/loaded `ScorePrior` (or any denoiser over ``(band, y, x)``).
+    - `morphologies`: the scene's morphologies, one per source.
+    - `weight`: regularisation strength, a scalar or one per source (0 switches a source
+      off, e.g. padding slots).
+    - `sigma`: the small noise level (prior units) at which the score is taken; it smooths
+      the prior; ~1-3x the pixel noise in prior units is a good start.
+    - `scale`: flux units of ``morphologies`` per prior unit (see `prior_score`).
     """
     g = jax.lax.stop_gradient(prior_score(prior, morphologies, sigma, scale=scale))
     w = jnp.asarray(weight, dtype=morphologies.dtype)

@@ -211,18 +211,20 @@ def train_prior(
 ) -> ScorePrior:
     """Train a `ScorePrior` on ``images`` (physical units) and checkpoint it to ``out``.
 
-    Args:
-        images: training images ``(n, bands, size, size)``.
-        out: path of the prior checkpoint (``out.state`` and ``out.log.jsonl`` beside it).
-        config: hyperparameters; on resume they must match the saved run's (except
-            ``steps``, ``checkpoint_every`` and ``steps_per_call``).
-        resume: continue from ``out.state`` when it exists.
-        flux_scale: global flux scale (default `flux_scale_of(images)`; stored in the prior).
-        max_seconds: stop (with a checkpoint) after this much wall time.
+    **Arguments:**
 
-    Raises:
-        ValueError: images of the wrong shape, or a checkpoint of another configuration.
-        FloatingPointError: a non-finite loss or weight; the last good checkpoint is kept.
+    - `images`: training images ``(n, bands, size, size)``.
+    - `out`: path of the prior checkpoint (``out.state`` and ``out.log.jsonl`` beside it).
+    - `config`: hyperparameters; on resume they must match the saved run's (except
+      ``steps``, ``checkpoint_every`` and ``steps_per_call``).
+    - `resume`: continue from ``out.state`` when it exists.
+    - `flux_scale`: global flux scale (default `flux_scale_of(images)`; stored in the prior).
+    - `max_seconds`: stop (with a checkpoint) after this much wall time.
+
+    **Raises:**
+
+    - `ValueError`: images of the wrong shape, or a checkpoint of another configuration.
+    - `FloatingPointError`: a non-finite loss or weight; the last good checkpoint is kept.
     """
     images = np.asarray(images, dtype=np.float32)
     expect = (config.bands, config.image_size, config.image_size)

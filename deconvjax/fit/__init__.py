@@ -26,6 +26,7 @@ from .optimise import compilation_count as compilation_count
 from .optimise import fit as fit
 from .pipeline import write_products as write_products
 from .solver import DEFAULT_STEPS as DEFAULT_STEPS
+from .solver import AbstractFitSolver as AbstractFitSolver
 from .solver import AdamSolver as AdamSolver
 from .solver import FitProblem as FitProblem
 from .solver import Objective as Objective

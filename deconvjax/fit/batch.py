@@ -24,11 +24,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from jaxtyping import Array, ArrayLike, Bool
 
 from ..frame import Frame
 from ..model import MeasuredShape, Scene, Source
 from ..observation import Observation, as_observations
+from .constraints import Constraints
 from .init import (
     Kind,
     check_kind,
@@ -40,10 +41,10 @@ from .init import (
     reference_observation,
     solve_normal_equations,
 )
-from .optimise import FitResult, check_run
+from .optimise import FitResult, check_run, run_in_chunks
 from .quality import MAX_CHI2_PER_PIXEL, effective_parameters
 from .solver import (
-    AdamSolver,
+    AbstractFitSolver,
     FitProblem,
     MorphologyPrior,
     Objective,
@@ -238,16 +239,16 @@ def _batched(fn, in_axes):
     return eqx.filter_jit(eqx.filter_vmap(fn, in_axes=in_axes))
 
 
-def _init_one(problem: FitProblem, solver: AdamSolver, objective: Objective) -> SolverState:
+def _init_one(problem: FitProblem, solver: AbstractFitSolver, objective: Objective) -> SolverState:
     return solver.init(problem, objective)
 
 
-def _run_one(state: SolverState, problem: FitProblem, solver: AdamSolver, objective: Objective, until):
+def _run_one(state: SolverState, problem: FitProblem, solver: AbstractFitSolver, objective: Objective, until):
     state = run_steps(solver, state, problem, objective, until)
     return state, solver.postprocess(state, problem, objective)
 
 
-def _outputs_one(state: SolverState, problem: FitProblem, solver: AdamSolver, objective: Objective):
+def _outputs_one(state: SolverState, problem: FitProblem, solver: AbstractFitSolver, objective: Objective):
     return solver.postprocess(state, problem, objective)
 
 
@@ -323,7 +324,7 @@ def _pool_init_impl(state: SolverState, order, n_queue, n_slots: int) -> _Pool:
     )
 
 
-def _pool_run_impl(pool: _Pool, problem: FitProblem, solver: AdamSolver, objective: Objective, max_iter, budget,
+def _pool_run_impl(pool: _Pool, problem: FitProblem, solver: AbstractFitSolver, objective: Objective, max_iter, budget,
                    refill):
     """Run the slots ``refill`` steps at a time (each slot's cutout at most ``max_iter``
     in all), writing every slot back and refilling the finished ones, until every cutout
@@ -462,11 +463,11 @@ class _Weights:
 def fit_batch(
     scenes: Scene,
     observations: Observation | Sequence[Observation],
-    solver: AdamSolver | None = None,
+    solver: AbstractFitSolver | None = None,
     *,
     max_iter: int = 300,
-    source_mask=None,
-    constraints=None,
+    source_mask: Bool[ArrayLike, "cutout source"] | None = None,
+    constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
     chunk: int = 25,
@@ -537,8 +538,6 @@ def fit_batch(
     problem = FitProblem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
     if shard:
         problem = _shard(problem, n)
-    history = []
-    from tqdm.auto import tqdm
 
     if int(refill) < 1:
         raise ValueError(f"refill must be >= 1, got {refill}")
@@ -555,19 +554,10 @@ def fit_batch(
         n_slots = min(int(slots), n // workers)
     if workers == 1 and n_slots == n:
         state = _init_b(problem, solver, objective)
-        with tqdm(total=int(max_iter), desc=f"fit {n} cutouts", disable=not progress, leave=False) as bar:
-            step = 0
-            while True:
-                until = min(step + int(chunk), int(max_iter))
-                state, (groups, loss, chi2, n_valid) = _run_b(
-                    state, problem, solver, objective, jnp.asarray(until, jnp.int32)
-                )
-                new_step = int(jnp.max(state.step))
-                bar.update(new_step - step)
-                history.append((new_step, float(jnp.mean(loss))))
-                if bool(jnp.all(state.done)) or new_step >= max_iter or new_step == step:
-                    break
-                step = new_step
+        state, (groups, loss, chi2, n_valid), history = run_in_chunks(
+            lambda st, until: _run_b(st, problem, solver, objective, until), state, max_iter, chunk,
+            f"fit {n} cutouts", progress,
+        )
     else:
         state, history = _fit_pools(
             problem, solver, objective, source_mask, n_slots, workers, max_iter, chunk, refill, progress

@@ -53,6 +53,7 @@ import dataclasses
 import warnings
 
 import numpy as np
+from jaxtyping import ArrayLike, Float
 from scipy import ndimage
 
 # Odd sizes with small prime factors: stamp FFTs of prime sizes (31, 61) run ~3x slower.
@@ -114,7 +115,9 @@ class Detection:
         return len(self.positions)
 
 
-def detection_image(data, weights) -> np.ndarray:
+def detection_image(
+    data: Float[ArrayLike, "band y x"], weights: Float[ArrayLike, "band y x"]
+) -> Float[np.ndarray, "y x"]:
     """The inverse-variance-weighted band sum divided by its noise, ``sum_b w d /
     sqrt(sum_b w)``: unit noise per pixel for independent noise. ``(y, x)`` float64."""
     data = np.asarray(data, dtype=np.float64)
@@ -267,8 +270,8 @@ def _impulse_norm(filt, sigma: float) -> float:
 
 
 def find_sources(
-    data,
-    weights,
+    data: Float[ArrayLike, "band y x"],
+    weights: Float[ArrayLike, "band y x"],
     *,
     psf_sigma: float = 1.0,
     nsigma: float = 5.0,
@@ -552,8 +555,8 @@ def _radii(seg, foot, sm, pos) -> np.ndarray:
 
 
 def detect(
-    data,
-    weights,
+    data: Float[ArrayLike, "band y x"],
+    weights: Float[ArrayLike, "band y x"],
     *,
     psf_sigma: float = 1.0,
     nsigma: float = 5.0,

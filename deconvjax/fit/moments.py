@@ -59,15 +59,16 @@ def image_moments(
 ) -> Moments:
     """Centroids and second moments of sources (see the module docstring).
 
-    Args:
-        images: plain moments: ``(n, y, x)``, one image per source; windowed: one
-            ``(y, x)`` image holding all the sources.
-        weights: windowed only: ``(y, x)``; pixels of weight 0 are left out.
-        positions: windowed only: ``(n, 2)`` ``(y, x)`` centres of the sources (the
-            moments are taken about them; ``y``, ``x`` of the result are these).
-        window_sigma: None: plain moments; a number: the starting sigma (pixels) of the
-            Gaussian window, afterwards ``1.5`` times the measured size, within [1, 12].
-        n_iter: windowed only: window iterations.
+    **Arguments:**
+
+    - `images`: plain moments: ``(n, y, x)``, one image per source; windowed: one
+      ``(y, x)`` image holding all the sources.
+    - `weights`: windowed only: ``(y, x)``; pixels of weight 0 are left out.
+    - `positions`: windowed only: ``(n, 2)`` ``(y, x)`` centres of the sources (the
+      moments are taken about them; ``y``, ``x`` of the result are these).
+    - `window_sigma`: None: plain moments; a number: the starting sigma (pixels) of the
+      Gaussian window, afterwards ``1.5`` times the measured size, within [1, 12].
+    - `n_iter`: windowed only: window iterations.
     """
     if window_sigma is None:
         if weights is not None or positions is not None:

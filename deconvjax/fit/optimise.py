@@ -17,12 +17,14 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Int
+from jaxtyping import Array, ArrayLike, Bool, Int
 
 from ..model import Scene
 from ..observation import Observation, as_observations
+from .constraints import Constraints
 from .quality import fit_quality
 from .solver import (
+    AbstractFitSolver,
     AdamSolver,
     FitProblem,
     MorphologyPrior,
@@ -72,7 +74,7 @@ class FitResult:
     wall_time: float = 0.0
 
 
-def _run_impl(solver: AdamSolver, state: SolverState, problem: FitProblem, objective: Objective,
+def _run_impl(solver: AbstractFitSolver, state: SolverState, problem: FitProblem, objective: Objective,
               until: Int[Array, ""]):
     """Up to ``until`` steps; also the solver's outputs at the state reached (one compiled
     function serves both)."""
@@ -104,11 +106,11 @@ def check_observations(scene: Scene, observations) -> tuple[Observation, ...]:
     return observations
 
 
-def check_run(solver, max_iter, chunk) -> AdamSolver:
+def check_run(solver, max_iter, chunk) -> AbstractFitSolver:
     """The solver (default: `AdamSolver()`), after checking the run's budget."""
     solver = AdamSolver() if solver is None else solver
-    if not isinstance(solver, AdamSolver):
-        raise TypeError(f"solver must be an AdamSolver, got {type(solver).__name__}")
+    if not isinstance(solver, AbstractFitSolver):
+        raise TypeError(f"solver must be an AbstractFitSolver such as AdamSolver(), got {type(solver).__name__}")
     if int(max_iter) < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
     if int(chunk) < 1:
@@ -125,16 +127,41 @@ def _masks_for(scene: Scene, source_mask) -> tuple[Array, ...]:
     return tuple(jnp.asarray(m[np.asarray(o)], dtype=float) for o in scene.order)
 
 
+def run_in_chunks(advance, state, max_iter: int, chunk: int, desc: str, progress: bool):
+    """Drive a compiled loop from the host ``chunk`` steps at a time, with a tqdm bar and
+    a loss log, until every fit in ``state`` is done, ``max_iter`` steps are taken or a
+    chunk makes no progress. ``advance(state, until)`` runs up to step ``until`` and
+    returns ``(state, (groups, loss, chi2, n_valid))``; ``state.step`` and ``loss`` may
+    have a leading cutout axis (the log then holds the mean loss). Returns the final
+    state, outputs and ``(step, loss)`` log."""
+    from tqdm.auto import tqdm
+
+    history = []
+    with tqdm(total=int(max_iter), desc=desc, disable=not progress, leave=False) as bar:
+        step = 0
+        while True:
+            until = min(step + int(chunk), int(max_iter))
+            state, outputs = advance(state, jnp.asarray(until, jnp.int32))
+            new_step = int(np.max(np.asarray(state.step)))
+            loss = float(np.mean(np.asarray(outputs[1])))
+            bar.update(new_step - step)
+            bar.set_postfix(loss=f"{loss:.6g}", change=f"{float(np.max(np.asarray(state.rel_change))):.2e}")
+            history.append((new_step, loss))
+            if bool(np.all(np.asarray(state.done))) or new_step >= max_iter or new_step == step:
+                return state, outputs, history
+            step = new_step
+
+
 def fit(
     scene: Scene,
     observations: Observation | Sequence[Observation],
-    solver: AdamSolver | None = None,
+    solver: AbstractFitSolver | None = None,
     *,
     max_iter: int = 300,
-    constraints=None,
+    constraints: Constraints | None = None,
     fit_centers: bool = True,
     morphology_prior: MorphologyPrior | None = None,
-    source_mask=None,
+    source_mask: Bool[ArrayLike, " source"] | None = None,
     chunk: int = 25,
     progress: bool = True,
     key: Array | None = None,
@@ -152,7 +179,8 @@ def fit(
     - `scene`: the initial `Scene` (e.g. from `init_scene`).
     - `observations`: an `Observation` or a sequence of them (multi-band, multi-epoch,
       multi-resolution: all are fitted jointly).
-    - `solver`: an `AdamSolver` (convergence test, step sizes, plateau schedule).
+    - `solver`: an `AbstractFitSolver` (default `AdamSolver()`: convergence test, step
+      sizes, plateau schedule).
     - `max_iter`: the most steps.
     - `constraints`: a `Constraints` (positivity, symmetry, monotonicity, sparsity).
     - `fit_centers`: also fit source centres.
@@ -183,21 +211,9 @@ def fit(
     steps = _steps_of(scene.groups, solver.steps, objective.constraints)
     problem = FitProblem(scene=scene, observations=observations, masks=masks, steps=steps)
     state = _init(solver, problem, objective)
-    history = []
-    from tqdm.auto import tqdm
-
-    with tqdm(total=int(max_iter), desc="fit", disable=not progress, leave=False) as bar:
-        step = 0
-        while True:
-            until = min(step + int(chunk), int(max_iter))
-            state, (groups, loss, chi2, n_valid) = _run(solver, state, problem, objective, jnp.asarray(until, jnp.int32))
-            new_step = int(state.step)
-            bar.update(new_step - step)
-            bar.set_postfix(loss=f"{float(loss):.6g}", change=f"{float(state.rel_change):.2e}")
-            history.append((new_step, float(loss)))
-            if bool(state.done) or new_step >= max_iter or new_step == step:
-                break
-            step = new_step
+    state, (groups, loss, chi2, n_valid), history = run_in_chunks(
+        lambda st, until: _run(solver, st, problem, objective, until), state, max_iter, chunk, "fit", progress
+    )
     n_params = int(count_parameters(steps, masks))
     failed = bool(state.failed)
     if failed:

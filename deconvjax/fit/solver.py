@@ -9,7 +9,7 @@ Three parts, each a PyTree:
 - `Objective`: what is minimised, shared by every cutout: ``chi2 / 2`` plus the sparsity
   penalty and an optional morphology prior, on the parameters mapped through the
   constraints (`deconvjax.fit.constraints`);
-- `AdamSolver`: how: Adam (``optax.scale_by_adam``), then `reduce_on_plateau` (below), then
+- `AbstractFitSolver`, and its one member `AdamSolver`: how: Adam (``optax.scale_by_adam``), then `reduce_on_plateau` (below), then
   an optional half-life decay (``optax.scale_by_schedule``), then each entry's step size;
   after every step the morphologies are projected onto their constraints and the loop
   stops when no present source's parameters change by more than ``rtol`` (relative).
@@ -20,6 +20,7 @@ compiled program.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -253,7 +254,43 @@ def _as_i32(x) -> np.ndarray:
     return np.asarray(x, np.int32)
 
 
-class AdamSolver(eqx.Module):
+class AbstractFitSolver(eqx.Module):
+    """What `fit` and `fit_batch` need of an optimiser: pure `init`, `step`,
+    `terminate` and `postprocess` (run inside jit, vmapped over cutouts), and a step size
+    (or parameter scale) per parameter kind, `steps`, from which each morphology gives
+    every entry its own (`group_step_sizes`). Its hyperparameters should be arrays, so
+    that other settings reuse the compiled program. A new optimiser is a final subclass:
+    nothing else in `deconvjax.fit` changes."""
+
+    steps: eqx.AbstractVar[dict[str, Float[Array, ""]]]
+
+    @abc.abstractmethod
+    def init(self, problem: FitProblem, objective: Objective) -> SolverState:
+        """The starting state (unconstrained parameters, optimiser state)."""
+
+    @abc.abstractmethod
+    def step(self, state: SolverState, problem: FitProblem, objective: Objective) -> SolverState:
+        """One step; keeps the last finite state and sets ``failed`` on a non-finite one."""
+
+    @abc.abstractmethod
+    def terminate(self, state: SolverState) -> Bool[Array, ""]:
+        """Whether the fit has stopped."""
+
+    @abc.abstractmethod
+    def postprocess(self, state: SolverState, problem: FitProblem, objective: Objective):
+        """``(groups, loss, chi2, n_valid)`` at ``state``: the constrained groups, exactly
+        projected, and the loss, chi2 and number of valid pixels they give."""
+
+    def without(self, *kinds: str):
+        """This solver with the step sizes of ``kinds`` set to 0 (held fixed)."""
+        unknown = set(kinds) - set(self.steps)
+        if unknown:
+            raise ValueError(f"kinds: unknown {sorted(unknown)}; known: {sorted(self.steps)}")
+        steps = {k: (np.zeros((), np.float32) if k in kinds else v) for k, v in self.steps.items()}
+        return eqx.tree_at(lambda s: s.steps, self, steps)
+
+
+class AdamSolver(AbstractFitSolver):
     """Adam with per-parameter step sizes, reduce-on-plateau and a relative-change
     convergence test (scarlet2's criterion).
 
@@ -349,14 +386,6 @@ class AdamSolver(eqx.Module):
         self.halflife = _as_f32(np.inf if halflife is None else halflife)
         self.b1 = _as_f32(b1)
 
-    def without(self, *kinds: str) -> AdamSolver:
-        """This solver with the step sizes of ``kinds`` set to 0 (held fixed)."""
-        unknown = set(kinds) - set(self.steps)
-        if unknown:
-            raise ValueError(f"kinds: unknown {sorted(unknown)}; known: {sorted(self.steps)}")
-        steps = {k: (np.zeros((), np.float32) if k in kinds else v) for k, v in self.steps.items()}
-        return eqx.tree_at(lambda s: s.steps, self, steps)
-
     def _direction(self) -> optax.GradientTransformationExtraArgs:
         """Adam, then the plateau schedule, then the half-life decay: the update before
         each entry's step size (built from this solver's arrays, traced or not)."""
@@ -420,7 +449,7 @@ class AdamSolver(eqx.Module):
         return groups, loss, chi2, n_valid
 
 
-def run_steps(solver: AdamSolver, state: SolverState, problem: FitProblem, objective: Objective,
+def run_steps(solver: AbstractFitSolver, state: SolverState, problem: FitProblem, objective: Objective,
               until: Int[Array, ""]) -> SolverState:
     """Step until the solver terminates or the state has taken ``until`` steps, in one
     ``lax.while_loop``."""

@@ -185,15 +185,16 @@ def write_observation(
     """Write one observation given as arrays in the deconvjax layout (see module docstring);
     `write_field` writes an `ObservationData` or a `SimulatedField`.
 
-    Args:
-        images: (band, y, x) data; stored as float32.
-        psf_images: (band, h, w) PSFs at the image pixel scale.
-        bands: band names, one per image plane.
-        variance | weights: the noise, exactly one (same shape as images), stored as given.
-        mask: (band, y, x) bool, True for bad pixels (default none).
-        wcs: celestial WCS written into each SCI/VAR/MASK header.
-        truth: optional truth Table; source_images: optional (source, band, y, x).
-        meta: extra primary-header keywords (short str/int/float values).
+    **Arguments:**
+
+    - `images`: (band, y, x) data; stored as float32.
+    - `psf_images`: (band, h, w) PSFs at the image pixel scale.
+    - `bands`: band names, one per image plane.
+    - `variance` | `weights`: the noise, exactly one (same shape as images), stored as given.
+    - `mask`: (band, y, x) bool, True for bad pixels (default none).
+    - `wcs`: celestial WCS written into each SCI/VAR/MASK header.
+    - `truth`: optional truth Table; source_images: optional (source, band, y, x).
+    - `meta`: extra primary-header keywords (short str/int/float values).
     """
     bands = tuple(str(b) for b in bands)
     img = _cube(images, "images")
@@ -654,35 +655,37 @@ def read_images(
     """Read FITS images into `ObservationData`: a deconvjax observation file whole, or the
     common real layouts.
 
-    Args:
-        images: a deconvjax observation file (`write_observation`, `write_field`: read
-            with its own PSF, noise and mask, `read_arrays`; the other arguments but
-            ``bands`` must then be left out), one (band, y, x) cube file, a single-band image
-            file, or a list of image files (one per band). Any path may be a ``(path, hdu)``
-            pair to pick its extension. The WCS comes from the first image header
-            (celestial axes), ``BUNIT`` from it or the primary header.
-        psf: the same layouts; a single (h, w) PSF is used for all bands. PSF images larger
-            than the images are cropped around their peak with a warning (``crop_psf``
-            False: left as they are, for a caller that prepares PSFs itself).
-        variance | weight | rms: the noise (at most one), same layouts, or a number (the
-            same at every pixel). Negative values, NaN on pixels with data, or no pixel
-            with information raise `NoiseMapError` (a ValueError); 0 weight or infinite
-            variance masks a pixel.
-        mask: same layouts, nonzero marks bad pixels.
-        bands: band names (default: FILTER/BAND keywords, else "0", "1", ...).
-        hdu: HDU index or name to read in every file (default: the first with an image).
-        psf_pixel_scale: arcsec/pixel of the PSF sampling when different from the images'.
-        estimate_noise_if_missing: without a noise map, estimate it from the images
-            (`deconvjax.io.noise.estimate_noise`: background rms, plus the sources' Poisson
-            noise where BUNIT / EXPTIME / GAIN allow) and warn saying so; False: raise.
-            The result's ``noise_source`` and ``noise_estimate`` record what was done.
-        noise_extensions: without a noise map given, first look in the (single) image file
-            for an extension named as one (`NOISE_EXTENSIONS`: ``VARIANCE``, ``WEIGHT``,
-            ``RMS``, ``ERR``, ...); such extensions are never read as the image.
+    **Arguments:**
 
-    Returns:
-        The `ObservationData`: images (band, y, x) float32, NaN or inf pixels set to 0 and
-        masked; weights and variance (band, y, x); psf_images (band, h, w) or None.
+    - `images`: a deconvjax observation file (`write_observation`, `write_field`: read
+      with its own PSF, noise and mask, `read_arrays`; the other arguments but
+      ``bands`` must then be left out), one (band, y, x) cube file, a single-band image
+      file, or a list of image files (one per band). Any path may be a ``(path, hdu)``
+      pair to pick its extension. The WCS comes from the first image header
+      (celestial axes), ``BUNIT`` from it or the primary header.
+    - `psf`: the same layouts; a single (h, w) PSF is used for all bands. PSF images larger
+      than the images are cropped around their peak with a warning (``crop_psf``
+      False: left as they are, for a caller that prepares PSFs itself).
+    - `variance` | `weight` | `rms`: the noise (at most one), same layouts, or a number (the
+      same at every pixel). Negative values, NaN on pixels with data, or no pixel
+      with information raise `NoiseMapError` (a ValueError); 0 weight or infinite
+      variance masks a pixel.
+    - `mask`: same layouts, nonzero marks bad pixels.
+    - `bands`: band names (default: FILTER/BAND keywords, else "0", "1", ...).
+    - `hdu`: HDU index or name to read in every file (default: the first with an image).
+    - `psf_pixel_scale`: arcsec/pixel of the PSF sampling when different from the images'.
+    - `estimate_noise_if_missing`: without a noise map, estimate it from the images
+      (`deconvjax.io.noise.estimate_noise`: background rms, plus the sources' Poisson
+      noise where BUNIT / EXPTIME / GAIN allow) and warn saying so; False: raise.
+      The result's ``noise_source`` and ``noise_estimate`` record what was done.
+    - `noise_extensions`: without a noise map given, first look in the (single) image file
+      for an extension named as one (`NOISE_EXTENSIONS`: ``VARIANCE``, ``WEIGHT``,
+      ``RMS``, ``ERR``, ...); such extensions are never read as the image.
+
+    **Returns:**
+
+    The `ObservationData`: images (band, y, x) float32, NaN or inf pixels set to 0 and
+    masked; weights and variance (band, y, x); psf_images (band, h, w) or None.
     """
     if _is_single(images) and not isinstance(images, tuple) and is_observation_file(images):
         extra = [n for n, v in (("psf", psf), ("variance", variance), ("weight", weight), ("rms", rms),

@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from jaxtyping import ArrayLike, Bool, Float
 from scipy import ndimage
 
 _GAIN_KEYS = ("GAIN", "CCDGAIN", "ATODGAIN", "EGAIN")
@@ -279,7 +280,13 @@ def background_rms(image, valid=None, *, psf_sigma: float = 1.5, nsigma: float =
     return rms, np.where(valid, level, 0.0)
 
 
-def estimate_noise(images, headers=None, *, mask=None, bands: Sequence[str] | None = None) -> tuple[np.ndarray, NoiseEstimate]:
+def estimate_noise(
+    images: Float[ArrayLike, "band y x"],
+    headers=None,
+    *,
+    mask: Bool[ArrayLike, "band y x"] | None = None,
+    bands: Sequence[str] | None = None,
+) -> tuple[Float[np.ndarray, "band y x"], NoiseEstimate]:
     """Estimate the variance of ``(band, y, x)`` ``images`` (see the module docstring).
 
     **Arguments:** ``headers``: one FITS header per band, or one for all (``None``:

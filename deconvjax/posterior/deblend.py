@@ -158,19 +158,20 @@ def deblend(
 ) -> DeblendResult:
     """Posterior samples of every source's morphology in a blend.
 
-    Args:
-        key: PRNG key.
-        prior: the per-source prior (`ScorePrior`, or a denoiser with ``sde``), over
-            ``(prior_band, h, w)`` stamps; ``prior_band`` is 1 (spectrum x morphology) or
-            the frame's band count.
-        observations: `Observation`s of the scene (any number, any bands of the frame).
-        centers: ``(n_source, 2)`` source centres ``(y, x)`` in model pixels; each stamp
-            is centred on the rounded centre.
-        spectra: ``(n_source, band)`` fixed spectra; default: optimised (module doc).
-        sampler: any sampler of `deconvjax.diffusion.samplers` (default `DPMSolver2M()`);
-            other keyword arguments go to its ``sample``.
-        n_spectrum_iters, n_init_samples: the spectrum optimisation (module doc);
-            ``n_init_samples`` defaults to ``n_samples``.
+    **Arguments:**
+
+    - `key`: PRNG key.
+    - `prior`: the per-source prior (`ScorePrior`, or a denoiser with ``sde``), over
+      ``(prior_band, h, w)`` stamps; ``prior_band`` is 1 (spectrum x morphology) or
+      the frame's band count.
+    - `observations`: `Observation`s of the scene (any number, any bands of the frame).
+    - `centers`: ``(n_source, 2)`` source centres ``(y, x)`` in model pixels; each stamp
+      is centred on the rounded centre.
+    - `spectra`: ``(n_source, band)`` fixed spectra; default: optimised (module doc).
+    - `sampler`: any sampler of `deconvjax.diffusion.samplers` (default `DPMSolver2M()`);
+      other keyword arguments go to its ``sample``.
+      n_spectrum_iters, n_init_samples: the spectrum optimisation (module doc);
+      ``n_init_samples`` defaults to ``n_samples``.
     """
     if isinstance(observations, Observation):
         observations = (observations,)

@@ -58,24 +58,25 @@ def deconvolve(
 ) -> PosteriorResult:
     """Posterior samples of the model cube given any set of observations of one galaxy.
 
-    Args:
-        key: PRNG key.
-        prior: a `ScorePrior` (its SDE and flux scale are used), or any unbatched VE
-            denoiser together with ``sde``. Its image shape must be the model frame's
-            ``(band, ny, nx)``.
-        observations: `Observation`s on one model `Frame`: several dithered exposures,
-            epochs, or a ground and a space view are combined in the likelihood.
-        n_samples: number of posterior samples.
-        sde: the diffusion SDE (default: the prior's).
-        method: guidance (default `MMPS()`, whose CG solve is chosen from the prior:
-            converged for exact Gaussian denoisers, one iteration for learned ones).
-        sampler: `DPMSolver2M()` (default: DPM-Solver++(2M), 48 steps, one denoiser call
-            per step from a host loop, the fast choice for U-Net priors), `AdaptiveODE()`
-            (adaptive, the exact choice for analytic priors) or any sampler of
-            `deconvjax.diffusion.samplers`; other keyword arguments go to its ``sample``.
-        embed: the map from the prior variable to the model cube (default: the prior's
-            ``flux_scale``; `deconvolve_images` passes a `PaddedScale` that also carries
-            the data's flux units and places the prior's stamp in a larger frame).
+    **Arguments:**
+
+    - `key`: PRNG key.
+    - `prior`: a `ScorePrior` (its SDE and flux scale are used), or any unbatched VE
+      denoiser together with ``sde``. Its image shape must be the model frame's
+      ``(band, ny, nx)``.
+    - `observations`: `Observation`s on one model `Frame`: several dithered exposures,
+      epochs, or a ground and a space view are combined in the likelihood.
+    - `n_samples`: number of posterior samples.
+    - `sde`: the diffusion SDE (default: the prior's).
+    - `method`: guidance (default `MMPS()`, whose CG solve is chosen from the prior:
+      converged for exact Gaussian denoisers, one iteration for learned ones).
+    - `sampler`: `DPMSolver2M()` (default: DPM-Solver++(2M), 48 steps, one denoiser call
+      per step from a host loop, the fast choice for U-Net priors), `AdaptiveODE()`
+      (adaptive, the exact choice for analytic priors) or any sampler of
+      `deconvjax.diffusion.samplers`; other keyword arguments go to its ``sample``.
+    - `embed`: the map from the prior variable to the model cube (default: the prior's
+      ``flux_scale``; `deconvolve_images` passes a `PaddedScale` that also carries
+      the data's flux units and places the prior's stamp in a larger frame).
     """
     if sde is None:
         if not isinstance(prior, ScorePrior):

@@ -51,11 +51,12 @@ def draw_points(
 ) -> np.ndarray:
     """(band, size, size) images of equal-flux point sources convolved with each band's PSF.
 
-    Args:
-        positions: (n, 2) (x, y) offsets in arcsec from the stamp centre.
-        band_fluxes: (band,) total flux of all the points in each band (shared equally).
-        psf_k: per band, `psf_kimage` on the ``n_fft`` grid.
-        size: stamp side (pixels); the centre is pixel ``size // 2``.
+    **Arguments:**
+
+    - `positions`: (n, 2) (x, y) offsets in arcsec from the stamp centre.
+    - `band_fluxes`: (band,) total flux of all the points in each band (shared equally).
+    - `psf_k`: per band, `psf_kimage` on the ``n_fft`` grid.
+    - `size`: stamp side (pixels); the centre is pixel ``size // 2``.
     """
     ky = 2 * np.pi * np.fft.fftfreq(n_fft, d=scale)
     kx = 2 * np.pi * np.fft.rfftfreq(n_fft, d=scale)

@@ -422,28 +422,30 @@ def simulate_field(
 ) -> SimulatedField:
     """Simulate one blended field for a survey preset.
 
-    Args:
-        survey: preset name ("lsst", "hsc", "hst", "euclid") or a `Survey`.
-        seed: int (the same seed gives the same field, bit for bit) or numpy Generator.
-        shape: (ny, nx) pixels.
-        n_sources: number of sources (galaxies, real COSMOS galaxies and stars).
-        bands: subset of the preset bands (default all).
-        min_separation, max_separation: arcsec between each source and a neighbour.
-        star_fraction, real_fraction: probability of a star, of a real COSMOS galaxy (the
-            COSMOS folder must be present for ``real_fraction > 0``).
-        mag_range: LSST-i AB magnitude range of galaxies.
-        center: (RA, Dec) degrees of the field centre.
-        source_noise: add the sources' own Poisson noise to the background noise.
-        psf_size: odd size of the PSF images (default from the seeing).
-        correlated_noise: HST preset only: background noise correlated like drizzled ACS
-            images (GalSim's COSMOS noise correlation function), same per-pixel variance;
-            ``variance`` then holds its diagonal only.
+    **Arguments:**
 
-    Returns:
-        A `SimulatedField`; its truth Table has columns id, kind, y, x (pixels of this image),
-        ra, dec, mag_i, z, hlr (flux-weighted of bulge and disk, arcsec), hlr_bulge, hlr_disk,
-        bulge_frac, e1, e2, cosmos_index, temperature (stars' blackbody, K), flux_<band>
-        (electrons), blendedness_<band>, and blendedness (in the reference band).
+    - `survey`: preset name ("lsst", "hsc", "hst", "euclid") or a `Survey`.
+    - `seed`: int (the same seed gives the same field, bit for bit) or numpy Generator.
+    - `shape`: (ny, nx) pixels.
+    - `n_sources`: number of sources (galaxies, real COSMOS galaxies and stars).
+    - `bands`: subset of the preset bands (default all).
+      min_separation, max_separation: arcsec between each source and a neighbour.
+      star_fraction, real_fraction: probability of a star, of a real COSMOS galaxy (the
+      COSMOS folder must be present for ``real_fraction > 0``).
+    - `mag_range`: LSST-i AB magnitude range of galaxies.
+    - `center`: (RA, Dec) degrees of the field centre.
+    - `source_noise`: add the sources' own Poisson noise to the background noise.
+    - `psf_size`: odd size of the PSF images (default from the seeing).
+    - `correlated_noise`: HST preset only: background noise correlated like drizzled ACS
+      images (GalSim's COSMOS noise correlation function), same per-pixel variance;
+      ``variance`` then holds its diagonal only.
+
+    **Returns:**
+
+    A `SimulatedField`; its truth Table has columns id, kind, y, x (pixels of this image),
+    ra, dec, mag_i, z, hlr (flux-weighted of bulge and disk, arcsec), hlr_bulge, hlr_disk,
+    bulge_frac, e1, e2, cosmos_index, temperature (stars' blackbody, K), flux_<band>
+    (electrons), blendedness_<band>, and blendedness (in the reference band).
     """
     rng, seed_int = _as_rng(seed)
     sv = get_survey(survey, bands)

@@ -75,13 +75,14 @@ def simulate_paired(
 ) -> PairedField:
     """Simulate a field in a space survey and a ground survey with consistent WCS.
 
-    Args:
-        space, ground: presets (e.g. "hst" or "euclid" with "lsst" or "hsc").
-        seed: int or numpy Generator; the same seed gives the same pair.
-        ground_shape: (ny, nx) pixels of the ground image; the space image covers the same
-            sky, ``round(ground_shape * ground_scale / space_scale)`` pixels.
-        correlated_noise: HST space view with drizzle-correlated background noise.
-        Other arguments as in `deconvjax.sims.simulate_field`.
+    **Arguments:**
+
+      space, ground: presets (e.g. "hst" or "euclid" with "lsst" or "hsc").
+    - `seed`: int or numpy Generator; the same seed gives the same pair.
+    - `ground_shape`: (ny, nx) pixels of the ground image; the space image covers the same
+      sky, ``round(ground_shape * ground_scale / space_scale)`` pixels.
+    - `correlated_noise`: HST space view with drizzle-correlated background noise.
+      Other arguments as in `deconvjax.sims.simulate_field`.
     """
     rng, seed_int = _as_rng(seed)
     sp = get_survey(space, space_bands)

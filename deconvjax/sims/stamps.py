@@ -90,18 +90,19 @@ def simulate_stamps(
 ) -> StampSet:
     """Draw ``n`` isolated galaxies on ``size`` x ``size`` stamps.
 
-    Args:
-        survey: preset giving bands, fluxes (electrons), PSF and noise.
-        size: stamp side in pixels (e.g. 32 or 64).
-        pixel_scale: arcsec per pixel (default: the preset's). With ``convolve_psf=False`` this
-            gives intrinsic (pixel-integrated only) morphologies at any resolution.
-        convolve_psf: convolve with the preset PSF. Without it the stamps are convolved only
-            with a narrow Gaussian of FWHM ``model_psf_fwhm`` pixels (a model PSF in the
-            scarlet sense: it band-limits the point-like knots, keeping FFTs small), which is
-            then returned as ``psf_images``.
-        model_psf_fwhm: FWHM in pixels of that Gaussian.
-        add_noise: add the preset's Gaussian background noise.
-        real_fraction: fraction of real COSMOS galaxies (needs the COSMOS folder).
+    **Arguments:**
+
+    - `survey`: preset giving bands, fluxes (electrons), PSF and noise.
+    - `size`: stamp side in pixels (e.g. 32 or 64).
+    - `pixel_scale`: arcsec per pixel (default: the preset's). With ``convolve_psf=False`` this
+      gives intrinsic (pixel-integrated only) morphologies at any resolution.
+    - `convolve_psf`: convolve with the preset PSF. Without it the stamps are convolved only
+      with a narrow Gaussian of FWHM ``model_psf_fwhm`` pixels (a model PSF in the
+      scarlet sense: it band-limits the point-like knots, keeping FFTs small), which is
+      then returned as ``psf_images``.
+    - `model_psf_fwhm`: FWHM in pixels of that Gaussian.
+    - `add_noise`: add the preset's Gaussian background noise.
+    - `real_fraction`: fraction of real COSMOS galaxies (needs the COSMOS folder).
     """
     from tqdm.auto import tqdm
 

@@ -39,10 +39,11 @@ class _AncestralStep(AbstractStep):
 class Ancestral(AbstractStepSampler):
     """Ancestral (reverse-diffusion) sampling: ``steps`` denoiser calls on the EDM schedule.
 
-    Args:
-        steps: number of steps (default 64).
-        rho: exponent of the EDM schedule (`edm_sigmas`).
-        unroll: ``lax.scan``'s ``unroll`` for the traceable form (`AbstractStepSampler`).
+    **Arguments:**
+
+    - `steps`: number of steps (default 64).
+    - `rho`: exponent of the EDM schedule (`edm_sigmas`).
+    - `unroll`: ``lax.scan``'s ``unroll`` for the traceable form (`AbstractStepSampler`).
     """
 
     steps: int = 64

@@ -42,10 +42,11 @@ class DPMSolver2M(AbstractStepSampler):
     """DPM-Solver++(2M) on the EDM schedule: ``steps`` denoiser calls (default 48: 49 NFE
     with the final denoising).
 
-    Args:
-        steps: number of steps (noise levels ``steps + 1``).
-        rho: exponent of the EDM schedule (`edm_sigmas`).
-        unroll: ``lax.scan``'s ``unroll`` for the traceable form (`AbstractStepSampler`).
+    **Arguments:**
+
+    - `steps`: number of steps (noise levels ``steps + 1``).
+    - `rho`: exponent of the EDM schedule (`edm_sigmas`).
+    - `unroll`: ``lax.scan``'s ``unroll`` for the traceable form (`AbstractStepSampler`).
     """
 
     steps: int = 48

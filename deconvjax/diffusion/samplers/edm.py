@@ -47,12 +47,13 @@ class _EDMStep(AbstractStep):
 class EDMHeun(AbstractStepSampler):
     """EDM sampler: ``steps`` Heun steps (``second_order=False``: Euler) on the EDM schedule.
 
-    Args:
-        steps: number of steps (default 18: 37 NFE with the final denoising).
-        churn: EDM's ``S_churn`` (0: the deterministic PF-ODE).
-        second_order: Heun steps (two denoiser calls each); False: Euler (one).
-        rho: exponent of the EDM schedule (`edm_sigmas`).
-        unroll: ``lax.scan``'s ``unroll`` for the traceable form (`AbstractStepSampler`).
+    **Arguments:**
+
+    - `steps`: number of steps (default 18: 37 NFE with the final denoising).
+    - `churn`: EDM's ``S_churn`` (0: the deterministic PF-ODE).
+    - `second_order`: Heun steps (two denoiser calls each); False: Euler (one).
+    - `rho`: exponent of the EDM schedule (`edm_sigmas`).
+    - `unroll`: ``lax.scan``'s ``unroll`` for the traceable form (`AbstractStepSampler`).
     """
 
     steps: int = 18

@@ -53,28 +53,30 @@ def sample(
 ) -> tuple[Float[Array, "n_samples ..."], Int[Array, ""]]:
     """Draw ``n_samples`` from the distribution whose denoiser is ``denoiser``.
 
-    Args:
-        key: PRNG key (reference Gaussian draw and the sampler's noise).
-        denoiser: unbatched ``D(x, sigma)`` on arrays of ``shape``: any `AbstractDenoiser`,
-            a `PosteriorDenoiser`, or any callable.
-        sampler: the sampler and its options (default `DPMSolver2M()`, 48 steps, 49 NFE).
-        sde: the forward SDE whose reverse is integrated, from ``t = 1`` to ``sde.t_min``.
-        shape: shape of one sample, e.g. ``(band, y, x)``.
-        n_samples: number of samples.
-        batch_size: samples per batched solve (default: all at once). Chunks are solved one
-            after the other; each uses one batched denoiser call per stage.
-        final_denoise: apply ``D(x, sigma(t_min))`` at the end (Tweedie; one more NFE).
-        x_init: starting points at ``t = 1`` (``n_samples`` of them) instead of draws from
-            the reference Gaussian ``N(0, sde.prior_std()^2)``.
-        progress: a progress bar per chunk (host loops: tqdm; diffrax: its tqdm meter).
-        traceable: run the sampler's pure form (`AbstractSampler.run`: ``lax.scan`` or the
-            diffrax loop) so that ``sample`` can be called inside ``jit`` / ``vmap``;
-            ``False`` (default): its host form (`AbstractSampler.run_host`), faster for
-            networks on CPU. Same numbers either way, to float rounding.
+    **Arguments:**
 
-    Returns:
-        ``(samples, nfe)``: samples of shape ``(n_samples, *shape)`` and the number of
-        denoiser evaluations per trajectory (the largest over chunks).
+    - `key`: PRNG key (reference Gaussian draw and the sampler's noise).
+    - `denoiser`: unbatched ``D(x, sigma)`` on arrays of ``shape``: any `AbstractDenoiser`,
+      a `PosteriorDenoiser`, or any callable.
+    - `sampler`: the sampler and its options (default `DPMSolver2M()`, 48 steps, 49 NFE).
+    - `sde`: the forward SDE whose reverse is integrated, from ``t = 1`` to ``sde.t_min``.
+    - `shape`: shape of one sample, e.g. ``(band, y, x)``.
+    - `n_samples`: number of samples.
+    - `batch_size`: samples per batched solve (default: all at once). Chunks are solved one
+      after the other; each uses one batched denoiser call per stage.
+    - `final_denoise`: apply ``D(x, sigma(t_min))`` at the end (Tweedie; one more NFE).
+    - `x_init`: starting points at ``t = 1`` (``n_samples`` of them) instead of draws from
+      the reference Gaussian ``N(0, sde.prior_std()^2)``.
+    - `progress`: a progress bar per chunk (host loops: tqdm; diffrax: its tqdm meter).
+    - `traceable`: run the sampler's pure form (`AbstractSampler.run`: ``lax.scan`` or the
+      diffrax loop) so that ``sample`` can be called inside ``jit`` / ``vmap``;
+      ``False`` (default): its host form (`AbstractSampler.run_host`), faster for
+      networks on CPU. Same numbers either way, to float rounding.
+
+    **Returns:**
+
+    ``(samples, nfe)``: samples of shape ``(n_samples, *shape)`` and the number of
+    denoiser evaluations per trajectory (the largest over chunks).
     """
     if not isinstance(sampler, AbstractSampler):
         raise TypeError(f"sampler: expected an AbstractSampler (e.g. DPMSolver2M()), got "

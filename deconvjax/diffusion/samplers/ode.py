@@ -37,11 +37,12 @@ class AdaptiveODE(AbstractSampler):
     """Adaptive probability-flow ODE (diffrax, PIDController); the step count follows the
     tolerances.
 
-    Args:
-        solver: an adaptive diffrax solver (default ``diffrax.Tsit5()``; ``diffrax.Heun()``).
-        rtol, atol: the controller's tolerances.
-        dt_min: smallest step (default: none).
-        max_steps: the solve fails beyond this many steps.
+    **Arguments:**
+
+    - `solver`: an adaptive diffrax solver (default ``diffrax.Tsit5()``; ``diffrax.Heun()``).
+      rtol, atol: the controller's tolerances.
+    - `dt_min`: smallest step (default: none).
+    - `max_steps`: the solve fails beyond this many steps.
     """
 
     solver: dfx.AbstractAdaptiveSolver = dfx.Tsit5()
@@ -72,14 +73,15 @@ class AdaptiveODE(AbstractSampler):
 class FixedStepODE(AbstractSampler):
     """Probability-flow ODE with ``steps`` equal steps in ``t`` (diffrax solver).
 
-    Args:
-        steps: number of steps (default 64).
-        solver: any diffrax ODE solver (default ``diffrax.Heun()``; ``diffrax.Euler()``).
-        host_loop: call the solver's ``step`` from a Python loop (one compiled call per
-            step) instead of diffrax's compiled while loop when sampling outside a trace.
-            Same result to float rounding, and no faster for a U-Net (diffrax's Runge-Kutta
-            step loops over its stages itself; benchmarks/RESULTS.md): use `DPMSolver2M`
-            or `EDMHeun` for networks. Needs a non-FSAL solver (Euler, Heun, ...).
+    **Arguments:**
+
+    - `steps`: number of steps (default 64).
+    - `solver`: any diffrax ODE solver (default ``diffrax.Heun()``; ``diffrax.Euler()``).
+    - `host_loop`: call the solver's ``step`` from a Python loop (one compiled call per
+      step) instead of diffrax's compiled while loop when sampling outside a trace.
+      Same result to float rounding, and no faster for a U-Net (diffrax's Runge-Kutta
+      step loops over its stages itself; benchmarks/RESULTS.md): use `DPMSolver2M`
+      or `EDMHeun` for networks. Needs a non-FSAL solver (Euler, Heun, ...).
     """
 
     steps: int = 64

@@ -46,10 +46,11 @@ class _PCStep(AbstractStep):
 class PredictorCorrector(AbstractStepSampler):
     """Euler-Maruyama predictor + one Langevin corrector per step (``2 * steps`` NFE).
 
-    Args:
-        steps: number of steps (default 64).
-        snr: the corrector's signal-to-noise ratio (step ``2 (snr s sigma)^2``).
-        unroll: ``lax.scan``'s ``unroll`` for the traceable form (`AbstractStepSampler`).
+    **Arguments:**
+
+    - `steps`: number of steps (default 64).
+    - `snr`: the corrector's signal-to-noise ratio (step ``2 (snr s sigma)^2``).
+    - `unroll`: ``lax.scan``'s ``unroll`` for the traceable form (`AbstractStepSampler`).
     """
 
     steps: int = 64

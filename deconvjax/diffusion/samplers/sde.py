@@ -20,10 +20,11 @@ __all__ = ["ReverseSDE"]
 class ReverseSDE(AbstractSampler):
     """Reverse SDE with ``steps`` equal steps in ``t``.
 
-    Args:
-        steps: number of steps (default 64).
-        solver: ``diffrax.Euler()`` (Euler-Maruyama, default) or ``diffrax.ShARK()``, or any
-            diffrax SDE solver for additive noise.
+    **Arguments:**
+
+    - `steps`: number of steps (default 64).
+    - `solver`: ``diffrax.Euler()`` (Euler-Maruyama, default) or ``diffrax.ShARK()``, or any
+      diffrax SDE solver for additive noise.
     """
 
     steps: int = 64

@@ -208,6 +208,7 @@ def train_prior(
     progress: bool = True,
     extra_info: dict | None = None,
     max_seconds: float | None = None,
+    init: ScorePrior | None = None,
 ) -> ScorePrior:
     """Train a `ScorePrior` on ``images`` (physical units) and checkpoint it to ``out``.
 
@@ -220,6 +221,10 @@ def train_prior(
     - `resume`: continue from ``out.state`` when it exists.
     - `flux_scale`: global flux scale (default `flux_scale_of(images)`; stored in the prior).
     - `max_seconds`: stop (with a checkpoint) after this much wall time.
+    - `init`: warm start from this prior's weights (its network must match ``config``),
+      with a fresh optimiser and EMA, as each M-step of EM does; its ``flux_scale`` is
+      kept (the prior variable's units stay the same across EM laps) unless ``flux_scale``
+      is given, and so is its ``sigma_data``. Ignored when resuming from ``out.state``.
 
     **Raises:**
 
@@ -263,6 +268,19 @@ def train_prior(
             kept = [ln for ln in log_path.read_text().splitlines()
                     if ln.strip() and json.loads(ln)["step"] <= step]
             atomic_write_bytes(log_path, ("\n".join(kept) + "\n").encode() if kept else b"")
+    elif init is not None:
+        if not isinstance(init, ScorePrior):
+            raise TypeError(f"init: expected a ScorePrior, got {type(init).__name__}")
+        want = config.net_hyper(init.denoiser.sigma_data)
+        have = net_hyper_of(init.denoiser)
+        if want != have:
+            raise ValueError(f"init: the prior's network {have} does not match config's {want}")
+        flux_scale = float(init.flux_scale) if flux_scale is None else float(flux_scale)
+        model = init.denoiser
+        ema = model
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+        step, elapsed = 0, 0.0
+        atomic_write_bytes(log_path, b"")
     else:
         flux_scale = flux_scale_of(images) if flux_scale is None else float(flux_scale)
         x = images / flux_scale

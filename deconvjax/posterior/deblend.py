@@ -170,7 +170,7 @@ def deblend(
     - `spectra`: ``(n_source, band)`` fixed spectra; default: optimised (module doc).
     - `sampler`: any sampler of `deconvjax.diffusion.samplers` (default `DPMSolver2M()`);
       other keyword arguments go to its ``sample``.
-      n_spectrum_iters, n_init_samples: the spectrum optimisation (module doc);
+    - `n_spectrum_iters`, `n_init_samples`: the spectrum optimisation (module doc);
       ``n_init_samples`` defaults to ``n_samples``.
     """
     if isinstance(observations, Observation):

@@ -429,8 +429,8 @@ def simulate_field(
     - `shape`: (ny, nx) pixels.
     - `n_sources`: number of sources (galaxies, real COSMOS galaxies and stars).
     - `bands`: subset of the preset bands (default all).
-      min_separation, max_separation: arcsec between each source and a neighbour.
-      star_fraction, real_fraction: probability of a star, of a real COSMOS galaxy (the
+    - `min_separation`, `max_separation`: arcsec between each source and a neighbour.
+    - `star_fraction`, `real_fraction`: probability of a star, of a real COSMOS galaxy (the
       COSMOS folder must be present for ``real_fraction > 0``).
     - `mag_range`: LSST-i AB magnitude range of galaxies.
     - `center`: (RA, Dec) degrees of the field centre.

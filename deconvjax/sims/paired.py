@@ -77,7 +77,7 @@ def simulate_paired(
 
     **Arguments:**
 
-      space, ground: presets (e.g. "hst" or "euclid" with "lsst" or "hsc").
+    - `space`, `ground`: presets (e.g. "hst" or "euclid" with "lsst" or "hsc").
     - `seed`: int or numpy Generator; the same seed gives the same pair.
     - `ground_shape`: (ny, nx) pixels of the ground image; the space image covers the same
       sky, ``round(ground_shape * ground_scale / space_scale)`` pixels.

@@ -40,7 +40,7 @@ class AdaptiveODE(AbstractSampler):
     **Arguments:**
 
     - `solver`: an adaptive diffrax solver (default ``diffrax.Tsit5()``; ``diffrax.Heun()``).
-      rtol, atol: the controller's tolerances.
+    - `rtol`, `atol`: the controller's tolerances.
     - `dt_min`: smallest step (default: none).
     - `max_steps`: the solve fails beyond this many steps.
     """

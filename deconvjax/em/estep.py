@@ -394,7 +394,7 @@ def estep(
         tb = time.perf_counter()
         idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)
         posts = [_posterior(setup, obs[i], cutouts, int(i), method) for i in idx]
-        batched = BatchedPosterior.stack(setup.denoiser, posts)
+        batched = BatchedPosterior.stack(posts[0].prior, posts)
         x_shape = batched.posts.x_shape
         chunk_key = jr.fold_in(key, c)
         # Starting points drawn per cutout as `deconvolve` draws them with its key.

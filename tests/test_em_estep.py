@@ -115,7 +115,7 @@ def test_batched_equals_deconvolve_per_cutout_and_no_recompilation(problem):
                                    rtol=1e-3, atol=2e-4)
         np.testing.assert_allclose(np.asarray(r.chi2_per_pixel[i]),
                                    np.asarray(ref.chi2_per_pixel), rtol=2e-3)
-    # A resumed run (the second chunk alone, same key and chunk index) reproduces it.
+    # The same key reproduces the samples exactly (chunk keys are fold_in(key, chunk)).
     again = estep(key, prior, cut, sde=SDE, sampler=sampler, n_samples=3, chunk=4,
                   progress=False)
     np.testing.assert_array_equal(np.asarray(again.samples), np.asarray(r.samples))
@@ -169,6 +169,29 @@ def test_multiband_blend_fits_spectra():
     np.testing.assert_allclose(np.asarray(r.spectra[0]), true, atol=0.15)
     np.testing.assert_allclose(np.asarray(r.spectra[2]), true, atol=0.15)
     np.testing.assert_allclose(np.asarray(r.spectra[1, 1]), 1.0)  # padding slot
+
+
+def test_from_observations_and_fields():
+    from astropy.table import Table
+
+    from deconvjax.io.data import ObservationData, SimulatedField
+
+    rng = np.random.default_rng(0)
+    obs = [ObservationData(rng.normal(size=(2, 16, 16)).astype(np.float32),
+                           variance=np.full((2, 16, 16), 0.5 + i), psf_images=_gpsf(1.0, nb=2),
+                           bands=("g", "r")) for i in range(3)]
+    cut = Cutouts.from_observations(obs)
+    assert len(cut) == 3 and cut.shape == (2, 16, 16) and cut.bands == ("g", "r")
+    assert not cut.is_blend and cut.source_centers()[0, 0].tolist() == [8.0, 8.0]
+    np.testing.assert_allclose(cut.weights[2], 1 / 2.5)
+    fields = [SimulatedField(o, Table({"y": [3.0, 9.0][: k + 1], "x": [4.0, 12.0][: k + 1]}),
+                             np.zeros((k + 1, 2, 16, 16), np.float32)) for k, o in enumerate(obs[:2])]
+    cut = Cutouts.from_fields(fields)
+    assert cut.n_max == 2 and cut.source_mask.tolist() == [[True, False], [True, True]]
+    assert cut.centers[1].tolist() == [[3.0, 4.0], [9.0, 12.0]]
+    with pytest.raises(ValueError, match="observations: cutouts of different shapes"):
+        Cutouts.from_observations([obs[0], ObservationData(np.zeros((2, 8, 8)), variance=np.ones((2, 8, 8)),
+                                                           psf_images=_gpsf(1.0, nb=2))])
 
 
 def test_bad_inputs_name_the_argument(problem):

@@ -1,0 +1,1 @@
+"""Expectation-maximisation (EM) of a diffusion prior from corrupted cutouts."""

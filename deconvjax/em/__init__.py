@@ -1,0 +1,1 @@
+"""Expectation-maximisation of galaxy priors from corrupted survey cutouts."""

@@ -68,6 +68,7 @@ __all__ = [
     "marginal_log_likelihood",
     "posterior_moments",
     "posterior_samples",
+    "initial_moments",
     "compilation_count",
 ]
 

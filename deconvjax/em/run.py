@@ -156,7 +156,7 @@ def run_em(
     out.mkdir(parents=True, exist_ok=True)
     start_name = start if isinstance(start, str) else "prior-object"
     identity = {"config": config.identity(), "start": start_name, "cutouts": _digest(cutouts),
-                "n_cutouts": int(cutouts.n)}
+                "n_cutouts": len(cutouts)}
     state_path = out / "em_state.json"
     if state_path.exists():
         state = json.loads(state_path.read_text())
@@ -211,15 +211,15 @@ def _starting_prior(cutouts, out: Path, config: EMConfig, start, progress: bool)
         return load_prior()
     if start != "gaussian":
         return load_prior(start)
-    from .gaussian import GaussianPrior, fit_gaussian_prior
+    from .start import fit_gaussian_prior, load_gaussian_prior, save_gaussian_prior
 
-    path = out / "lap_000" / "gaussian.npz"
+    path = out / "lap_000" / "gaussian.eqx"
     if path.exists():
-        return GaussianPrior.load(path)
+        return load_gaussian_prior(path)
     path.parent.mkdir(exist_ok=True)
     prior = fit_gaussian_prior(cutouts, laps=config.gaussian_laps, rank=config.gaussian_rank or None,
-                               size=config.train.image_size, progress=progress)
-    prior.save(path)
+                               progress=progress)
+    save_gaussian_prior(path, prior)
     return prior
 
 
@@ -230,18 +230,27 @@ def _estep_lap(key, prior, cutouts, config: EMConfig, lap_dir: Path, state: dict
     of every present source, in physical units) and each cutout's chi2 per pixel."""
     from tqdm.auto import tqdm
 
-    from .estep import estep_chunk
+    from ..diffusion.samplers import DPMSolver2M
+    from .estep import estep
 
-    n_chunks = int(np.ceil(cutouts.n / config.chunk))
+    n = len(cutouts)
+    n_chunks = int(np.ceil(n / config.chunk))
+    sampler = DPMSolver2M(steps=config.sampler_steps)
     images, chi2 = [], []
     bar = tqdm(total=n_chunks, desc="E-step", disable=not progress, leave=False)
     for c in range(n_chunks):
         path = lap_dir / f"samples_{c:05d}.npz"
         if not path.exists():
-            idx = np.arange(c * config.chunk, min((c + 1) * config.chunk, cutouts.n))
-            result = estep_chunk(jr.fold_in(key, c), prior, cutouts, idx, n_samples=config.n_samples,
-                                 chunk=config.chunk, sampler_steps=config.sampler_steps)
-            _save_npz(path, images=result.training_images(), chi2=np.asarray(result.chi2_per_pixel))
+            idx = np.arange(c * config.chunk, min((c + 1) * config.chunk, n))
+            # One chunk per call, padded by `estep` to ``chunk`` cutouts: every chunk of
+            # every lap runs the same compiled programs.
+            result = estep(jr.fold_in(key, c), prior, cutouts.select(idx), sampler=sampler,
+                           n_samples=config.n_samples, chunk=config.chunk, progress=False)
+            present = np.asarray(result.source_mask, bool)  # (cutout, n_max)
+            samples = np.asarray(result.samples)  # (cutout, n_samples, n_max, band, h, w)
+            images = np.moveaxis(samples, 1, 2)[present].reshape(-1, *samples.shape[-3:])
+            _save_npz(path, images=(images * float(prior.flux_scale)).astype(np.float32),
+                      chi2=np.asarray(result.chi2_mean, np.float64))
             state["chunks_done"] = c + 1
             _write_json(state_path, state)
         with np.load(path) as z:
@@ -255,7 +264,9 @@ def _estep_lap(key, prior, cutouts, config: EMConfig, lap_dir: Path, state: dict
 def _mstep(images: np.ndarray, prior, config: EMConfig, prior_path: Path, lap: int, progress: bool) -> ScorePrior:
     """Denoising score matching on the lap's samples, warm-started from the previous
     network (none after a Gaussian start), in the previous prior's flux units."""
-    init = prior if isinstance(prior, ScorePrior) else None
+    from .start import is_gaussian_prior
+
+    init = None if is_gaussian_prior(prior) else prior
     train = dataclasses.replace(config.train, seed=config.train.seed + lap)
     return train_prior(images, prior_path, train, resume=True, flux_scale=float(prior.flux_scale), init=init,
                        progress=progress, extra_info={"em_lap": lap})

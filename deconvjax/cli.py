@@ -14,6 +14,8 @@ _COMMANDS = {
             "Fit a scene to IMAGES (one FITS image per band, or a cube) and deblend it."),
     "train-prior": ("deconvjax.diffusion._cli:train_prior",
                     "Train a diffusion (score) prior on galaxy stamps and write a checkpoint."),
+    "em": ("deconvjax.em._cli:em",
+           "Learn a galaxy prior from CUTOUTS alone by expectation-maximisation."),
     "sample": ("deconvjax.posterior._cli:sample",
                "Posterior samples of a galaxy from one or several IMAGES (FITS) of any size, pixel scale and flux..."),
 }

@@ -209,6 +209,7 @@ def train_prior(
     extra_info: dict | None = None,
     max_seconds: float | None = None,
     init: ScorePrior | None = None,
+    record_time: bool = True,
 ) -> ScorePrior:
     """Train a `ScorePrior` on ``images`` (physical units) and checkpoint it to ``out``.
 
@@ -225,6 +226,9 @@ def train_prior(
       with a fresh optimiser and EMA, as each M-step of EM does; its ``flux_scale`` is
       kept (the prior variable's units stay the same across EM laps) unless ``flux_scale``
       is given, and so is its ``sigma_data``. Ignored when resuming from ``out.state``.
+    - `record_time`: write the training time into the prior's header (``False``: the prior
+      file then depends on nothing but the data and settings, so a resumed run writes the
+      same bytes as an uninterrupted one; EM logs its times itself).
 
     **Raises:**
 
@@ -304,9 +308,9 @@ def train_prior(
         hyper = {"net": net_hyper_of(model), "config": config.to_json(), "step": step,
                  "flux_scale": flux_scale, "elapsed_s": elapsed}
         save_checkpoint(state_path, "train_state", hyper, (model, ema, opt_state))
+        timing = {"train_seconds": round(elapsed, 1)} if record_time else {}
         save_prior(out, ScorePrior(ema, sde, flux_scale),
-                   extra={**info, "step": step, "train_seconds": round(elapsed, 1),
-                          "config": config.to_json()})
+                   extra={**info, "step": step, **timing, "config": config.to_json()})
 
     from tqdm.auto import tqdm
 

@@ -69,7 +69,8 @@ def morphology_statistics(images: Float[np.ndarray, "n band y x"]) -> dict[str, 
         "asymmetry": np.asarray(asym),
         "log_flux": log_flux,
         "log_hlr": log_hlr,
-        "power": np.asarray(radial_power_spectrum(summed[:, None])),
+        # Bins no finer than the coarsest frequency step of small images (none empty).
+        "power": np.asarray(radial_power_spectrum(summed[:, None], nbins=max(2, min(8, min(summed.shape[1:]) // 4)))),
     }
 
 

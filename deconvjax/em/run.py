@@ -236,7 +236,7 @@ def _estep_lap(key, prior, cutouts, config: EMConfig, lap_dir: Path, state: dict
     n = len(cutouts)
     n_chunks = int(np.ceil(n / config.chunk))
     sampler = DPMSolver2M(steps=config.sampler_steps)
-    images, chi2 = [], []
+    all_images, chi2 = [], []
     bar = tqdm(total=n_chunks, desc="E-step", disable=not progress, leave=False)
     for c in range(n_chunks):
         path = lap_dir / f"samples_{c:05d}.npz"
@@ -254,11 +254,11 @@ def _estep_lap(key, prior, cutouts, config: EMConfig, lap_dir: Path, state: dict
             state["chunks_done"] = c + 1
             _write_json(state_path, state)
         with np.load(path) as z:
-            images.append(z["images"])
+            all_images.append(z["images"])
             chi2.append(z["chi2"])
         bar.update(1)
     bar.close()
-    return np.concatenate(images), np.concatenate(chi2)
+    return np.concatenate(all_images), np.concatenate(chi2)
 
 
 def _mstep(images: np.ndarray, prior, config: EMConfig, prior_path: Path, lap: int, progress: bool) -> ScorePrior:
@@ -269,7 +269,7 @@ def _mstep(images: np.ndarray, prior, config: EMConfig, prior_path: Path, lap: i
     init = None if is_gaussian_prior(prior) else prior
     train = dataclasses.replace(config.train, seed=config.train.seed + lap)
     return train_prior(images, prior_path, train, resume=True, flux_scale=float(prior.flux_scale), init=init,
-                       progress=progress, extra_info={"em_lap": lap})
+                       progress=progress, extra_info={"em_lap": lap}, record_time=False)
 
 
 def _diagnose(key, prior: ScorePrior, config: EMConfig, lap: int, lap_dir: Path, history: list[dict]) -> dict:

@@ -121,3 +121,46 @@ def test_cli_runs_and_resumes_on_fits_cutouts(tmp_path):
     # Bad input names the argument.
     bad = CliRunner().invoke(main, ["em", paths[0], "--out", str(tmp_path / "x"), "--channels", "a,b"])
     assert bad.exit_code != 0 and "--channels" in bad.output
+
+
+_COMPILES = [0]
+
+
+def _listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES[0] += 1
+
+
+@pytest.mark.slow
+def test_blends_from_a_network_start_and_no_recompilation_between_laps(tmp_path):
+    """Blends (two galaxies in a 16x16 cutout, 8x8 prior stamps) from a tiny network, lap
+    by lap: a later lap compiles nothing."""
+    import jax
+
+    from deconvjax.diffusion.train import train_prior
+
+    rng = np.random.default_rng(5)
+    start = train_prior(rng.normal(0, 1, (16, 1, SIZE, SIZE)).astype(np.float32) + 2.0, tmp_path / "start.eqx",
+                        TRAIN, progress=False, flux_scale=5.0)
+    yy, xx = np.mgrid[:16, :16]
+    data, centres = [], []
+    for _ in range(N):
+        c = [(rng.uniform(4, 7), rng.uniform(4, 7)), (rng.uniform(9, 12), rng.uniform(9, 12))]
+        img = sum(rng.uniform(10, 20) * np.exp(-0.5 * ((yy - y) ** 2 + (xx - x) ** 2) / 1.2**2) for y, x in c)
+        data.append(img + rng.normal(0, 0.1, img.shape))
+        centres.append(np.asarray(c))
+    psf = np.exp(-0.5 * (np.mgrid[:5, :5] - 2.0) ** 2 / 0.7**2).prod(axis=0)
+    cutouts = Cutouts.from_arrays(np.asarray(data)[:, None], np.broadcast_to(psf / psf.sum(), (N, 1, 5, 5)),
+                                  rms=0.1, centers=centres)
+    run_em(cutouts, tmp_path / "run", CONFIG, start=start, progress=False)
+    two = run_em(cutouts, tmp_path / "run", EMConfig(**{**CONFIG.__dict__, "laps": 2}), start=start,
+                 progress=False)
+    assert [r["lap"] for r in two.history] == [1, 2]
+    assert two.history[1]["n_training_images"] == 2 * N  # both sources of every blend
+    # A third lap (the run resumed: its earlier priors are read back, as the second call
+    # read the first's) compiles nothing: E-step chunks, M-step and diagnostics reuse the
+    # programs of the laps before.
+    jax.monitoring.register_event_duration_secs_listener(_listener)
+    before = _COMPILES[0]
+    run_em(cutouts, tmp_path / "run", EMConfig(**{**CONFIG.__dict__, "laps": 3}), start=start, progress=False)
+    assert _COMPILES[0] == before, _COMPILES[0] - before

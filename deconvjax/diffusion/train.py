@@ -244,7 +244,9 @@ def train_prior(
         raise ValueError("images: contain NaN or inf")
     out = Path(out)
     state_path, log_path = _state_paths(out)
-    optimizer = _make_optimizer(config)
+    # Keyed on what shapes the optimiser only: runs that differ in seed or checkpointing
+    # (EM's laps) share one optimiser object, so their training steps share one program.
+    optimizer = _make_optimizer(dataclasses.replace(config, seed=0, checkpoint_every=1, steps_per_call=1))
 
     def skeleton(h):
         den = build_denoiser(h["net"])

@@ -63,7 +63,7 @@ from ..diffusion.sde import AbstractSDE
 from ..frame import Frame
 from ..observation import Observation
 from ..posterior.base import AbstractGuidance, PosteriorDenoiser, ScaledIdentity, prior_shape
-from ..posterior.deblend import ProductDenoiser, SourcePlacement, _fit_spectra
+from ..posterior.deblend import ProductDenoiser, SourcePlacement, fit_spectra
 from ..psf import GaussianPSF
 from .cutouts import Cutouts
 
@@ -266,7 +266,7 @@ def _posterior(setup: _Setup, o: Observation, cutouts: Cutouts, i: int, method):
 @eqx.filter_jit
 def _fit_chunk(batched: BatchedPosterior, morph, smask):
     def one(post, m, sm):
-        s = _fit_spectra(batched.member(post), m)
+        s = fit_spectra(batched.member(post), m)
         return jnp.where(sm[:, None], s, 1.0).astype(jnp.float32)
 
     return eqx.filter_vmap(one, in_axes=(eqx.if_array(0), 0, 0))(batched.posts, morph, smask)

@@ -126,7 +126,7 @@ def _posterior(prior, observations, spectra, corners, n_src, scale, method):
     return PosteriorDenoiser(ProductDenoiser(prior, n_src), observations, method=method, embed=emb)
 
 
-def _fit_spectra(post: PosteriorDenoiser, morph: Array) -> Array:
+def fit_spectra(post: PosteriorDenoiser, morph: Array) -> Array:
     """Weighted least-squares spectra for fixed morphologies (the model is linear in
     them), normalised to mean 1 over bands."""
 
@@ -217,7 +217,7 @@ def deblend(
         for i in range(int(n_spectrum_iters)):
             x, _ = sample_posterior(jax.random.fold_in(key, 1000 + i), post, sde,
                                     n_init, sampler, **sample_kwargs)
-            s = _fit_spectra(post, x.mean(0))
+            s = fit_spectra(post, x.mean(0))
             post = eqx.tree_at(lambda q: q.embed.spectra, post, s.astype(jnp.float32))
     x, _ = sample_posterior(key, post, sde, n_samples, sampler, **sample_kwargs)
     return _summarise(post, x)

@@ -386,7 +386,9 @@ def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec, cosmos_path=None
     return t
 
 
-def _as_rng(seed) -> tuple[np.random.Generator, int]:
+def as_rng(seed) -> tuple[np.random.Generator, int]:
+    """A numpy Generator and the int seed it came from (-1 for a Generator given as is);
+    a `ValueError` for anything else."""
     if isinstance(seed, np.random.Generator):
         return seed, -1
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -394,7 +396,8 @@ def _as_rng(seed) -> tuple[np.random.Generator, int]:
     return np.random.default_rng(np.random.SeedSequence(int(seed))), int(seed)
 
 
-def _check_shape(shape):
+def check_shape(shape) -> tuple[int, int]:
+    """``shape`` as ``(ny, nx)`` positive ints; a `ValueError` naming it otherwise."""
     if (not isinstance(shape, (tuple, list)) or len(shape) != 2
             or not all(isinstance(v, (int, np.integer)) and v > 0 for v in shape)):
         raise ValueError(f"shape: expected (ny, nx) positive ints, got {shape!r}")
@@ -447,9 +450,9 @@ def simulate_field(
     bulge_frac, e1, e2, cosmos_index, temperature (stars' blackbody, K), flux_<band>
     (electrons), blendedness_<band>, and blendedness (in the reference band).
     """
-    rng, seed_int = _as_rng(seed)
+    rng, seed_int = as_rng(seed)
     sv = get_survey(survey, bands)
-    ny, nx = _check_shape(shape)
+    ny, nx = check_shape(shape)
     extent = (ny * sv.pixel_scale, nx * sv.pixel_scale)
     cat = draw_catalog(rng, n_sources, extent, star_fraction=star_fraction,
                        real_fraction=real_fraction, min_separation=min_separation,

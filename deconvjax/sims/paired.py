@@ -15,8 +15,8 @@ import numpy as np
 from .blends import (
     COSMOS_CENTER,
     SimulatedField,
-    _as_rng,
-    _check_shape,
+    as_rng,
+    check_shape,
     draw_catalog,
     render_catalog,
 )
@@ -84,10 +84,10 @@ def simulate_paired(
     - `correlated_noise`: HST space view with drizzle-correlated background noise.
       Other arguments as in `deconvjax.sims.simulate_field`.
     """
-    rng, seed_int = _as_rng(seed)
+    rng, seed_int = as_rng(seed)
     sp = get_survey(space, space_bands)
     gr = get_survey(ground, ground_bands)
-    gy, gx = _check_shape(ground_shape)
+    gy, gx = check_shape(ground_shape)
     extent = (gy * gr.pixel_scale, gx * gr.pixel_scale)
     sshape = (int(round(extent[0] / sp.pixel_scale)), int(round(extent[1] / sp.pixel_scale)))
     cat = draw_catalog(rng, n_sources, extent, star_fraction=star_fraction,
@@ -135,9 +135,9 @@ def simulate_epochs(
         raise ValueError(f"n_epochs: expected an int >= 1, got {n_epochs!r}")
     if seeing_scatter < 0:
         raise ValueError(f"seeing_scatter: expected >= 0, got {seeing_scatter}")
-    rng, seed_int = _as_rng(seed)
+    rng, seed_int = as_rng(seed)
     sv = get_survey(survey, bands)
-    ny, nx = _check_shape(shape)
+    ny, nx = check_shape(shape)
     extent = (ny * sv.pixel_scale, nx * sv.pixel_scale)
     worst = float(np.exp(2.0 * seeing_scatter))  # a 2-sigma bad-seeing epoch
     cat = draw_catalog(rng, n_sources, extent, star_fraction=star_fraction,

@@ -31,7 +31,7 @@ from ._fastdraw import (
     points_kimage,
     psf_kimage,
 )
-from .blends import _as_rng
+from .blends import as_rng
 from .galaxies import (
     draw_galaxy_params,
     draw_real_params,
@@ -110,7 +110,7 @@ def simulate_stamps(
         raise ValueError(f"size: expected an int >= 4, got {size!r}")
     if n < 0:
         raise ValueError(f"n: expected >= 0, got {n}")
-    rng, _ = _as_rng(seed)
+    rng, _ = as_rng(seed)
     sv = get_survey(survey, bands)
     scale = sv.pixel_scale if pixel_scale is None else float(pixel_scale)
     if scale <= 0:

@@ -388,7 +388,7 @@ def _truth_table(survey, cat, sources, fluxes, px, py, ra, dec, cosmos_path=None
 
 def as_rng(seed) -> tuple[np.random.Generator, int]:
     """A numpy Generator and the int seed it came from (-1 for a Generator given as is);
-    a `ValueError` for anything else."""
+    a `TypeError` for anything else."""
     if isinstance(seed, np.random.Generator):
         return seed, -1
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

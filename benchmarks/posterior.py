@@ -266,6 +266,20 @@ def main():
                 r["psnr_headroom_over_tikhonov_db"] = r["psnr_ceiling_truth_noise"] - r["psnr_tikhonov"]
                 r["truth_noise_over_observation_noise"] = float(np.median(
                     np.sqrt(np.asarray(noise_var)[sel]) / rms))
+
+                def corrected(ests):
+                    # The truth's own noise removed from the error: 10 log10 of the mean
+                    # over galaxies of peak^2 / (MSE - s2), the mean taken before the log
+                    # (MSE - s2 floored at 1e-3 s2: an estimate cannot beat the truth's noise).
+                    ratios = [(t.max() - t.min()) ** 2 / max(float(np.mean((e[0] - t[0]) ** 2)) - v, 1e-3 * v)
+                              for e, t, v, k in zip(ests, truths, noise_var, sel) if k]
+                    return float(10 * np.log10(np.mean(ratios)))
+
+                r["psnr_noise_corrected_posterior_mean"] = corrected(post_mean)
+                r["psnr_noise_corrected_tikhonov"] = corrected(tik[tik_g])
+                r["psnr_noise_corrected_richardson_lucy"] = corrected(rl[rl_g])
+                r["psnr_gain_noise_corrected_db"] = (r["psnr_noise_corrected_posterior_mean"]
+                                                     - r["psnr_noise_corrected_tikhonov"])
             r["psnr_gain_over_richardson_lucy_db"] = (r["psnr_posterior_mean"]
                                                       - r["psnr_richardson_lucy"])
             out.update({k + tag: v for k, v in r.items()})
@@ -354,7 +368,13 @@ def main():
     res["sampler"] = f"{args.sampler} steps={getattr(sampler, 'steps', 'adaptive')}, MMPS cg_iters={args.cg_iters}"
     res["n_eval"] = args.n_eval
     res["load_average"] = os.getloadavg()[0]
+    # The real-galaxy headline at the noisier views: the noise-corrected gain over Tikhonov.
+    for snr in ("5", "2"):
+        if f"psnr_gain_noise_corrected_db_snr{snr}" in res:
+            res[f"psnr_gain_noise_corrected_snr{snr}_db"] = res[f"psnr_gain_noise_corrected_db_snr{snr}"]
     res["targets_met"] = {
+        **{f"psnr_gain_noise_corrected_snr{snr}_ge_3db": res[f"psnr_gain_noise_corrected_snr{snr}_db"] >= 3.0
+           for snr in ("5", "2") if f"psnr_gain_noise_corrected_snr{snr}_db" in res},
         "psnr_gain_ge_3db": res["psnr_gain_over_tikhonov_db"] >= 3.0,
         "seconds_le_3": sec <= 3.0,
         "tarp_le_0.05": res["tarp_max_dev"] <= 0.05,

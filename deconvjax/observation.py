@@ -163,6 +163,9 @@ class Observation(eqx.Module):
       evaluated (profiled out of fits); None (default) for data whose sky is already
       zero. The linear operator itself (`__call__`, `adjoint`) never includes it, and
       posterior samplers ignore it: subtract the sky before sampling.
+    - `min_fft_shape`: the least FFT period ``(fy, fx)`` of the PSF matching (default:
+      the smallest that keeps the convolution linear); observations given one shape
+      stack into one batch whatever their PSF widths.
     - `allow_psf_gain`: accept a frame whose model PSF is wider than this observation's
       PSF at some spatial frequencies (a difference kernel with gain above 1, which
       amplifies noise there); by default that is an error that says which model PSF fits.
@@ -199,6 +202,7 @@ class Observation(eqx.Module):
         interpolation: Method = "bspline3",
         allow_psf_gain: bool = False,
         background: PlaneBackground | None = None,
+        min_fft_shape: tuple[int, int] | None = None,
     ):
         if not isinstance(frame, Frame):
             raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
@@ -301,6 +305,10 @@ class Observation(eqx.Module):
         # a period of n + r already keeps the wrapped-around part off the n pixels kept:
         # padding by the radius, not the full width (~25% fewer FFT points per side).
         fft_shape = (good_fft_size(ny + kshape[0] // 2), good_fft_size(nx + kshape[1] // 2))
+        if min_fft_shape is not None:
+            # A larger period is the same operator (more zero padding): observations of
+            # different PSF widths then share one shape and stack into one batch.
+            fft_shape = (max(fft_shape[0], int(min_fft_shape[0])), max(fft_shape[1], int(min_fft_shape[1])))
         kernel_fft = difference_kernel_fft(model_kernel, obs_kernel, fft_shape)
         gain = float(np.abs(kernel_fft).max())
         if gain > GAIN_TOLERANCE and not allow_psf_gain:

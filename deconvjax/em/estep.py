@@ -151,37 +151,25 @@ class BatchedPosterior(AbstractDenoiser):
 # -- per-cutout forward models --------------------------------------------------------------
 
 
-def cutout_observation(cutouts: Cutouts, i: int, *, model_psf_sigma: float = 0.5) -> Observation:
+def cutout_observation(cutouts: Cutouts, i: int, *, model_psf_sigma: float = 0.5,
+                       fft_shape: tuple[int, int] | None = None) -> Observation:
     """The `Observation` of cutout ``i`` on its own model frame (pixel scale 1, Gaussian
     model PSF of sigma ``model_psf_sigma`` pixels, as `make_observations`): its PSF image,
-    its weights (0 where masked). This is the forward model the E-step uses (before the
-    FFT-size alignment, which does not change it beyond float rounding)."""
+    its weights (0 where masked), its PSF matching at an FFT period of at least
+    ``fft_shape`` (the same operator at any period). This is the forward model the E-step
+    uses."""
     _, h, w = cutouts.shape
     frame = Frame(cutouts.bands, (h, w), psf=GaussianPSF(float(model_psf_sigma)))
     return Observation(cutouts.data[i], frame=frame, psf=cutouts.psf[i],
-                       weights=cutouts.weights[i])
+                       weights=cutouts.weights[i], min_fft_shape=fft_shape)
 
 
-def _regrid(o: Observation, fft_shape: tuple[int, int]) -> Observation:
-    """The same operator with its PSF-matching kernel re-embedded at a larger FFT size."""
-    if tuple(o.fft_shape) == tuple(fft_shape):
-        return o
-    if o.coords is not None:
-        raise ValueError("cutouts: observations off the model grid cannot be aligned")
-    fy, fx = o.fft_shape
-    ky, kx = fft_shape
-    k = np.fft.irfft2(np.asarray(o.kernel_fft, np.complex128), s=(fy, fx))
-    iy = ((np.arange(fy) + fy // 2) % fy - fy // 2) % ky
-    ix = ((np.arange(fx) + fx // 2) % fx - fx // 2) % kx
-    big = np.zeros(k.shape[:-2] + (ky, kx))
-    big[:, iy[:, None], ix[None, :]] = k
-    kf = jnp.asarray(np.fft.rfft2(big).astype(np.complex64))
-    new = object.__new__(type(o))
-    for f in dataclasses.fields(o):
-        object.__setattr__(new, f.name, getattr(o, f.name))
-    object.__setattr__(new, "kernel_fft", kf)
-    object.__setattr__(new, "fft_shape", tuple(fft_shape))
-    return new
+def fft_shape_of(cutouts: Cutouts, *, model_psf_sigma: float = 0.5) -> tuple[int, int]:
+    """The FFT period that serves every cutout's forward model (the largest any needs):
+    give it to `estep` as ``fft_shape`` so that every chunk of a batch, and every lap of
+    EM, stacks its observations into the same shapes (one compiled program)."""
+    shapes = [cutout_observation(cutouts, i, model_psf_sigma=model_psf_sigma).fft_shape for i in range(len(cutouts))]
+    return int(max(s[0] for s in shapes)), int(max(s[1] for s in shapes))
 
 
 def cutout_key(key: PRNGKeyArray, i: int, chunk: int) -> PRNGKeyArray:
@@ -332,6 +320,7 @@ def estep(
     method: AbstractGuidance | None = None,
     n_spectrum_iters: int = 1,
     model_psf_sigma: float = 0.5,
+    fft_shape: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> EStepResult:
     """Posterior samples for every cutout of a batch, each under its own forward model.
@@ -353,6 +342,9 @@ def estep(
       (each one more sampler solve per chunk; 0 keeps the back-projected spectra).
     - `model_psf_sigma`: the model frame's Gaussian PSF, in pixels (the resolution of
       the prior's images).
+    - `fft_shape`: the least FFT period of the forward models (`fft_shape_of` of the whole
+      batch, when the batch is sampled in several calls: every call then has the same
+      shapes and compiles nothing new).
     - `progress`: a progress bar over chunks.
 
     **Returns:**
@@ -374,10 +366,11 @@ def estep(
     chunk = min(chunk, n)
     nb = cutouts.shape[0]
 
-    # Forward models for all cutouts (host), aligned to one FFT size.
-    obs = [cutout_observation(cutouts, i, model_psf_sigma=model_psf_sigma) for i in range(n)]
-    fft = tuple(int(max(o.fft_shape[k] for o in obs)) for k in range(2))
-    obs = [_regrid(o, fft) for o in obs]
+    # Forward models for all cutouts (host), at one FFT size (at least ``fft_shape``).
+    fft = fft_shape_of(cutouts, model_psf_sigma=model_psf_sigma)
+    if fft_shape is not None:
+        fft = (max(fft[0], int(fft_shape[0])), max(fft[1], int(fft_shape[1])))
+    obs = [cutout_observation(cutouts, i, model_psf_sigma=model_psf_sigma, fft_shape=fft) for i in range(n)]
     t_build = time.perf_counter() - t0
 
     n_chunks = -(-n // chunk)

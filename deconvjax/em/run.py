@@ -231,11 +231,12 @@ def _estep_lap(key, prior, cutouts, config: EMConfig, lap_dir: Path, state: dict
     from tqdm.auto import tqdm
 
     from ..diffusion.samplers import DPMSolver2M
-    from .estep import estep
+    from .estep import estep, fft_shape_of
 
     n = len(cutouts)
     n_chunks = int(np.ceil(n / config.chunk))
     sampler = DPMSolver2M(steps=config.sampler_steps)
+    fft_shape = fft_shape_of(cutouts)  # the whole batch's: every chunk of every lap the same shapes
     all_images, chi2 = [], []
     bar = tqdm(total=n_chunks, desc="E-step", disable=not progress, leave=False)
     for c in range(n_chunks):
@@ -245,7 +246,7 @@ def _estep_lap(key, prior, cutouts, config: EMConfig, lap_dir: Path, state: dict
             # One chunk per call, padded by `estep` to ``chunk`` cutouts: every chunk of
             # every lap runs the same compiled programs.
             result = estep(jr.fold_in(key, c), prior, cutouts.select(idx), sampler=sampler,
-                           n_samples=config.n_samples, chunk=config.chunk, progress=False)
+                           n_samples=config.n_samples, chunk=config.chunk, fft_shape=fft_shape, progress=False)
             present = np.asarray(result.source_mask, bool)  # (cutout, n_max)
             samples = np.asarray(result.samples)  # (cutout, n_samples, n_max, band, h, w)
             images = np.moveaxis(samples, 1, 2)[present].reshape(-1, *samples.shape[-3:])

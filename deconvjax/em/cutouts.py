@@ -66,6 +66,17 @@ def _pad_centers(centers, n: int):
     return out, mask
 
 
+def _one_shape(arrays, name: str, what: str, fix: str) -> np.ndarray:
+    """A sequence of ``(band, h, w)`` (or ``(h, w)``) arrays of one shape as ``(N, band, h,
+    w)`` float64; a `ValueError` naming ``name`` when the shapes differ."""
+    if not isinstance(arrays, np.ndarray):
+        shapes = {np.shape(a) for a in arrays}
+        if len(shapes) > 1:
+            raise ValueError(f"{name}: {what} of different shapes in one batch: {sorted(shapes)}; {fix}")
+    out = np.asarray(arrays, np.float64)
+    return out[:, None] if out.ndim == 3 else out
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Cutouts:
     """N cutouts of equal shape with their own PSF, noise and mask (host side, numpy).
@@ -225,22 +236,8 @@ class Cutouts:
         - `source_mask`: ``(N, n_max)`` bool, True for real sources (default: all).
         - `bands`: band names.
         """
-        if not isinstance(data, np.ndarray):
-            shapes = {np.shape(d) for d in data}
-            if len(shapes) > 1:
-                raise ValueError(f"data: cutouts of different shapes in one batch: "
-                                 f"{sorted(shapes)}; resize them to one shape")
-        data = np.asarray(data, np.float64)
-        if data.ndim == 3:
-            data = data[:, None]
-        if not isinstance(psf, np.ndarray):
-            shapes = {np.shape(p) for p in psf}
-            if len(shapes) > 1:
-                raise ValueError(f"psf: PSF images of different shapes in one batch: "
-                                 f"{sorted(shapes)}; pad or crop them to one shape")
-        psf = np.asarray(psf, np.float64)
-        if psf.ndim == 3:
-            psf = psf[:, None]
+        data = _one_shape(data, "data", "cutouts", "resize them to one shape")
+        psf = _one_shape(psf, "psf", "PSF images", "pad or crop them to one shape")
         if data.ndim != 4:
             raise ValueError(f"data: expected (N, band, h, w), got shape {data.shape}")
 

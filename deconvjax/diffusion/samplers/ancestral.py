@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .base import AbstractStep, AbstractStepSampler, check_positive_int, check_unroll, edm_sigmas
+from .base import AbstractStep, AbstractStepSampler, check_schedule, edm_sigmas
 
 __all__ = ["Ancestral"]
 
@@ -51,10 +51,7 @@ class Ancestral(AbstractStepSampler):
     unroll: int | bool = 1
 
     def __check_init__(self):
-        check_positive_int("steps", self.steps)
-        if not (isinstance(self.rho, int | float) and self.rho > 0):
-            raise ValueError(f"rho: expected a positive float, got {self.rho!r}")
-        check_unroll(self.unroll)
+        check_schedule(self.steps, self.rho, self.unroll)
 
     def plan(self, sde):
         sig = edm_sigmas(sde.sigma(1.0), sde.sigma(sde.t_min), self.steps, self.rho)

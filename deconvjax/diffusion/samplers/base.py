@@ -47,7 +47,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from ..sde import AbstractSDE
 
 __all__ = ["AbstractSampler", "AbstractStepSampler", "AbstractStep", "score_at", "reverse_drift",
-           "edm_sigmas", "diffrax_nfe", "check_positive_int", "check_unroll"]
+           "edm_sigmas", "diffrax_nfe", "check_positive_int", "check_unroll", "check_schedule"]
 
 
 def score_at(denoiser: Callable, sde: AbstractSDE, x: Float[Array, "batch ..."],
@@ -98,8 +98,18 @@ def check_positive_int(name: str, value) -> None:
 
 
 def check_unroll(value) -> None:
+    """``ValueError`` naming ``unroll`` unless it is a bool or a positive integer."""
     if not (isinstance(value, bool) or (isinstance(value, int) and value >= 1)):
         raise ValueError(f"unroll: expected True, False or a positive integer, got {value!r}")
+
+
+def check_schedule(steps, rho, unroll) -> None:
+    """The checks every sampler on the EDM schedule shares: ``steps`` a positive integer,
+    ``rho`` a positive number, ``unroll`` as `check_unroll`; errors name the field."""
+    check_positive_int("steps", steps)
+    if not (isinstance(rho, int | float) and rho > 0):
+        raise ValueError(f"rho: expected a positive float, got {rho!r}")
+    check_unroll(unroll)
 
 
 class AbstractSampler(eqx.Module):

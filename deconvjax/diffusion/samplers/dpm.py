@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .base import AbstractStep, AbstractStepSampler, check_positive_int, check_unroll, edm_sigmas
+from .base import AbstractStep, AbstractStepSampler, check_schedule, edm_sigmas
 
 __all__ = ["DPMSolver2M"]
 
@@ -54,10 +54,7 @@ class DPMSolver2M(AbstractStepSampler):
     unroll: int | bool = 1
 
     def __check_init__(self):
-        check_positive_int("steps", self.steps)
-        if not (isinstance(self.rho, int | float) and self.rho > 0):
-            raise ValueError(f"rho: expected a positive float, got {self.rho!r}")
-        check_unroll(self.unroll)
+        check_schedule(self.steps, self.rho, self.unroll)
 
     def plan(self, sde):
         sig = edm_sigmas(sde.sigma(1.0), sde.sigma(sde.t_min), self.steps, self.rho)

@@ -64,7 +64,7 @@ __version__ = "0.1.0"
 # use: fitting and simulating do not need them, and every process (each `deconvjax fit`)
 # would pay for their imports.
 _LAZY = {"diffusion": ("deconvjax.diffusion", None), "posterior": ("deconvjax.posterior", None),
-         "sims": ("deconvjax.sims", None), "io": ("deconvjax.io", None),
+         "sims": ("deconvjax.sims", None), "io": ("deconvjax.io", None), "em": ("deconvjax.em", None),
          "load_prior": ("deconvjax.diffusion", "load_prior")}
 
 

@@ -80,6 +80,7 @@ def sample_rescale_gap(n_galaxies: int = 10, quick: bool = False, *, n_samples: 
 
     psnr = _bench_posterior().psnr
     from deconvjax.classical import tikhonov
+    from deconvjax.diffusion.samplers import DPMSolver2M
     from deconvjax.frame import Frame
     from deconvjax.observation import Observation
     from deconvjax.posterior.deconvolve import deconvolve_images
@@ -94,7 +95,7 @@ def sample_rescale_gap(n_galaxies: int = 10, quick: bool = False, *, n_samples: 
     lams = [1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
     rows, tik_all = [], {lam: [] for lam in lams}
     for v in views:
-        kw = dict(pixel_scales=[v["view_scale"]], n_samples=n_samples, steps=steps)
+        kw = dict(pixel_scales=[v["view_scale"]], n_samples=n_samples, sampler=DPMSolver2M(steps=steps))
         args = (prior, [v["data"]], [v["psf"]], [v["rms"] ** 2])
         res, setup = deconvolve_images(jr.key(seed), *args, **kw)
         truth_wcs = make_wcs((32, 32), v["scale"])

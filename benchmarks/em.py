@@ -63,13 +63,7 @@ costs about 0.3 s per cutout here), 16 cutouts for the speedup, and **no blends*
 placement mode's three slots per cutout would triple the E-step); its figures are no test
 of the targets, which are for the full mode.
 
-Measured 2026-12-03 21:55-22:06 UTC, ``--quick`` (load average 3.2 at the start, 2.2 at
-the end; 10 min 25 s wall): held-out PSNR start (Gaussian) 23.15 dB, lap 1 20.89, lap 2
-20.07, oracle 24.74 (``em_gap_closed`` -1.94); statistics distance 4.28 / 5.48 / 6.00,
-oracle 6.55 (ratio 0.92); training E-step chi2/pix 0.97, 1.22; E-step 20 s and 33 s,
-M-step 85 s and 61 s per lap (``seconds_per_lap`` 206 for 1000 cutouts); E-step speedup
-over the loop 2.2x (16 cutouts, CPU). With 300 steps of a tiny network per lap EM loses
-PSNR to its Gaussian start; the full mode is not measured yet.
+Figures: benchmarks/RESULTS.md ("EM benchmark").
 
 Output: ``--out`` (default: a temporary folder) holds the simulated data, the EM run
 (checkpoints; rerunning the same command resumes it), the oracle and the per-prior

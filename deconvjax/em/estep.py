@@ -367,10 +367,12 @@ def estep(
     nb = cutouts.shape[0]
 
     # Forward models for all cutouts (host), at one FFT size (at least ``fft_shape``).
-    fft = fft_shape_of(cutouts, model_psf_sigma=model_psf_sigma)
-    if fft_shape is not None:
-        fft = (max(fft[0], int(fft_shape[0])), max(fft[1], int(fft_shape[1])))
+    fft = fft_shape_of(cutouts, model_psf_sigma=model_psf_sigma) if fft_shape is None else tuple(fft_shape)
     obs = [cutout_observation(cutouts, i, model_psf_sigma=model_psf_sigma, fft_shape=fft) for i in range(n)]
+    grown = {tuple(o.fft_shape) for o in obs} - {tuple(fft)}
+    if grown:
+        raise ValueError(f"fft_shape: {tuple(fft)} is smaller than some cutouts need ({sorted(grown)}); "
+                         "use fft_shape_of on the whole batch")
     t_build = time.perf_counter() - t0
 
     n_chunks = -(-n // chunk)

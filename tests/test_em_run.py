@@ -164,3 +164,11 @@ def test_blends_from_a_network_start_and_no_recompilation_between_laps(tmp_path)
     before = _COMPILES[0]
     run_em(cutouts, tmp_path / "run", EMConfig(**{**CONFIG.__dict__, "laps": 3}), start=start, progress=False)
     assert _COMPILES[0] == before, _COMPILES[0] - before
+
+
+def test_training_shape_must_match_the_prior(tmp_path):
+    bad = EMConfig(**{**CONFIG.__dict__, "train": TrainConfig(**{**TRAIN.__dict__, "image_size": 16})})
+    with pytest.raises(ValueError, match="config"):
+        run_em(make_cutouts(), tmp_path / "bad", bad, progress=False)
+    with pytest.raises(TypeError, match="cutouts"):
+        run_em("cutouts", tmp_path / "bad2", CONFIG, progress=False)

@@ -171,6 +171,15 @@ def run_em(
     key = jr.key(config.seed)
 
     prior = _starting_prior(cutouts, out, config, start, progress)
+    from ..posterior.base import prior_shape
+
+    want = (config.train.bands, config.train.image_size, config.train.image_size)
+    if prior_shape(prior.denoiser) != want:
+        raise ValueError(
+            f"config: the M-step trains on (bands, size, size) = {want} (config.train) but the "
+            f"starting prior's images are {prior_shape(prior.denoiser)}; set config.train's "
+            "bands and image_size to the prior's"
+        )
     history = list(state["history"])
     laps = tqdm(total=config.laps, initial=state["laps_done"], desc="EM laps", disable=not progress)
     try:

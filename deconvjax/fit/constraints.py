@@ -24,7 +24,6 @@ from ..model.parametrisation import Constraints, exp_clipped, log_floor, monoton
 
 __all__ = [
     "Constraints",
-    "free_form_image",
     "from_unconstrained",
     "monotonise",
     "project",
@@ -60,11 +59,6 @@ def project(group: Source, constraints: Constraints, *, full: bool = True) -> So
     morphology, scale = group.morphology.project(constraints, full=full)
     spectrum = group.spectrum * jnp.asarray(scale)[..., None]
     return eqx.tree_at(lambda s: (s.spectrum, s.morphology), group, (spectrum, morphology))
-
-
-def free_form_image(morphology) -> Float[Array, "source h w"] | None:
-    """The image of a batched free-form morphology, or None for a parametric one."""
-    return morphology.free_image()
 
 
 def sparsity_penalty(group: Source) -> Float[Array, ""]:

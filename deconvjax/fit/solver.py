@@ -240,11 +240,6 @@ class SolverState(eqx.Module):
     done: Bool[Array, ""]
     failed: Bool[Array, ""]
 
-    @property
-    def scale(self) -> Float[Array, ""]:
-        """The plateau factor of the steps now."""
-        return self.opt_state[1].scale
-
 
 def _as_f32(x) -> np.ndarray:
     return np.asarray(x, np.float32)

@@ -45,3 +45,37 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+def node_type() -> str:
+    """A name for this node's kind of accelerator and host CPU, for `node_cache_dir`:
+    ``<platform>-<device kind>`` plus, on CPU, the processor's model and a digest of its
+    instruction-set flags. XLA:CPU compiles for the host's instruction set (AVX-512 and
+    the like), so an entry compiled on one CPU model may not run on another."""
+    import hashlib
+    import platform
+
+    import jax
+
+    device = jax.devices()[0]
+    name = f"{device.platform}-{device.device_kind}"
+    if device.platform == "cpu":
+        model, flags = platform.machine(), ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name") and model == platform.machine():
+                        model = line.split(":", 1)[1].strip()
+                    elif line.startswith("flags"):
+                        flags = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        name += f"-{model}-{hashlib.sha256(flags.encode()).hexdigest()[:8]}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def node_cache_dir(base: str | os.PathLike) -> Path:
+    """The subfolder of a shared cache folder ``base`` for this node's type
+    (`node_type`): what survey workers on a cluster of several node types use."""
+    return Path(base) / node_type()

@@ -16,6 +16,8 @@ _COMMANDS = {
                     "Train a diffusion (score) prior on galaxy stamps and write a checkpoint."),
     "em": ("deconvjax.em._cli:em",
            "Learn a galaxy prior from CUTOUTS alone by expectation-maximisation."),
+    "fit-survey": ("deconvjax.survey._cli:fit_survey",
+                   "Fit every cutout of CUTOUTS (a manifest, or a `deconvjax simulate` folder) on Dask."),
     "sample": ("deconvjax.posterior._cli:sample",
                "Posterior samples of a galaxy from one or several IMAGES (FITS) of any size, pixel scale and flux..."),
 }

@@ -150,25 +150,42 @@ def _done(record: dict | None, out: Path) -> bool:
     return path.exists() and sha256(path) == record.get("sha256")
 
 
-def _cluster(workers: int, threads: int, cache_dir: str | None):
+def _cluster(workers: int, threads: int):
     """A LocalCluster of ``workers`` processes, each one long-lived JAX process started
-    by spawn (never forked from a process that runs JAX), with XLA's CPU thread pool
-    sized to its share of the cores."""
+    by spawn (never forked from a process that runs JAX), one Dask thread each (a
+    shard's fit uses ``threads`` host threads of its own)."""
     import dask
     from distributed import LocalCluster
 
-    env = {
-        "OMP_NUM_THREADS": str(threads),
-        "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                      f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
-                      f" intra_op_parallelism_threads={threads}").strip(),
-    }
+    env = {"OMP_NUM_THREADS": str(threads)}
+    if threads == 1:
+        # Eigen's own thread pool (convolutions, matmuls) would use every core.
+        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     for k in ("JAX_PLATFORMS", "PYTHONPATH", "DECONVJAX_CACHE_DIR", "JAX_ENABLE_X64"):
         if k in os.environ:
             env[k] = os.environ[k]
     with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
                             dashboard_address=None, silence_logs=40)
+
+
+def _pin(cpus):
+    """Restrict this worker process to ``cpus``: XLA:CPU sizes its thread pools by the
+    cores a process may use, so workers on disjoint cores do not fight over them."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: the workers share the cores
+
+
+def _pin_workers(client, threads: int) -> None:
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return
+    for k, address in enumerate(sorted(client.scheduler_info()["workers"])):
+        cpus = cores[(k * threads) % len(cores):][:threads] or cores[:threads]
+        client.run(_pin, cpus, workers=[address])
 
 
 def run_survey(
@@ -291,10 +308,11 @@ def run_survey(
                     threads = default_threads(workers)
                     if isinstance(task, FitTask) and task.threads is None:
                         task = _replace(task, threads=threads)
-                    cluster = _cluster(workers, threads, node_cache)
+                    cluster = _cluster(workers, threads)
                     from distributed import Client
 
                     client = Client(cluster)
+                    _pin_workers(client, threads)
                 futures = {}
                 for index, start, stop in todo:
                     fut = client.submit(_run_shard_on_worker, index, start, stop, str(manifest), str(out), task, seed,

@@ -1,0 +1,54 @@
+"""`deconvjax fit-survey`: fit every cutout of a survey, shard by shard, on Dask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("fit-survey")
+@click.argument("cutouts", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder: catalog/ (one Parquet file per shard), shards.json, survey.json.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Dask workers of a local cluster (0: run in this process).")
+@click.option("--scheduler", default=None, help="Address of a running Dask scheduler (tcp://host:8786).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Cutouts per shard (a rerun into the same --out must keep it).")
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Cutouts per compiled fit call (a bucket's last batch is padded to it).")
+@click.option("--max-iter", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative-change convergence test.")
+@click.option("--stamp-size", type=int, default=21, show_default=True, help="Odd side of each source's stamp.")
+@click.option("--model-psf-sigma", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="The survey's model PSF (Gaussian sigma, arcsec); default: from the first cutouts.")
+@click.option("--devices", is_flag=True, help="Spread each batch over every device of the process (NamedSharding).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Recorded in every row.")
+@click.option("--cache-dir", default=None,
+              help="Shared compilation cache folder (default: $DECONVJAX_CACHE_DIR or ~/.cache/deconvjax/jax; 'off').")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def fit_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, max_iter, rtol, stamp_size, model_psf_sigma,
+               devices, seed, cache_dir, progress):
+    """Fit every cutout of CUTOUTS (a manifest, or a `deconvjax simulate` folder) on Dask.
+
+    Writes one Parquet file per shard under OUT/catalog (read them as one table with
+    pyarrow.dataset or deconvjax.survey.read_catalog). Rerunning the same command skips
+    the finished shards.
+    """
+    from . import FitTask, SurveyError, SurveyInputError, run_survey
+
+    try:
+        task = FitTask(max_iter=max_iter, rtol=rtol, stamp_size=stamp_size, batch=batch, shard=devices,
+                       model_psf_sigma=model_psf_sigma)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    try:
+        result = run_survey(cutouts, out_dir, task, workers=workers, scheduler=scheduler, shard_size=shard_size,
+                            seed=seed, cache_dir=cache_dir, progress=progress)
+    except SurveyInputError as err:
+        raise click.BadParameter(str(err), param_hint="CUTOUTS") from None
+    except (SurveyError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    n_rows = sum(r.get("rows", 0) for r in result["shards"].values())
+    click.echo(f"{result['ran']} shard(s) run, {len(result['shards'])} done; {n_rows} rows in {out_dir / 'catalog'}")

@@ -279,7 +279,9 @@ def _shard(tree, n: int):
         return tree
     if n % len(devices):
         raise ValueError(f"shard=True needs the number of cutouts ({n}) to divide by the device count ({len(devices)})")
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("cutout",))
+    # Axis type Auto: the compiler propagates the cutout sharding through the fit (the
+    # program is the unsharded one, split by XLA), so the same code runs on one device.
+    mesh = jax.make_mesh((len(devices),), ("cutout",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("cutout"))
     return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
 

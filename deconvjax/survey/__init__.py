@@ -14,6 +14,7 @@ from .manifest import read_manifest_rows as read_manifest_rows
 from .manifest import write_manifest as write_manifest
 from .run import SurveyError as SurveyError
 from .run import catalog_dataset as catalog_dataset
+from .run import choose_model_psf as choose_model_psf
 from .run import read_catalog as read_catalog
 from .run import run_shard as run_shard
 from .run import run_survey as run_survey

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._atomic import atomic_write, atomic_write_bytes
 from .manifest import SurveyInputError, load_cutout, manifest_length, manifest_path, read_manifest_rows
-from .task import AbstractSurveyTask, Cutout, FitTask, default_threads, make_buckets
+from .task import AbstractSurveyTask, Cutout, FitTask, default_threads
 
 CATALOG_DIR = "catalog"
 SHARDS_FILE = "shards.json"
@@ -97,7 +97,7 @@ def run_shard(index: int, start: int, stop: int, manifest: str, out: str, task: 
         data, positions = load_cutout(row, root)
         cutouts.append(Cutout(str(row["cutout_id"]), start + k, data, positions))
     tables = []
-    for bucket in make_buckets(cutouts, float(task.model_psf_sigma)):
+    for bucket in task.buckets(cutouts):
         tables.append(task.run_bucket(bucket, seed))
     table = pa.concat_tables(tables)
     # Manifest order within the shard: the same file whatever the bucketing.
@@ -127,13 +127,15 @@ def _write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
-def _choose_model_psf(manifest: Path, n: int) -> float:
+def choose_model_psf(manifest, n: int | None = None) -> float:
     """The survey's model PSF sigma (arcsec): the widest Gaussian the first cutouts' PSFs
     can all be matched to (`deconvjax.psf.matching.model_psf_for`), narrowed by 20% so
     that later cutouts with somewhat sharper PSFs can be matched to it too."""
     from ..psf import ArrayPSF
     from ..psf.matching import model_psf_for
 
+    manifest = Path(manifest)
+    n = manifest_length(manifest) if n is None else n
     sigmas = []
     for row in read_manifest_rows(manifest, 0, min(n, 16)):
         data, _ = load_cutout(row, manifest.parent)
@@ -258,7 +260,7 @@ def run_survey(
         out.mkdir(parents=True, exist_ok=True)
         previous = _load_json(out / RUN_FILE)
         if isinstance(task, FitTask) and task.model_psf_sigma is None:
-            sigma = previous.get("task", {}).get("model_psf_sigma") or _choose_model_psf(manifest, n)
+            sigma = previous.get("task", {}).get("model_psf_sigma") or choose_model_psf(manifest, n)
             task = _replace(task, model_psf_sigma=float(sigma))
         if isinstance(task, FitTask) and task.bands is None:
             bands = previous.get("task", {}).get("bands") or list(

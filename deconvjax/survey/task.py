@@ -107,6 +107,10 @@ class AbstractSurveyTask(eqx.Module):
     def config(self) -> dict:
         """The task's settings, recorded with the run (a rerun must use the same)."""
 
+    @abc.abstractmethod
+    def buckets(self, cutouts: Sequence[Cutout]) -> list[Bucket]:
+        """``cutouts`` grouped into the buckets `run_bucket` takes."""
+
 
 def _measure_one(scene, observations):
     """Per source: flux per band, the flux of its unit-spectrum model (its morphology's
@@ -255,6 +259,11 @@ class FitTask(AbstractSurveyTask):
         for k in ("threads", "slots"):
             out.pop(k)
         return {"task": "fit", **out}
+
+    def buckets(self, cutouts: Sequence[Cutout]) -> list[Bucket]:
+        if self.model_psf_sigma is None:
+            raise ValueError("model_psf_sigma: set it (run_survey chooses it from the first cutouts)")
+        return make_buckets(cutouts, float(self.model_psf_sigma))
 
     def run_bucket(self, bucket: Bucket, seed: int):
         import jax

@@ -66,30 +66,37 @@ def _setup_worker(cache_dir: str | None) -> None:
 
     if cache_dir is not None:
         enable_compilation_cache(cache_dir)
-    _WORKER["compile_s"] = 0.0
-    _WORKER["ready"] = True
+    _WORKER.update(compile_s=0.0, trace_s=0.0, misses=0, ready=True)
 
-    def listen(event, duration, **kwargs):
-        # Tracing, lowering and XLA's compile; a persistent-cache hit records none of
-        # the backend compile (it loads the executable instead).
-        if event in ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                     "/jax/core/compile/backend_compile_duration"):
+    def listen_duration(event, duration, **kwargs):
+        # XLA's compile (a persistent-cache hit loads the executable instead), and
+        # tracing and lowering to MLIR, which a cache hit still pays (the cache key is
+        # the lowered program).
+        if event == "/jax/core/compile/backend_compile_duration":
             _WORKER["compile_s"] += float(duration)
+        elif event in ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration"):
+            _WORKER["trace_s"] += float(duration)
 
-    jax.monitoring.register_event_duration_secs_listener(listen)
+    def listen(event, **kwargs):
+        if event == "/jax/compilation_cache/cache_misses":
+            _WORKER["misses"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen_duration)
+    jax.monitoring.register_event_listener(listen)
 
 
 def run_shard(index: int, start: int, stop: int, manifest: str, out: str, task: AbstractSurveyTask, seed: int,
               cache_dir: str | None) -> dict:
     """Run ``task`` on manifest rows ``start`` to ``stop`` (shard ``index``) and write
     their rows to the shard's Parquet file, atomically. Returns the shard's record
-    (rows, cutouts, SHA-256, seconds, seconds compiling). Runs on a worker."""
+    (rows, cutouts, SHA-256, seconds; seconds in XLA's compiler, seconds tracing and
+    lowering, persistent-cache misses, summed over threads). Runs on a worker."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
     _setup_worker(cache_dir)
-    c0 = _WORKER["compile_s"]
+    c0, t0_trace, m0 = _WORKER["compile_s"], _WORKER["trace_s"], _WORKER["misses"]
     root = Path(manifest).parent
     rows = read_manifest_rows(manifest, start, stop)
     cutouts = []
@@ -110,7 +117,8 @@ def run_shard(index: int, start: int, stop: int, manifest: str, out: str, task: 
     return {
         "status": "done", "file": str(path.relative_to(out)), "rows": table.num_rows, "cutouts": len(cutouts),
         "start": start, "stop": stop, "sha256": sha256(path), "seconds": time.perf_counter() - t0,
-        "compile_seconds": _WORKER["compile_s"] - c0, "pid": os.getpid(),
+        "compile_seconds": _WORKER["compile_s"] - c0, "trace_seconds": _WORKER["trace_s"] - t0_trace,
+        "cache_misses": _WORKER["misses"] - m0, "pid": os.getpid(),
     }
 
 
@@ -221,7 +229,9 @@ def run_survey(
       (default `deconvjax._cache.default_cache_dir`; ``"off"``: none); workers use its
       subfolder for their node type (`deconvjax._cache.node_cache_dir`).
 
-    **Returns:** the shard records (``{shard index: record}``) and the run's settings.
+    **Returns:** a dict: ``shards`` (``{shard index: record}``), ``settings``, ``ran``
+    (shards run now), ``wall_seconds`` and ``startup_seconds`` (of it, starting a
+    local cluster).
 
     **Raises:** `SurveyInputError` for a bad manifest, `SurveyError` when shards failed
     (rows of the others are kept: rerun to retry the failed ones), `OSError` for a
@@ -285,7 +295,7 @@ def run_survey(
         # with several kinds of node share the folder but never each other's entries.
         node_cache = None if cache is None else str(cache)
         failures = []
-        t0 = time.perf_counter()
+        t0 = t_work = time.perf_counter()
         with tqdm(total=n_shards, initial=n_shards - len(todo), desc="shards", unit="shard",
                   disable=not progress) as bar:
 
@@ -307,7 +317,7 @@ def run_survey(
                 from distributed import as_completed
 
                 if client is None:
-                    threads = default_threads(workers)
+                    threads = getattr(task, "threads", None) or default_threads(workers)
                     if isinstance(task, FitTask) and task.threads is None:
                         task = _replace(task, threads=threads)
                     cluster = _cluster(workers, threads)
@@ -315,6 +325,7 @@ def run_survey(
 
                     client = Client(cluster)
                     _pin_workers(client, threads)
+                t_work = time.perf_counter()
                 futures = {}
                 for index, start, stop in todo:
                     fut = client.submit(_run_shard_on_worker, index, start, stop, str(manifest), str(out), task, seed,
@@ -333,7 +344,7 @@ def run_survey(
                         rec = {"status": "failed", "error": msg, "start": start, "stop": stop}
                         failures.append((index, msg))
                     record(index, rec)
-        wall = time.perf_counter() - t0
+        wall, startup = time.perf_counter() - t0, t_work - t0
     finally:
         if client is not None:
             client.close()
@@ -343,7 +354,8 @@ def run_survey(
         lines = "; ".join(f"shard {i}: {m}" for i, m in failures[:5])
         raise SurveyError(f"{len(failures)} of {n_shards} shards failed (their rows are not written; the other "
                           f"shards' are kept, rerun to retry): {lines}")
-    return {"shards": records, "settings": settings, "wall_seconds": wall, "ran": len(todo)}
+    return {"shards": records, "settings": settings, "wall_seconds": wall, "startup_seconds": startup,
+            "ran": len(todo)}
 
 
 def _run_shard_on_worker(index, start, stop, manifest, out, task, seed, cache):

@@ -29,6 +29,8 @@ from .task import AbstractSurveyTask, Cutout, FitTask, default_threads
 CATALOG_DIR = "catalog"
 SHARDS_FILE = "shards.json"
 RUN_FILE = "survey.json"
+#: The driver rewrites ``shards.json`` at most this often (and after a failure and at the end).
+FLUSH_SECONDS = 5.0
 
 
 class SurveyError(RuntimeError):
@@ -299,51 +301,61 @@ def run_survey(
         with tqdm(total=n_shards, initial=n_shards - len(todo), desc="shards", unit="shard",
                   disable=not progress) as bar:
 
+            last = [time.monotonic()]
+
             def record(index, rec):
                 records[str(index)] = rec
-                _write_json(out / SHARDS_FILE, records)
                 bar.update(1)
+                # Rewritten at most every few seconds (it grows with the survey): a driver
+                # that dies loses only the records of the last seconds, whose shards a
+                # rerun runs again (their files are replaced whole).
+                if rec["status"] != "done" or time.monotonic() - last[0] > FLUSH_SECONDS:
+                    _write_json(out / SHARDS_FILE, records)
+                    last[0] = time.monotonic()
 
-            if client is None and workers == 0:
-                for index, start, stop in todo:
-                    try:
-                        rec = _run_shard_on_worker(index, start, stop, str(manifest), str(out), task, seed,
-                                                   node_cache)
-                    except SurveyInputError as err:
-                        rec = {"status": "failed", "error": str(err), "start": start, "stop": stop}
-                        failures.append((index, str(err)))
-                    record(index, rec)
-            else:
-                from distributed import as_completed
+            try:
+                if client is None and workers == 0:
+                    for index, start, stop in todo:
+                        try:
+                            rec = _run_shard_on_worker(index, start, stop, str(manifest), str(out), task, seed,
+                                                       node_cache)
+                        except SurveyInputError as err:
+                            rec = {"status": "failed", "error": str(err), "start": start, "stop": stop}
+                            failures.append((index, str(err)))
+                        record(index, rec)
+                else:
+                    from distributed import as_completed
 
-                if client is None:
-                    threads = getattr(task, "threads", None) or default_threads(workers)
-                    if isinstance(task, FitTask) and task.threads is None:
-                        task = _replace(task, threads=threads)
-                    cluster = _cluster(workers, threads)
-                    from distributed import Client
+                    if client is None:
+                        threads = getattr(task, "threads", None) or default_threads(workers)
+                        if isinstance(task, FitTask) and task.threads is None:
+                            task = _replace(task, threads=threads)
+                        cluster = _cluster(workers, threads)
+                        from distributed import Client
 
-                    client = Client(cluster)
-                    _pin_workers(client, threads)
-                t_work = time.perf_counter()
-                futures = {}
-                for index, start, stop in todo:
-                    fut = client.submit(_run_shard_on_worker, index, start, stop, str(manifest), str(out), task, seed,
-                                        node_cache, key=f"survey-shard-{index}-{os.getpid()}-{time.time_ns()}",
-                                        pure=False, retries=0)
-                    futures[fut] = (index, start, stop)
-                for fut in as_completed(futures):
-                    index, start, stop = futures[fut]
-                    try:
-                        rec = fut.result()
-                    except SurveyInputError as err:
-                        rec = {"status": "failed", "error": str(err), "start": start, "stop": stop}
-                        failures.append((index, str(err)))
-                    except Exception as err:  # a worker that died too often (KilledWorker), ...
-                        msg = f"{type(err).__name__}: {err}"
-                        rec = {"status": "failed", "error": msg, "start": start, "stop": stop}
-                        failures.append((index, msg))
-                    record(index, rec)
+                        client = Client(cluster)
+                        _pin_workers(client, threads)
+                    t_work = time.perf_counter()
+                    futures = {}
+                    for index, start, stop in todo:
+                        fut = client.submit(_run_shard_on_worker, index, start, stop, str(manifest), str(out), task, seed,
+                                            node_cache, key=f"survey-shard-{index}-{os.getpid()}-{time.time_ns()}",
+                                            pure=False, retries=0)
+                        futures[fut] = (index, start, stop)
+                    for fut in as_completed(futures):
+                        index, start, stop = futures[fut]
+                        try:
+                            rec = fut.result()
+                        except SurveyInputError as err:
+                            rec = {"status": "failed", "error": str(err), "start": start, "stop": stop}
+                            failures.append((index, str(err)))
+                        except Exception as err:  # a worker that died too often (KilledWorker), ...
+                            msg = f"{type(err).__name__}: {err}"
+                            rec = {"status": "failed", "error": msg, "start": start, "stop": stop}
+                            failures.append((index, msg))
+                        record(index, rec)
+            finally:
+                _write_json(out / SHARDS_FILE, records)
         wall, startup = time.perf_counter() - t0, t_work - t0
     finally:
         if client is not None:

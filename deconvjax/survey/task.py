@@ -73,6 +73,8 @@ def make_buckets(cutouts: Sequence[Cutout], model_psf_sigma: float, buckets=SOUR
     """Group cutouts into stackable buckets, in the order of their first cutout. Every
     cutout's frame has the survey's one model PSF (a Gaussian of ``model_psf_sigma``
     arcsec), so a cutout's fit does not depend on which others share its batch."""
+    import jax
+
     from ..frame import Frame
     from ..psf import GaussianPSF
 
@@ -85,8 +87,6 @@ def make_buckets(cutouts: Sequence[Cutout], model_psf_sigma: float, buckets=SOUR
         # Cutouts stack when their observations' arrays have one structure and shapes
         # (the PSF-matching kernel's box follows the PSF's size).
         arrays = eqx.filter(obs, eqx.is_array)
-        import jax
-
         key = (tuple(d.bands), tuple(d.shape), ps, padded_count(len(c.positions), buckets),
                str(jax.tree.structure(arrays)), tuple(np.shape(x) for x in jax.tree.leaves(arrays)))
         if key not in groups:

@@ -30,44 +30,26 @@ The HST truths carry their own noise (correlated ACS noise, `cosmos_noise_varian
 perfect estimate of the noiseless galaxy would score ``psnr_ceiling_truth_noise`` against
 them, and ``psnr_headroom_over_tikhonov_db`` is how far above Tikhonov that ceiling lies.
 ``--snr-sweep`` repeats the bright set under noisier views (peak SNR 5 and 2, same noise
-reference), where the truths' noise weighs less against the view's.
+reference), where the view's own noise dominates the blurred copy of the truth's noise.
 
-Measured 2026-12-01 23:25-23:36 UTC on the shared 2-core CPU (load average 2.0 at the start,
-1.5 at the end), defaults, shipped prior (every 5th COSMOS row held out, 4000 steps), MMPS
-with its data-space trust bound (``trust=4``):
+Noise-corrected PSNR (``psnr_noise_corrected_*``, benchmarks/_cosmos_metrics.py):
+``10 log10(1 / mean_g[(MSE_g - s2_g) / peak_g^2])``, with ``MSE_g`` the estimate's mean
+squared error against the HST truth, ``s2_g`` the truth's own noise variance in the same
+pixels (`cosmos_noise_variance`) and ``peak_g`` the truth's data range: the truth's noise
+taken out of the error, the normalised excess averaged over galaxies before the logarithm.
+A galaxy's ``MSE - s2`` may come out at or below zero (the MSE of a finite stamp and the
+Monte Carlo ``s2`` scatter, and an estimate may reproduce part of the truth's noise, which
+the view carries blurred): it is kept with its sign in the mean, not clipped (clipping
+would bias the mean; a floored per-galaxy ratio ``peak^2 / (MSE - s2)`` would let one
+galaxy dominate an average of ratios); a mean at or below zero gives ``inf``. The peers
+are oracle-tuned again on this metric (``noise_corrected_*_lambda_times_rms2``,
+``*_iters``); ``noise_corrected_excess_per_galaxy*`` gives each galaxy's ``(MSE - s2) /
+peak^2`` per method. The real-galaxy headline: ``psnr_gain_noise_corrected_snr5_db`` and
+``psnr_gain_noise_corrected_snr2_db``, the posterior mean's noise-corrected PSNR minus
+oracle-tuned Tikhonov's on the bright held-out galaxies (target: 3 dB at both).
 
-=====================================  ============  ============  ===============  ========
-posterior-mean PSNR dB (SSIM)          MMPS          Tikhonov      Richardson-Lucy  ceiling
-=====================================  ============  ============  ===============  ========
-COSMOS held out, F814W < 25 (10)       27.82 (0.66)  27.88 (0.71)  27.88 (0.67)     27.78
-COSMOS, all 20 held out                24.21 (0.50)  24.27 (0.56)  24.17 (0.50)     23.88
-bright 10, peak SNR 5                  26.92 (0.60)  26.04 (0.59)  26.95 (0.60)     27.78
-bright 10, peak SNR 2                  25.81 (0.55)  24.52 (0.50)  25.60 (0.54)     27.78
-simulated, noiseless truths (20)       41.26 (0.96)  30.09 (0.75)  35.58 (0.92)     -
-=====================================  ============  ============  ===============  ========
-
-``psnr_gain_over_tikhonov_db`` -0.06 (target +3: **missed, and out of reach at this noise
-level**): the truths' own noise is a median 4.9 times the view's, and oracle-tuned Tikhonov
-already scores 0.1 dB *above* the ceiling of a perfect noiseless estimate (the view carries
-a blurred copy of the truth's correlated noise, which a weakly regularised deconvolution
-partly reproduces). On noisier views the posterior mean gains +0.88 dB (SNR 5, headroom
-1.74 dB) and +1.29 dB (SNR 2, headroom 3.25 dB; +0.21 over Richardson-Lucy); on noiseless
-simulated truths +11.2 dB (+5.7 over Richardson-Lucy). 64x64 posterior sample: **1.77 s**
-(49 NFE, batch 16, load 1.5; target 3 s); TARP max deviation **0.024** over 500 simulations
-(8 samples each, 16x16 Gaussian prior, MMPS cg_iters=6, 28 s); chi2 per pixel 1.019.
-
-The same run with ``trust=1`` (the exact update's bound) gave -0.19 / +0.70 / +1.30 dB on
-the COSMOS sets, +9.9 dB on the simulated ones, and TARP 0.072: too tight for the
-one-iteration solve, hence the default of 4 (see `deconvjax.posterior.MMPS`). Without the
-bound (the previous version of this benchmark, load 3.4): -0.10 dB, +11.3 dB, TARP 0.024,
-2.06 s; at SNR 2 one galaxy of ten then diverged (8 dB against Tikhonov's 26.7 dB).
-
-What limits the COSMOS gain on noisier views: the small CPU-trained prior (148k parameters,
-79% simulated training stamps) describes real morphologies less well than the simulated
-ones (the +11 dB). With a learned prior MMPS needs ``cg_iters=1``: more CG iterations
-diverged on some galaxies (see `deconvjax.posterior.MMPS`). The earlier version of this
-benchmark evaluated on the catalog's last 20 rows (all fainter than F814W 25) with
-diffrax's fixed-step Heun loop, 15-18x slower per evaluation on this CPU.
+Figures: benchmarks/RESULTS.md (the run of 2026-12-01, before the noise-corrected keys,
+is under "Figures moved out of code docstrings").
 
 Run: JAX_PLATFORMS=cpu python benchmarks/posterior.py [--n-eval 20] [--tarp-sims 500]
 The last line printed is a JSON object.

@@ -337,23 +337,28 @@ def main(argv=None):
                                     checkpoint_every=max(100, args.steps_per_lap // 4), seed=args.seed)
     config = EMConfig(laps=args.laps, chunk=args.chunk, n_samples=1, train=train_cfg,
                       sampler_steps=args.sampler_steps, gaussian_laps=8, n_prior_samples=64, seed=args.seed)
+    # One EM folder per views and EM settings: run_em refuses a folder of other settings.
+    em_tag = hashlib.sha256(json.dumps([tag, config.to_json(), args.start]).encode()).hexdigest()[:10]
+    em_dir = out / f"em_{em_tag}"
     t0 = time.perf_counter()
-    run = run_em(cutouts_of(train), out / f"em_{tag}", config, start=args.start, progress=True)
+    run = run_em(cutouts_of(train), em_dir, config, start=args.start, progress=True)
     t_em = time.perf_counter() - t0
     print(f"EM: {args.laps} laps in {t_em:.0f} s (this call)", flush=True)
 
     # -- evaluation ------------------------------------------------------------------------------
-    em_dir = out / f"em_{tag}"
     priors = [("shipped", lambda: shipped)]
     if args.start == "gaussian":
         priors.append(("start", lambda: load_gaussian_prior(em_dir / "lap_000" / "gaussian.eqx")))
     priors += [(f"lap{k}", lambda k=k: load_prior(em_dir / f"lap_{k:03d}" / "prior.eqx"))
                for k in range(1, args.laps + 1)]
-    ev_tag = hashlib.sha256(json.dumps([tag, settings, args.eval_samples, args.eval_steps]).encode()).hexdigest()[:10]
+    # Evaluations cached by what they depend on: the views and the evaluation's settings
+    # (the shipped prior's and Tikhonov's are shared by runs of other EM settings).
+    ev_tag = hashlib.sha256(json.dumps([tag, args.eval_samples, args.eval_steps, args.chunk, args.bright_mag]
+                                       ).encode()).hexdigest()[:10]
     key = jr.key(args.seed + 1)
     print(f"evaluating {len(priors)} priors on {len(held['rows'])} held-out views:", flush=True)
     # The same key for every prior: the priors are compared on the same sampler noise.
-    evals = {name: _cached(out / f"eval_{name}_{ev_tag}.json",
+    evals = {name: _cached(out / f"eval_{name}_{ev_tag}{'' if name == 'shipped' else '_' + em_tag}.json",
                            lambda get=get, name=name: evaluate(get(), name, held, bright, args, key))
              for name, get in priors}
     tik = _cached(out / f"eval_tikhonov_{ev_tag}.json", lambda: tikhonov_oracle(held, bright))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["noise_corrected_excess", "noise_corrected_psnr"]
+__all__ = ["noise_corrected_excess", "noise_corrected_psnr", "json_safe"]
 
 
 def noise_corrected_excess(estimates, truths, noise_var) -> np.ndarray:
@@ -56,3 +56,16 @@ def noise_corrected_psnr(estimates, truths, noise_var) -> float:
     """
     mean = float(np.mean(noise_corrected_excess(estimates, truths, noise_var)))
     return float(-10 * np.log10(mean)) if mean > 0 else float("inf")
+
+
+def json_safe(value):
+    """``value`` with every non-finite float (a noise-corrected PSNR of ``inf``, a gain of
+    ``nan``) replaced by None, in nested dicts and lists, so that the JSON line is strict
+    JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -104,7 +104,7 @@ from deconvjax.em.estep import cutout_observation  # noqa: E402
 from deconvjax.em.start import load_gaussian_prior  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cosmos_metrics import noise_corrected_excess, noise_corrected_psnr  # noqa: E402
+from _cosmos_metrics import json_safe, noise_corrected_excess, noise_corrected_psnr  # noqa: E402
 
 COSMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cosmos"
 SIZE = 32
@@ -401,7 +401,7 @@ def main(argv=None):
         print(f"  {k:>8s}  {evals[k]['psnr_nc_db']:6.2f}  {evals[k]['psnr_nc_bright_db']:6.2f}")
     print(f"  tikhonov  {tik['psnr_nc_db']:6.2f}  {tik['psnr_nc_bright_db']:6.2f}  (oracle lambda)")
     print(f"cosmos_em_gain_over_shipped_db = {gain:+.2f}")
-    print(json.dumps(res))
+    print(json.dumps(json_safe(res)))  # a non-finite noise-corrected PSNR as null
     return res
 
 

@@ -41,3 +41,8 @@ def test_noise_corrected_psnr_keeps_sign_and_floors_mean(metrics):
     assert metrics.noise_corrected_psnr(est, truths, np.array([0.02, 0.1])) == float("inf")
     with pytest.raises(ValueError, match="noise_var"):
         metrics.noise_corrected_psnr(est, truths, np.array([0.02]))
+
+
+def test_json_safe_nulls_non_finite(metrics):
+    out = metrics.json_safe({"a": float("inf"), "b": [1.0, float("nan")], "c": {"d": 2}})
+    assert out == {"a": None, "b": [1.0, None], "c": {"d": 2}}

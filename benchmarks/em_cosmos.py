@@ -58,12 +58,12 @@ as a classical reference.
 Key: ``cosmos_em_gain_over_shipped_db`` = noise-corrected PSNR of EM's last lap minus the
 shipped prior's, on all held-out views.
 
-Modes: ``--quick`` (about 16 minutes on the 2-core CPU at load 4-5): 300 training
-cutouts, 2 laps of 300 M-step steps, 24 E-step sampler steps, 2 views per held-out row, 4
-samples of 24 steps each (few: the comparison between priors is on the same sampler noise,
-but the mean of 4 samples is a noisy posterior mean); the full mode (default): 3000
-training cutouts, 4 laps of 1500 steps, 24 E-step sampler steps, 4 views per held-out row,
-8 samples of 32 steps each. Any setting can be given on its own.
+Modes: ``--quick`` (about 6 minutes on the 2-core CPU to itself, 16 at load 4-5): 300
+training cutouts, 2 laps of 300 M-step steps, 24 E-step sampler steps, 2 views per
+held-out row, 4 samples of 24 steps each (few: the comparison between priors is on the
+same sampler noise, but the mean of 4 samples is a noisy posterior mean); the full mode
+(default): 3000 training cutouts, 4 laps of 1500 steps, 24 E-step sampler steps, 4 views
+per held-out row, 8 samples of 32 steps each. Any setting can be given on its own.
 
 Output: ``--out`` (default: a temporary folder) holds the views, the EM run (rerunning the
 same command resumes it) and each prior's evaluation; rerunning reuses them all.

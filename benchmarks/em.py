@@ -69,10 +69,10 @@ Output: ``--out`` (default: a temporary folder) holds the simulated data, the EM
 (checkpoints; rerunning the same command resumes it), the oracle and the per-prior
 evaluations; rerunning with the same settings and ``--out`` reuses all of them.
 
-Not implemented yet: the COSMOS real-galaxy part (EM on LSST-like views of the COSMOS
-galaxies in ../shared/data/cosmos, evaluated on held-out rows with the noise-corrected
-PSNR ``10 log10(peak^2 / (MSE - s2))``, key ``cosmos_em_gain_over_shipped_db``);
-``--cosmos`` says so and exits.
+The COSMOS real-galaxy part (EM on LSST-like views of the COSMOS galaxies in
+../shared/data/cosmos, evaluated on held-out rows with the noise-corrected PSNR, key
+``cosmos_em_gain_over_shipped_db``) is `benchmarks/em_cosmos.py`; ``--cosmos`` runs it
+with the options that follow.
 
 Run: JAX_PLATFORMS=cpu python benchmarks/em.py [--quick] [--out DIR] [--laps 8]
 The last line printed is a JSON object.
@@ -229,11 +229,15 @@ def main():
     for k, v in FULL.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"full default {v}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cosmos", action="store_true", help="the COSMOS real-galaxy part (not implemented yet)")
+    ap.add_argument("--cosmos", action="store_true",
+                    help="the COSMOS real-galaxy part (benchmarks/em_cosmos.py; its own options follow)")
+    if "--cosmos" in sys.argv[1:]:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import em_cosmos
+
+        em_cosmos.main([a for a in sys.argv[1:] if a != "--cosmos"])
+        return
     args = ap.parse_args()
-    if args.cosmos:
-        sys.exit("--cosmos: the COSMOS real-galaxy part of the EM benchmark is not implemented yet "
-                 "(see the module docstring); run without --cosmos")
     base = QUICK if args.quick else FULL
     for k, v in base.items():
         if getattr(args, k) is None:

@@ -24,7 +24,8 @@ trains on them.
 Blends: the E-step places one 32x32 prior stamp per source at the source's rounded centre
 and drops what falls outside the cutout (`SourcePlacement`), so blends fit in 32x32
 cutouts with 32x32 prior stamps. A batch with blends runs every cutout in that placement
-mode with ``n_max = 3`` slots (three network evaluations per cutout and step). The
+mode, each with as many prior slots as its sources (padded to a power of two, at most
+``n_max = 3``; `deconvjax.em.run.source_buckets`). The
 Gaussian start (lap 0) is fitted on the isolated cutouts only (`fit_gaussian_prior`);
 the blends take part from lap 1's E-step on.
 
@@ -57,11 +58,15 @@ Targets (printed with the measured values; the JSON's ``targets_met`` says which
 
 ``--quick`` (about 10-15 minutes on a busy 2-core CPU) is smaller than the issue's
 setting: 200 training cutouts, 50 held out, 2 laps, a tiny U-Net (channels 8, 16), 300
-M-step steps per lap, 12 sampler steps, 2 posterior samples per held-out cutout, 64 prior
-samples, 3 Gaussian-EM laps (8 in full mode: each lap of the full-covariance Gaussian EM
-costs about 0.3 s per cutout here), 16 cutouts for the speedup, and **no blends** (the
-placement mode's three slots per cutout would triple the E-step); its figures are no test
-of the targets, which are for the full mode.
+M-step steps per lap, 24 sampler steps (12 break EM on real galaxies: benchmarks/RESULTS.md),
+4 posterior samples per held-out cutout, 64 prior samples, 3 Gaussian-EM laps (8 in full
+mode: each lap of the full-covariance Gaussian EM costs about 0.3 s per cutout here), 16
+cutouts for the speedup, and **no blends**; its figures are no test of the targets, which
+are for the full mode. (With blends, the E-step samples each cutout with as many prior
+slots as its sources, padded to a power of two: `deconvjax.em.run.source_buckets`.)
+
+The Gaussian start begins from the data's covariance less the noise
+(``--gaussian-init data``, `EMConfig.gaussian_init`); ``isotropic`` is the scaled identity.
 
 Figures: benchmarks/RESULTS.md ("EM benchmark").
 
@@ -120,8 +125,8 @@ TARGETS = {"em_gap_closed": (">=", 0.8), "em_laps": ("<=", 8), "stat_distance_ra
 FULL = dict(n_train=1000, n_heldout=200, laps=8, steps_per_lap=2000, channels="16,32,64", sampler_steps=32,
             eval_samples=4, prior_samples=200, gaussian_laps=8, blend_fraction=0.2, chunk=50,
             speedup_cutouts=32)
-QUICK = dict(n_train=200, n_heldout=50, laps=2, steps_per_lap=300, channels="8,16", sampler_steps=12,
-             eval_samples=2, prior_samples=64, gaussian_laps=3, blend_fraction=0.0, chunk=50,
+QUICK = dict(n_train=200, n_heldout=50, laps=2, steps_per_lap=300, channels="8,16", sampler_steps=24,
+             eval_samples=4, prior_samples=64, gaussian_laps=3, blend_fraction=0.0, chunk=50,
              speedup_cutouts=16)
 
 
@@ -229,6 +234,8 @@ def main():
     for k, v in FULL.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"full default {v}")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gaussian-init", choices=("data", "isotropic"), default="data",
+                    help="the Gaussian start's initial covariance (EMConfig.gaussian_init)")
     ap.add_argument("--cosmos", action="store_true",
                     help="the COSMOS real-galaxy part (benchmarks/em_cosmos.py; its own options follow)")
     if "--cosmos" in sys.argv[1:]:
@@ -243,7 +250,8 @@ def main():
         if getattr(args, k) is None:
             setattr(args, k, v)
     channels = tuple(int(c) for c in args.channels.split(","))
-    settings = {k: getattr(args, k) for k in FULL} | {"seed": args.seed, "quick": bool(args.quick)}
+    settings = {k: getattr(args, k) for k in FULL} | {"seed": args.seed, "quick": bool(args.quick),
+                                                      "gaussian_init": args.gaussian_init}
     out = args.out or Path(tempfile.mkdtemp(prefix="deconvjax-em-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -275,9 +283,13 @@ def main():
                             checkpoint_every=max(100, args.steps_per_lap // 4), seed=args.seed)
     config = EMConfig(laps=args.laps, chunk=args.chunk, n_samples=1, train=train_cfg,
                       sampler_steps=args.sampler_steps, gaussian_laps=args.gaussian_laps,
+                      gaussian_init=args.gaussian_init, model_psf_sigma=MODEL_PSF_SIGMA,
                       n_prior_samples=min(64, args.prior_samples), seed=args.seed)
     t0 = time.perf_counter()
-    run = run_em(cut_train, out / "em", config, start="gaussian", progress=True)
+    # One EM folder per EM settings: run_em refuses a folder of other settings.
+    em_tag = hashlib.sha256(json.dumps([tag, config.to_json()]).encode()).hexdigest()[:10]
+    em_dir = out / f"em_{em_tag}"
+    run = run_em(cut_train, em_dir, config, start="gaussian", progress=True)
     t_em = time.perf_counter() - t0
     history = run.history
     print(f"EM: {args.laps} laps in {t_em:.0f} s (this call)", flush=True)
@@ -294,13 +306,13 @@ def main():
 
     # -- evaluation of every prior ----------------------------------------------------------------
     key = jr.key(args.seed + 1)
-    priors = [("lap0", lambda: load_gaussian_prior(out / "em" / "lap_000" / "gaussian.eqx"))]
-    priors += [(f"lap{k}", lambda k=k: load_prior(out / "em" / f"lap_{k:03d}" / "prior.eqx"))
+    priors = [("lap0", lambda: load_gaussian_prior(em_dir / "lap_000" / "gaussian.eqx"))]
+    priors += [(f"lap{k}", lambda k=k: load_prior(em_dir / f"lap_{k:03d}" / "prior.eqx"))
                for k in range(1, args.laps + 1)]
     priors += [("oracle", lambda: oracle)]
     print(f"evaluating {len(priors)} priors on {args.n_heldout} held-out cutouts:", flush=True)
     evals = {}
-    ev_tag = hashlib.sha256(json.dumps([tag, args.eval_samples, args.prior_samples, args.sampler_steps,
+    ev_tag = hashlib.sha256(json.dumps([em_tag, args.eval_samples, args.prior_samples, args.sampler_steps,
                                         args.chunk]).encode()).hexdigest()[:10]
     for name, get in tqdm(priors, desc="evaluate", leave=False):
         evals[name] = _cached(out / f"eval_{name}_{ev_tag}.json",

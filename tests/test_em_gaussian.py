@@ -247,3 +247,29 @@ def test_bad_arguments():
     d, w, p = _good()
     d[0, 0, 0, 0], w[0, 0, 0, 0] = np.nan, 0.0
     assert np.isfinite(ge.GaussianCutouts(d, w, p).data).all()
+
+
+def test_data_moments_recover_the_covariance_with_a_delta_psf():
+    """With a delta PSF and no mask the data covariance less the noise is the prior's
+    covariance: the start matches the sample covariance of the true images (numpy) to
+    the noise's sampling error, and its eigenvalues are positive."""
+    rng = np.random.default_rng(4)
+    n_cut = 4000
+    Q = rng.normal(size=(N_PIX, N_PIX)) / np.sqrt(N_PIX)
+    sigma = Q @ Q.T + 0.3 * np.eye(N_PIX)
+    x = rng.multivariate_normal(np.full(N_PIX, 2.0), sigma, size=n_cut)
+    var = rng.uniform(0.05, 0.15, size=(n_cut, N_PIX))
+    y = x + rng.normal(size=x.shape) * np.sqrt(var)
+    psf = np.zeros((n_cut, 1, 3, 3))
+    psf[:, :, 1, 1] = 1.0
+    cut = ge.GaussianCutouts(y.reshape(n_cut, 1, H, H), (1.0 / var).reshape(n_cut, 1, H, H), psf)
+    mean, cov = ge.data_moments(cut)
+    expected = np.cov(x.T, bias=True)
+    assert np.abs(mean.reshape(-1) - x.mean(0)).max() < 0.04  # inverse-variance weighted mean
+    assert np.linalg.norm(cov - expected) / np.linalg.norm(expected) < 0.05
+    assert np.linalg.eigvalsh(cov).min() > 0
+    # The isotropic start is far from it: the data start is the better one here.
+    _, iso = ge.initial_moments(cut)
+    assert np.linalg.norm(iso - expected) > 5 * np.linalg.norm(cov - expected)
+    with pytest.raises(ValueError, match="clip"):
+        ge.data_moments(cut, clip=0.0)

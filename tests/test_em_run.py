@@ -18,6 +18,7 @@ import pytest
 
 from deconvjax.diffusion.train import TrainConfig
 from deconvjax.em import Cutouts, EMConfig, run_em
+from deconvjax.em.run import source_buckets
 from deconvjax.em.start import is_gaussian_prior, load_gaussian_prior
 
 N, SIZE = 12, 8
@@ -133,8 +134,9 @@ def _listener(event, duration, **kwargs):
 
 @pytest.mark.slow
 def test_blends_from_a_network_start_and_no_recompilation_between_laps(tmp_path):
-    """Blends (two galaxies in a 16x16 cutout, 8x8 prior stamps) from a tiny network, lap
-    by lap: a later lap compiles nothing."""
+    """Blends (two galaxies in a 16x16 cutout, 8x8 prior stamps; a third of the cutouts
+    hold one galaxy) from a tiny network, lap by lap: the one-galaxy cutouts are sampled
+    with one slot, and a later lap compiles nothing."""
     import jax
 
     from deconvjax.diffusion.train import train_prior
@@ -144,8 +146,8 @@ def test_blends_from_a_network_start_and_no_recompilation_between_laps(tmp_path)
                         TRAIN, progress=False, flux_scale=5.0)
     yy, xx = np.mgrid[:16, :16]
     data, centres = [], []
-    for _ in range(N):
-        c = [(rng.uniform(4, 7), rng.uniform(4, 7)), (rng.uniform(9, 12), rng.uniform(9, 12))]
+    for i in range(N):
+        c = [(rng.uniform(4, 7), rng.uniform(4, 7)), (rng.uniform(9, 12), rng.uniform(9, 12))][:1 if i % 3 == 0 else 2]
         img = sum(rng.uniform(10, 20) * np.exp(-0.5 * ((yy - y) ** 2 + (xx - x) ** 2) / 1.2**2) for y, x in c)
         data.append(img + rng.normal(0, 0.1, img.shape))
         centres.append(np.asarray(c))
@@ -156,7 +158,9 @@ def test_blends_from_a_network_start_and_no_recompilation_between_laps(tmp_path)
     two = run_em(cutouts, tmp_path / "run", EMConfig(**{**CONFIG.__dict__, "laps": 2}), start=start,
                  progress=False)
     assert [r["lap"] for r in two.history] == [1, 2]
-    assert two.history[1]["n_training_images"] == 2 * N  # both sources of every blend
+    assert source_buckets(cutouts)[0][0] == 1 and len(source_buckets(cutouts)[0][1]) == N // 3
+    assert two.history[1]["n_training_images"] == 2 * N - N // 3  # every source of every cutout
+    assert len(list((tmp_path / "run" / "lap_002").glob("samples_s1_*.npz"))) == 1
     # A third lap (the run resumed: its earlier priors are read back, as the second call
     # read the first's) compiles nothing: E-step chunks, M-step and diagnostics reuse the
     # programs of the laps before.

@@ -204,6 +204,28 @@ class Cutouts:
                        None if self.centers is None else self.centers[idx],
                        self.source_mask[idx], self.bands)
 
+    def with_slots(self, n_slots: int) -> Cutouts:
+        """The same cutouts with ``n_slots`` source slots: each cutout's sources moved to
+        its first slots (in their order), padding slots dropped or added. Blends only;
+        every cutout must have at most ``n_slots`` sources."""
+        n_slots = int(n_slots)
+        if self.centers is None:
+            raise ValueError("with_slots: isolated cutouts (no centres) have one slot")
+        counts = self.source_mask.sum(axis=1)
+        if n_slots < 1 or counts.max() > n_slots:
+            raise ValueError(f"n_slots: expected at least {int(counts.max())} (the most sources of a "
+                             f"cutout), got {n_slots}")
+        # Stable sort: real sources first, in their order.
+        order = np.argsort(~self.source_mask, axis=1, kind="stable")
+        centers = np.take_along_axis(self.centers, order[..., None], axis=1)
+        smask = np.take_along_axis(self.source_mask, order, axis=1)
+        pad = n_slots - centers.shape[1]
+        if pad > 0:
+            centers = np.concatenate([centers, np.zeros((len(self), pad, 2))], axis=1)
+            smask = np.concatenate([smask, np.zeros((len(self), pad), bool)], axis=1)
+        return Cutouts(self.data, self.weights, self.mask, self.psf, centers[:, :n_slots],
+                       smask[:, :n_slots], self.bands)
+
     # -- constructors -----------------------------------------------------------------
 
     @classmethod

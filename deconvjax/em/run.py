@@ -39,10 +39,15 @@ from .._atomic import atomic_write, atomic_write_bytes
 from ..diffusion.prior import ScorePrior, load_prior
 from ..diffusion.train import TrainConfig, train_prior
 from .diagnostics import morphology_statistics, save_montage, summarise_statistics
+from .gaussian import data_moments, initial_moments
 
-__all__ = ["EMConfig", "run_em", "EMRun"]
+__all__ = ["EMConfig", "run_em", "EMRun", "source_buckets"]
 
 FORMAT = "deconvjax-em/1"
+GAUSSIAN_INITS = {"data": data_moments, "isotropic": initial_moments}
+# Settings added after runs were first written, with the value those runs used: a saved
+# run without them resumes only under that value.
+_LEGACY_IDENTITY = {"gaussian_init": "isotropic", "model_psf_sigma": 0.5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +65,12 @@ class EMConfig:
     - `gaussian_laps`: laps of the closed-form Gaussian EM of a Gaussian start.
     - `gaussian_rank`: rank of the Gaussian start's low-rank-plus-diagonal covariance
       (``0``: a full covariance).
+    - `gaussian_init`: where the Gaussian EM starts: ``"data"`` (the data's covariance
+      less the noise, `deconvjax.em.gaussian.data_moments`) or ``"isotropic"`` (a scaled
+      identity, `deconvjax.em.gaussian.initial_moments`).
+    - `model_psf_sigma`: the E-step's model PSF (a Gaussian, in cutout pixels): the
+      resolution of the prior's images. It must be narrower than every cutout's PSF
+      (the E-step's matching kernels are checked).
     - `n_prior_samples`: prior samples drawn per lap for the diagnostics.
     - `seed`: the run's key.
     """
@@ -71,6 +82,8 @@ class EMConfig:
     sampler_steps: int = 32
     gaussian_laps: int = 16
     gaussian_rank: int = 0
+    gaussian_init: str = "data"
+    model_psf_sigma: float = 0.5
     n_prior_samples: int = 64
     seed: int = 0
 
@@ -80,6 +93,10 @@ class EMConfig:
                 raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
         if int(self.gaussian_laps) < 0 or int(self.gaussian_rank) < 0:
             raise ValueError("gaussian_laps and gaussian_rank: expected ints >= 0")
+        if self.gaussian_init not in GAUSSIAN_INITS:
+            raise ValueError(f"gaussian_init: expected one of {sorted(GAUSSIAN_INITS)}, got {self.gaussian_init!r}")
+        if not (np.isfinite(self.model_psf_sigma) and float(self.model_psf_sigma) > 0):
+            raise ValueError(f"model_psf_sigma: expected a positive number of pixels, got {self.model_psf_sigma!r}")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -129,6 +146,7 @@ def run_em(
     *,
     start: str | ScorePrior = "gaussian",
     progress: bool = True,
+    prior_info: dict | None = None,
 ) -> EMRun:
     """Learn a galaxy prior from ``cutouts`` alone by EM (module docstring).
 
@@ -141,6 +159,10 @@ def run_em(
     - `start`: ``"gaussian"`` (closed-form Gaussian EM on the cutouts), ``"shipped"``
       (the packaged prior), a checkpoint path, or a `ScorePrior`.
     - `progress`: progress bars over laps and chunks.
+    - `prior_info`: string entries recorded in every lap's prior (`ScorePrior.info`),
+      e.g. ``{"cosmos_holdout_every": "5"}`` when the cutouts leave out the rows the
+      starting prior left out, so that `ScorePrior.cosmos_heldout` still names them. The
+      starting prior's own entries are recorded with a ``start_`` prefix.
 
     **Returns:** an `EMRun`.
     """
@@ -152,6 +174,9 @@ def run_em(
         raise TypeError(f"cutouts: expected a deconvjax.em.Cutouts, got {type(cutouts).__name__}")
     if not isinstance(config, EMConfig):
         raise TypeError(f"config: expected an EMConfig, got {type(config).__name__}")
+    if prior_info is not None and not (isinstance(prior_info, dict)
+                                       and all(isinstance(k, str) for k in prior_info)):
+        raise TypeError(f"prior_info: expected a dict with str keys, got {prior_info!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start_name = start if isinstance(start, str) else "prior-object"
@@ -160,7 +185,10 @@ def run_em(
     state_path = out / "em_state.json"
     if state_path.exists():
         state = json.loads(state_path.read_text())
-        if state.get("format") != FORMAT or state.get("identity") != identity:
+        saved = state.get("identity")
+        if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+            saved["config"] = {**_LEGACY_IDENTITY, **saved["config"]}
+        if state.get("format") != FORMAT or saved != identity:
             raise ValueError(
                 f"out: {out} holds an EM run with other settings or cutouts "
                 f"({state.get('identity')}); use another --out, or the same settings to resume"
@@ -171,6 +199,7 @@ def run_em(
     key = jr.key(config.seed)
 
     prior = _starting_prior(cutouts, out, config, start, progress)
+    start_info = tuple((k, v) for k, v in prior.info if not k.startswith("start_"))
     from ..posterior.base import prior_shape
 
     want = (config.train.bands, config.train.image_size, config.train.image_size)
@@ -195,7 +224,9 @@ def run_em(
             samples, chi2 = _estep_lap(lap_key, prior, cutouts, config, lap_dir, state, state_path, progress)
             t_e = time.perf_counter() - t0
             t0 = time.perf_counter()
-            prior = _mstep(samples, prior, config, prior_path, lap, progress)
+            info = {"em_lap": lap, **{f"start_{k}": v for k, v in start_info},
+                    **{k: str(v) for k, v in (prior_info or {}).items()}}
+            prior = _mstep(samples, prior, config, prior_path, info, progress)
             t_m = time.perf_counter() - t0
             record = _diagnose(jr.fold_in(lap_key, 1 << 20), prior, config, lap, lap_dir, history)
             record.update({"lap": lap, "estep_seconds": round(t_e, 2), "mstep_seconds": round(t_m, 2),
@@ -227,37 +258,59 @@ def _starting_prior(cutouts, out: Path, config: EMConfig, start, progress: bool)
         return load_gaussian_prior(path)
     path.parent.mkdir(exist_ok=True)
     prior = fit_gaussian_prior(cutouts, laps=config.gaussian_laps, rank=config.gaussian_rank or None,
+                               init=GAUSSIAN_INITS[config.gaussian_init],
                                progress=progress)
     save_gaussian_prior(path, prior)
     return prior
 
 
+def source_buckets(cutouts) -> list[tuple[int, np.ndarray]]:
+    """``(slots, indices)`` groups of a batch for the E-step: a blend batch's cutouts by
+    their source count padded to a power of two (at most the batch's ``n_max``), so that
+    an isolated galaxy among blends costs one prior evaluation per sampler step rather
+    than ``n_max``; one group for isolated batches. Each group is one compiled program."""
+    if not cutouts.is_blend:
+        return [(1, np.arange(len(cutouts)))]
+    counts = cutouts.source_mask.sum(axis=1)
+    slots = np.minimum(2 ** np.ceil(np.log2(counts)).astype(int), cutouts.n_max)
+    return [(int(k), np.flatnonzero(slots == k)) for k in np.unique(slots)]
+
+
 def _estep_lap(key, prior, cutouts, config: EMConfig, lap_dir: Path, state: dict, state_path: Path,
                progress: bool):
-    """The lap's E-step, chunk by chunk, each chunk's samples saved as it finishes (a
-    resumed lap reads the finished ones back). Returns the training images (the samples
-    of every present source, in physical units) and each cutout's chi2 per pixel."""
+    """The lap's E-step, bucket by bucket (`source_buckets`) and chunk by chunk, each
+    chunk's samples saved as it finishes (a resumed lap reads the finished ones back).
+    Returns the training images (the samples of every present source, in physical
+    units) and each cutout's chi2 per pixel (in bucket order)."""
     from tqdm.auto import tqdm
 
     from ..diffusion.samplers import DPMSolver2M
     from .estep import estep, fft_shape_of
 
-    n = len(cutouts)
-    n_chunks = int(np.ceil(n / config.chunk))
     sampler = DPMSolver2M(steps=config.sampler_steps)
-    fft_shape = fft_shape_of(cutouts)  # the whole batch's: every chunk of every lap the same shapes
+    sigma = float(config.model_psf_sigma)
+    # The whole batch's FFT period: every chunk of every lap has the same shapes.
+    fft_shape = fft_shape_of(cutouts, model_psf_sigma=sigma)
+    buckets = source_buckets(cutouts)
+    jobs = []  # (file, bucket's cutouts, indices into them); chunk c of the lap is jobs[c]
+    for slots, members in buckets:
+        sub = cutouts.select(members)
+        sub = sub.with_slots(slots) if cutouts.is_blend else sub
+        tag = f"s{slots}_" if cutouts.is_blend else ""
+        for k in range(int(np.ceil(len(sub) / config.chunk))):
+            idx = np.arange(k * config.chunk, min((k + 1) * config.chunk, len(sub)))
+            jobs.append((lap_dir / f"samples_{tag}{len(jobs):05d}.npz", sub, idx))
     all_images, chi2 = [], []
-    bar = tqdm(total=n_chunks, desc="E-step", disable=not progress, leave=False)
-    for c in range(n_chunks):
-        path = lap_dir / f"samples_{c:05d}.npz"
+    bar = tqdm(total=len(jobs), desc="E-step", disable=not progress, leave=False)
+    for c, (path, sub, idx) in enumerate(jobs):
         if not path.exists():
-            idx = np.arange(c * config.chunk, min((c + 1) * config.chunk, n))
-            # One chunk per call, padded by `estep` to ``chunk`` cutouts: every chunk of
-            # every lap runs the same compiled programs.
-            result = estep(jr.fold_in(key, c), prior, cutouts.select(idx), sampler=sampler,
-                           n_samples=config.n_samples, chunk=config.chunk, fft_shape=fft_shape, progress=False)
-            present = np.asarray(result.source_mask, bool)  # (cutout, n_max)
-            samples = np.asarray(result.samples)  # (cutout, n_samples, n_max, band, h, w)
+            # One chunk per call, padded by `estep` to ``chunk`` cutouts (or the bucket's
+            # size): every chunk of a bucket, in every lap, runs the same compiled programs.
+            result = estep(jr.fold_in(key, c), prior, sub.select(idx), sampler=sampler,
+                           n_samples=config.n_samples, chunk=min(config.chunk, len(sub)),
+                           fft_shape=fft_shape, model_psf_sigma=sigma, progress=False)
+            present = np.asarray(result.source_mask, bool)  # (cutout, slots)
+            samples = np.asarray(result.samples)  # (cutout, n_samples, slots, band, h, w)
             images = np.moveaxis(samples, 1, 2)[present].reshape(-1, *samples.shape[-3:])
             _save_npz(path, images=(images * float(prior.flux_scale)).astype(np.float32),
                       chi2=np.asarray(result.chi2_mean, np.float64))
@@ -271,15 +324,15 @@ def _estep_lap(key, prior, cutouts, config: EMConfig, lap_dir: Path, state: dict
     return np.concatenate(all_images), np.concatenate(chi2)
 
 
-def _mstep(images: np.ndarray, prior, config: EMConfig, prior_path: Path, lap: int, progress: bool) -> ScorePrior:
+def _mstep(images: np.ndarray, prior, config: EMConfig, prior_path: Path, info: dict, progress: bool) -> ScorePrior:
     """Denoising score matching on the lap's samples, warm-started from the previous
     network (none after a Gaussian start), in the previous prior's flux units."""
     from .start import is_gaussian_prior
 
     init = None if is_gaussian_prior(prior) else prior
-    train = dataclasses.replace(config.train, seed=config.train.seed + lap)
+    train = dataclasses.replace(config.train, seed=config.train.seed + int(info["em_lap"]))
     return train_prior(images, prior_path, train, resume=True, flux_scale=float(prior.flux_scale), init=init,
-                       progress=progress, extra_info={"em_lap": lap}, record_time=False)
+                       progress=progress, extra_info=info, record_time=False)
 
 
 def _diagnose(key, prior: ScorePrior, config: EMConfig, lap: int, lap_dir: Path, history: list[dict]) -> dict:

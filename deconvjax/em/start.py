@@ -23,7 +23,7 @@ from ..diffusion.prior import ScorePrior
 from ..diffusion.sde import VESDE
 from ..diffusion.train import flux_scale_of
 from .cutouts import Cutouts
-from .gaussian import GaussianCutouts, gaussian_em
+from .gaussian import GaussianCutouts, data_moments, gaussian_em
 
 __all__ = ["fit_gaussian_prior", "save_gaussian_prior", "load_gaussian_prior", "is_gaussian_prior"]
 
@@ -40,10 +40,16 @@ def is_gaussian_prior(prior) -> bool:
 
 
 def fit_gaussian_prior(cutouts: Cutouts, *, laps: int = 16, rank: int | None = None, progress: bool = True,
-                       sigma_max: float = 100.0) -> ScorePrior:
+                       sigma_max: float = 100.0, init=data_moments) -> ScorePrior:
     """The Gaussian prior of the isolated cutouts of ``cutouts`` (full covariance, or
     low-rank plus diagonal of ``rank``), in units of their flux scale (the 90th percentile
-    of their peak pixels, as `train_prior` sets it), as a `ScorePrior`."""
+    of their peak pixels, as `train_prior` sets it), as a `ScorePrior`.
+
+    ``init`` maps the `GaussianCutouts` to the starting ``(mean, cov)``: `data_moments`
+    (default: the data's covariance less the noise) or
+    `deconvjax.em.gaussian.initial_moments` (a scaled identity)."""
+    if not callable(init):
+        raise TypeError(f"init: expected a function of the GaussianCutouts giving (mean, cov), got {init!r}")
     if not isinstance(cutouts, Cutouts):
         raise TypeError(f"cutouts: expected a deconvjax.em.Cutouts, got {type(cutouts).__name__}")
     isolated = np.flatnonzero(cutouts.source_mask.sum(axis=1) == 1)
@@ -57,8 +63,11 @@ def fit_gaussian_prior(cutouts: Cutouts, *, laps: int = 16, rank: int | None = N
     flux_scale = flux_scale_of(peaks[:, None, None, None])
     data = GaussianCutouts.from_cutouts(sub, flux_scale)
     kind = "full" if not rank else "lowrank"
-    result = gaussian_em(data, laps=int(laps), covariance=kind, rank=rank, progress=progress)
+    mean0, cov0 = init(data)
+    result = gaussian_em(data, laps=int(laps), covariance=kind, rank=rank, progress=progress,
+                         init_mean=mean0, init_cov=cov0)
     info = (("em_start", "gaussian"), ("gaussian_laps", str(int(laps))),
+            ("gaussian_init", getattr(init, "__name__", type(init).__name__)),
             ("gaussian_log_likelihood", f"{float(result.log_likelihood[-1]):.6g}"))
     return ScorePrior(result.denoiser(), _sde(sigma_max=sigma_max), float(flux_scale), info)
 

@@ -96,8 +96,9 @@ def _wcs_header(wcs: WCS | None) -> fits.Header:
 
 
 @contextlib.contextmanager
-def _open(path):
-    """Open a FITS file fully (no lazy reads), turning failures into ValueError naming it."""
+def _open(path, skip: tuple[str, ...] = ()):
+    """Open a FITS file fully (no lazy reads), turning failures into ValueError naming it.
+    The data of HDUs named in ``skip`` is not read (their headers are)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
@@ -107,7 +108,8 @@ def _open(path):
             warnings.filterwarnings("error", message=".*[Tt]runcated.*")
             hdul = fits.open(p, memmap=False, lazy_load_hdus=False)
             for h in hdul:
-                _ = h.data  # force reading every array now, where errors are caught
+                if h.name not in skip:
+                    _ = h.data  # force reading every array now, where errors are caught
     except (OSError, ValueError, TypeError, IndexError, KeyError, Warning) as e:
         raise ValueError(f"{p}: not a readable FITS file (corrupted or truncated?): {e}") from e
     try:
@@ -386,7 +388,9 @@ def _read_file(path, with_truth: bool = True) -> tuple[ObservationData, Table | 
     """A deconvjax observation file: its observation, truth table and source images (None
     where absent, or not parsed nor checked when ``with_truth`` is False)."""
     path = Path(path)
-    with _open(path) as hdul:
+    # Without the truth, its table and per-source images are not read (in a survey run
+    # they would be most of the reading time).
+    with _open(path, skip=() if with_truth else ("TRUTH", "SOURCES")) as hdul:
         h0 = hdul[0].header
         if h0.get("DJFORMAT") != FORMAT:
             raise ValueError(

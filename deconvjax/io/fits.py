@@ -118,9 +118,20 @@ def _open(path, skip: tuple[str, ...] = ()):
         hdul.close()
 
 
-def _find(hdul, path, name: str, ver: int | None = None, required: bool = True):
+def _hdu_index(hdul) -> dict:
+    """``{(EXTNAME, EXTVER): hdu}`` of a file, the first HDU of each pair (astropy's
+    ``hdul[name, ver]`` scans the headers on every lookup)."""
+    index = {}
+    for h in hdul:
+        index.setdefault((h.name.upper(), int(h.ver)), h)
+    return index
+
+
+def _find(hdul, path, name: str, ver: int | None = None, required: bool = True, index: dict | None = None):
     key = (name, ver) if ver is not None else name
     try:
+        if index is not None and ver is not None:
+            return index[(name.upper(), int(ver))]
         return hdul[key]
     except KeyError:
         if required:
@@ -403,13 +414,14 @@ def _read_file(path, with_truth: bool = True) -> tuple[ObservationData, Table | 
         except KeyError as e:
             raise ValueError(f"{path}: primary header lacks {e}") from None
         noise_kind = h0.get("NOISE", "VAR")
+        index = _hdu_index(hdul)
         sci, noise, mask, psf = [], [], [], []
         wcs = None
         for k, b in enumerate(bands):
-            hs = _find(hdul, path, "SCI", k + 1)
-            hn = _find(hdul, path, noise_kind, k + 1)
-            hm = _find(hdul, path, "MASK", k + 1)
-            hp = _find(hdul, path, "PSF", k + 1)
+            hs = _find(hdul, path, "SCI", k + 1, index=index)
+            hn = _find(hdul, path, noise_kind, k + 1, index=index)
+            hm = _find(hdul, path, "MASK", k + 1, index=index)
+            hp = _find(hdul, path, "PSF", k + 1, index=index)
             for hh in (hs, hn, hm, hp):
                 if hh.data is None:
                     raise ValueError(f"{path}: HDU {hh.name!r} (EXTVER {k + 1}) holds no data")

@@ -22,8 +22,9 @@ from astropy.visualization import make_lupton_rgb
 from matplotlib.figure import Figure
 
 __all__ = [
-    "figure_png", "lupton_rgb", "plot_fit", "plot_flux_posteriors", "plot_image", "plot_mean", "plot_observation",
-    "plot_posterior", "plot_samples", "plot_scene", "plot_std", "save_figure",
+    "figure_png", "lupton_rgb", "plot_deblend", "plot_fit", "plot_flux_posteriors", "plot_image", "plot_mean",
+    "plot_model", "plot_observation", "plot_posterior", "plot_samples", "plot_scene", "plot_std", "save_figure",
+    "source_flux_samples",
 ]
 
 
@@ -404,4 +405,25 @@ def plot_posterior(result, *, data=None, n_samples: int = 3, axes=None) -> Figur
         _bare(a)
     if axes is None:
         fig.tight_layout()
+    return fig
+
+
+def plot_deblend(result, *, truth=None, bands: Sequence[str] | None = None, max_sources: int = 6) -> Figure:
+    """A `DeblendResult` at a glance: the scene's posterior mean, std and first residual
+    on the top row, the flux posteriors of the first ``max_sources`` sources below
+    (`plot_flux_posteriors`, with ``truth`` where given)."""
+    n_src = min(int(np.shape(result.sources)[1]), int(max_sources))
+    cols = max(3, n_src)
+    fig = Figure(figsize=(2.8 * cols, 5.6), dpi=100)
+    grid = fig.subplots(2, cols, squeeze=False)
+    plot_posterior(result, axes=list(grid[0, :3]))
+    for a in grid[0, 3:]:
+        a.set_axis_off()
+    flux = source_flux_samples(result)[:, :n_src]
+    if truth is not None:
+        truth = np.asarray(truth, np.float64)[:n_src]
+    plot_flux_posteriors(flux, truth=truth, bands=bands, axes=list(grid[1, :n_src]))
+    for a in grid[1, n_src:]:
+        a.set_axis_off()
+    fig.tight_layout()
     return fig

@@ -96,11 +96,20 @@ def _with_spectra(scene: Scene, spectra) -> Scene:
     return eqx.tree_at(lambda sc: sc.groups, scene, groups)
 
 
+#: Amplitudes up to which the Hessian is one `jax.hessian` call; above, its columns are
+#: computed `HESSIAN_BATCH` at a time (the same forward-over-reverse products), because
+#: `jax.hessian` holds one model cube per amplitude at once (GBs for a large field).
+HESSIAN_DIRECT = 256
+HESSIAN_BATCH = 64
+
+
 @eqx.filter_jit
-def _flux_hessian(scene: Scene, observations: tuple[Observation, ...]):
+def _flux_hessian(scene: Scene, observations: tuple[Observation, ...], batch: int | None = None):
     """The Hessian of ``chi2 / 2`` with respect to every source's spectrum (flattened
     group by group, row by row, band by band), morphologies and centres fixed, and each
-    source's flux per unit spectrum (the stamp's sum at spectrum 1)."""
+    source's flux per unit spectrum (the stamp's sum at spectrum 1). ``batch``: compute
+    the Hessian's columns that many at a time (None: `jax.hessian` at once, or batches of
+    `HESSIAN_BATCH` above `HESSIAN_DIRECT` amplitudes)."""
     shapes = [g.spectrum.shape for g in scene.groups]
     sizes = [int(np.prod(sh)) for sh in shapes]
     flat0 = jnp.concatenate([g.spectrum.ravel() for g in scene.groups])
@@ -116,13 +125,23 @@ def _flux_hessian(scene: Scene, observations: tuple[Observation, ...]):
         model = _with_spectra(scene, split(flat)).render()
         return 0.5 * sum(o.chi2(model) for o in observations)
 
-    hessian = jax.hessian(loss)(flat0)
+    size = flat0.shape[0]
+    if batch is None and size <= HESSIAN_DIRECT:
+        hessian = jax.hessian(loss)(flat0)
+    else:
+        grad = jax.grad(loss)
+
+        def column(e):
+            return jax.jvp(grad, (flat0,), (e,))[1]
+
+        eye = jnp.eye(size, dtype=flat0.dtype)
+        hessian = jax.lax.map(column, eye, batch_size=min(batch or HESSIAN_BATCH, size))
     unit = _with_spectra(scene, [jnp.ones(sh, flat0.dtype) for sh in shapes])
     per_unit = jnp.concatenate([jnp.sum(st, axis=(-2, -1)).ravel() for st, _ in unit.stamps()])
     return hessian, per_unit
 
 
-def flux_errors(scene: Scene, observations) -> np.ndarray:
+def flux_errors(scene: Scene, observations, *, batch: int | None = None) -> np.ndarray:
     """``(source, band)`` 1-sigma errors of `source_fluxes`, from the inverse Hessian of
     the fit's likelihood term (``chi2 / 2`` over all ``observations``, the sky profiled
     out where an observation fits one, as in the fit) at the scene's values, taken with
@@ -133,11 +152,15 @@ def flux_errors(scene: Scene, observations) -> np.ndarray:
     exact Gaussian error of a linear least-squares flux for given templates,
     ``sqrt(diag((A^T W A)^-1))``, covariances between blended sources included (the
     Hessian is inverted whole). NaN where undefined (no unmasked data constrains the
-    amplitude, or the Hessian is singular there)."""
+    amplitude, or the Hessian is singular there). ``batch``: Hessian columns computed at
+    once (default: all for up to `HESSIAN_DIRECT` amplitudes, else `HESSIAN_BATCH`; lower
+    it where memory is short)."""
     observations = as_observations(observations)
     if not observations:
         raise ValueError("observations: give at least one Observation to measure flux errors")
-    hessian, per_unit = _flux_hessian(scene, observations)
+    if batch is not None and int(batch) < 1:
+        raise ValueError(f"batch: expected a positive number of Hessian columns, got {batch}")
+    hessian, per_unit = _flux_hessian(scene, observations, None if batch is None else int(batch))
     h = np.asarray(hessian, np.float64)
     h = 0.5 * (h + h.T)
     k = np.asarray(per_unit, np.float64)

@@ -137,10 +137,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: float | None = Non
 
 
 def figure_png(fig: Figure, *, dpi: float = 80) -> bytes:
-    """The figure as PNG bytes (Agg, whatever backend pyplot uses): what Jupyter shows."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)  # a Figure made here has no canvas that can print PNG otherwise
+    """The figure as PNG bytes: what Jupyter shows. A Figure made here has matplotlib's
+    base canvas, which prints PNG through Agg whatever backend pyplot uses; a pyplot
+    figure keeps its own canvas."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()

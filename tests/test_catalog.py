@@ -224,3 +224,14 @@ def test_unknown_columns_are_named(wcs_frame):
     nowcs = Frame(BANDS, SHAPE)
     with pytest.raises(ValueError, match="catalog gives sky positions but the frame has no WCS"):
         positions_from(nowcs, Table({"ra": [150.1], "dec": [2.2]}))
+
+
+def test_command_names_the_catalog_option(wcs_frame, tmp_path):
+    import click
+
+    from deconvjax.fit._cli import _read_catalog
+
+    Table({"flux": [1.0]}).write(tmp_path / "bad.ecsv")
+    with pytest.raises(click.BadParameter, match="no known position columns; accepted") as err:
+        _read_catalog(tmp_path / "bad.ecsv", wcs_frame)
+    assert err.value.param_hint == "--catalog"

@@ -212,7 +212,7 @@ def plot_model(scene, observation=None, *, ax=None, axes=None, title: str | None
     residual in sigma (``axes``: three panels)."""
     from .fit.measure import source_centers
 
-    centres = source_centers(scene)
+    centres = source_centers(scene) if scene.n_sources else None
     model = np.asarray(scene.render())
     if observation is None:
         return plot_image(model, ax=ax, positions=centres, title=title or f"model: {scene.n_sources} sources")

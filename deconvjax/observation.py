@@ -428,6 +428,15 @@ class Observation(eqx.Module):
     def chi2(self, model: Cube) -> Float[Array, ""]:
         return self.likelihood.chi2(self.data, self.predict(model), self.weights)
 
+    def _repr_png_(self) -> bytes | None:
+        """Jupyter's picture of the observation: its data and noise
+        (`deconvjax.plot.plot_observation`); None (text only) for a stack of them."""
+        from .plot import figure_png, plot_observation
+
+        if np.ndim(self.data) != 3:
+            return None
+        return figure_png(plot_observation(self))
+
     @property
     def n_valid(self) -> Array:
         """The number of unmasked pixels."""

@@ -26,7 +26,9 @@ def files(tmp_path_factory):
     fits.writeto(d / "psf.fits", psf)
     rng = np.random.default_rng(0)
     img = np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / 8.0) + 0.05 * rng.normal(size=(N, N))
-    hdul = fits.HDUList([fits.PrimaryHDU(img), fits.ImageHDU(np.full((N, N), 0.05**2), name="VARIANCE")])
+    header = fits.Header()
+    header["BUNIT"] = "nanomaggy"  # carried to every output
+    hdul = fits.HDUList([fits.PrimaryHDU(img, header=header), fits.ImageHDU(np.full((N, N), 0.05**2), name="VARIANCE")])
     hdul.writeto(d / "img.fits")
     fits.writeto(d / "bare.fits", img)
     fits.writeto(d / "big.fits", np.zeros((2 * N, 2 * N)))
@@ -48,6 +50,9 @@ def test_sample_writes_cube_maps_and_panel(files):
     np.testing.assert_allclose(mean, cube.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(std, cube.std(0, ddof=1), rtol=1e-3, atol=1e-6)
     assert fits.getdata(out / "residuals.fits").shape == (2, 1, N, N)
+    for name in ("samples.fits", "mean.fits", "std.fits", "residuals.fits"):
+        assert fits.getheader(out / name)["BUNIT"] == "nanomaggy", name
+    assert fits.getheader(out / "mean.fits")["CTYPE1"] == "RA---TAN"  # the stamp's WCS
     assert (out / "panel.png").stat().st_size > 1000
 
 

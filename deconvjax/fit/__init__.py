@@ -18,8 +18,11 @@ from .init import solve_spectra as solve_spectra
 from .io import load_scene as load_scene
 from .io import save_scene as save_scene
 from .io import write_results as write_results
+from .measure import CatalogFlag as CatalogFlag
 from .measure import catalog as catalog
 from .measure import deblend as deblend
+from .measure import flux_errors as flux_errors
+from .measure import footprint_chi2 as footprint_chi2
 from .measure import source_fluxes as source_fluxes
 from .optimise import FitResult as FitResult
 from .optimise import compilation_count as compilation_count

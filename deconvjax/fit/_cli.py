@@ -11,13 +11,24 @@ import numpy as np
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
-def _read_catalog(path: Path):
+def _read_catalog(path: Path, frame):
+    """Model-frame positions of a --catalog file (any table astropy reads, SExtractor's
+    ASCII_HEAD catalogs too), in the conventions `deconvjax.fit.positions_from` accepts."""
     from astropy.table import Table
 
+    from .init import positions_from
+
     try:
-        return Table.read(path)
+        table = Table.read(path)
     except Exception as err:  # astropy raises many kinds for unreadable tables
-        raise click.BadParameter(f"{path}: cannot read a table ({err})", param_hint="--catalog") from None
+        try:
+            table = Table.read(path, format="ascii.sextractor")
+        except Exception:
+            raise click.BadParameter(f"{path}: cannot read a table ({err})", param_hint="--catalog") from None
+    try:
+        return positions_from(frame, table, str(path))
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--catalog") from None
 
 
 def _sources_filling_the_image(scene, frame) -> list[int]:
@@ -159,7 +170,7 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
     except ValueError as err:
         hint = "--model-psf-fwhm" if str(err).startswith("psf:") else "--psf"
         raise click.BadParameter(str(err), param_hint=hint) from None
-    positions = None if catalog is None else _read_catalog(catalog)
+    positions = None if catalog is None else _read_catalog(catalog, frame)
     try:
         scene, detection = init_scene(frame, obs, positions, kind=kind, nsigma=nsigma, contrast=deblend_contrast,
                                       return_detection=True)
@@ -193,7 +204,7 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
             fitted, result = fit(structured, obs, AdamSolver(rtol=rtol), max_iter=max_iter, constraints=constraints,
                                  progress=progress)
     written = write_products(out_dir, fitted, frame, obs, result, title=f"{Path(images[0]).name}",
-                             segmentation=detection.segmentation, header_cards=data.noise_cards())
+                             segmentation=detection.segmentation, header_cards=data.noise_cards(), bunit=data.bunit)
     click.echo(
         f"fitted {fitted.n_sources} sources in {result.iterations} steps (converged={result.converged}, "
         f"failed={result.failed}): chi2/pixel {result.chi2_per_pixel:.3f}, reduced chi2 {result.chi2_per_dof:.3f} "

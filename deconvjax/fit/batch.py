@@ -130,7 +130,7 @@ def init_batch(
     masks = np.zeros((n_cut, n_max), bool)
     fields = []
     for c, (p, n) in enumerate(zip(positions, counts)):
-        p = positions_from(frame, p)
+        p = positions_from(frame, p, f"positions[{c}]")
         pos[c, :n] = p
         masks[c, :n] = True
         sigmas, shears = moment_shapes(data[c], weights[c], p, float(psf_obs2[c]))

@@ -36,21 +36,72 @@ def check_kind(kind: str, name: str = "kind") -> type:
         raise ValueError(f"{name} must be one of {sorted(morphology_kinds())}, got {kind!r}") from None
 
 
-def positions_from(frame: Frame, catalog) -> np.ndarray:
-    """Model-frame ``(y, x)`` positions from a catalog: an ``(n, 2)`` pixel array, a
-    SkyCoord, or a Table with ``y``/``x`` columns or ``ra``/``dec`` (degrees)."""
+#: Pixel position columns of input catalogs, tried in this order: ``(y, x, offset)``,
+#: ``offset`` subtracted to make them 0-based (SExtractor counts from 1).
+PIXEL_COLUMNS = (("y", "x", 0.0), ("ycentroid", "xcentroid", 0.0), ("Y_IMAGE", "X_IMAGE", 1.0))
+#: Sky position columns (degrees, or quantities with an angle unit), tried after the pixel
+#: ones; a ``sky_centroid`` SkyCoord column (photutils, deconvjax catalogs) comes first.
+SKY_COLUMNS = (("ra", "dec"), ("ALPHA_J2000", "DELTA_J2000"))
+
+
+def _accepted_columns() -> str:
+    return "; ".join(
+        ["y, x (pixels, 0-based)", "ycentroid, xcentroid (photutils, 0-based)", "Y_IMAGE, X_IMAGE (SExtractor, 1-based)",
+         "sky_centroid (SkyCoord)", "ra, dec (degrees)", "ALPHA_J2000, DELTA_J2000 (SExtractor, degrees)"]
+    )
+
+
+def _values(column, unit=None) -> np.ndarray:
+    """float64 values of a table column, a Quantity converted to ``unit`` where given
+    (pixels and degrees are what the catalogs below hold)."""
+    if hasattr(column, "unit") and column.unit is not None and unit is not None and hasattr(column, "to_value"):
+        return np.asarray(column.to_value(unit), np.float64)
+    if hasattr(column, "value") and hasattr(column, "unit"):
+        column = column.value
+    return np.asarray(column, np.float64)
+
+
+def positions_from(frame: Frame, catalog, argument: str = "catalog") -> np.ndarray:
+    """Model-frame ``(y, x)`` positions (0-based pixels) from a catalog: an ``(n, 2)`` pixel
+    array, a SkyCoord, or a Table in one of these conventions, tried in this order:
+
+    - deconvjax: ``y``, ``x`` (0-based pixels);
+    - photutils: ``ycentroid``, ``xcentroid`` (0-based pixels);
+    - SExtractor: ``Y_IMAGE``, ``X_IMAGE`` (1-based pixels: 1 is subtracted);
+    - a ``sky_centroid`` SkyCoord column (photutils, deconvjax catalogs);
+    - ``ra``, ``dec`` or SExtractor's ``ALPHA_J2000``, ``DELTA_J2000`` (degrees).
+
+    Pixel columns come first (they are exact on the image the catalog was made on); sky
+    positions go through the frame's WCS. A table with none of these columns is a
+    `ValueError` naming ``argument`` and listing them."""
     if isinstance(catalog, Table):
         names = set(catalog.colnames)
-        if {"y", "x"} <= names:
-            pos = np.stack([np.asarray(catalog["y"], float), np.asarray(catalog["x"], float)], axis=1)
-        elif {"ra", "dec"} <= names:
-            pos = frame.positions(SkyCoord(np.asarray(catalog["ra"], float), np.asarray(catalog["dec"], float), unit="deg"))
-        else:
-            raise ValueError(f"catalog must have columns y, x or ra, dec; got {catalog.colnames}")
+        pos = None
+        for ycol, xcol, offset in PIXEL_COLUMNS:
+            if {ycol, xcol} <= names:
+                pos = np.stack([_values(catalog[ycol]) - offset, _values(catalog[xcol]) - offset], axis=1)
+                break
+        if pos is None:
+            import astropy.units as u
+
+            if "sky_centroid" in names and isinstance(catalog["sky_centroid"], SkyCoord):
+                sky = catalog["sky_centroid"]
+            else:
+                sky = next((SkyCoord(_values(catalog[a], u.deg), _values(catalog[d], u.deg), unit="deg")
+                            for a, d in SKY_COLUMNS if {a, d} <= names), None)
+            if sky is None:
+                raise ValueError(
+                    f"{argument}: no known position columns; accepted: {_accepted_columns()}. "
+                    f"Got columns {catalog.colnames}"
+                )
+            if frame.wcs is None:
+                raise ValueError(f"{argument} gives sky positions but the frame has no WCS: give pixel columns "
+                                 "(y, x; xcentroid, ycentroid; X_IMAGE, Y_IMAGE) or images with a WCS")
+            pos = frame.positions(sky)
     else:
         pos = frame.positions(catalog)
     if len(pos) and not np.all(np.isfinite(pos)):
-        raise ValueError("catalog positions contain NaN or inf")
+        raise ValueError(f"{argument}: positions contain NaN or inf")
     return np.asarray(pos, dtype=np.float64).reshape(-1, 2)
 
 
@@ -206,7 +257,7 @@ def init_scene(
     - `observations`: the data (moments and detection use the first observation on the
       model grid; spectra are solved over all of them).
     - `positions`: source centres: ``(n, 2)`` model pixels ``(y, x)``, a SkyCoord, or a
-      Table (``y``/``x`` or ``ra``/``dec`` columns). ``None`` detects them
+      Table in deconvjax, photutils or SExtractor conventions (`positions_from`). ``None`` detects them
       (`deconvjax.fit.detection.find_sources`: ``nsigma`` above the background,
       ``min_distance``, ``max_sources``, deblending ``contrast``).
     - `kind`: a morphology kind (`deconvjax.model.morphology_kinds`): ``"pixel"``
@@ -254,7 +305,7 @@ def init_scene(
                 "weights); lower nsigma or give positions"
             )
     else:
-        positions = positions_from(frame, positions)
+        positions = positions_from(frame, positions, "positions")
     n = len(positions)
     if n == 0:
         raise ValueError("positions must hold at least one source")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
 from .._atomic import atomic_write
@@ -166,16 +168,27 @@ def load_scene(path) -> tuple[Scene, Frame, dict]:
 
 def write_results(
     path, scene: Scene, frame: Frame, observations, result=None, table: Table | None = None, *, header_cards=(),
+    bunit: str | None = None, observation_wcs=None,
 ) -> Path:
     """One FITS file of a fit: ``MODEL`` (model cube in the model frame, with its WCS),
-    ``SOURCES`` (each source alone, model frame), per observation ``RESIDUAL`` (data
-    minus model, observation pixels) and ``DEBLEND`` (each source's share of the data),
-    and ``CATALOG`` (the measurement table). ``header_cards``: ``(key, value, comment)``
-    cards for the primary header (e.g. how the noise was set). Atomic."""
+    ``SOURCES`` (each source alone, model frame, with its WCS), per observation ``RESIDUAL``
+    (data minus model, observation pixels) and ``DEBLEND`` (each source's share of the
+    data), with the observation's WCS, and ``CATALOG`` (the measurement table; its
+    ``sky_centroid`` column is left out, FITS tables cannot hold a SkyCoord, and ``ra``,
+    ``dec`` say the same). ``header_cards``: ``(key, value, comment)`` cards for the primary
+    header (e.g. how the noise was set). ``bunit``: the data's unit, on every image HDU.
+    ``observation_wcs``: one WCS (or None) per observation; by default the frame's for
+    observations on the model grid, none for the others. Atomic."""
+    from ..io.products import image_header
+
     observations = as_observations(observations)
+    if observation_wcs is None:
+        observation_wcs = [None] * len(observations)
+    observation_wcs = list(observation_wcs)
+    if len(observation_wcs) != len(observations):
+        raise ValueError(f"observation_wcs: expected one per observation ({len(observations)}), got {len(observation_wcs)}")
     if table is None:
-        table = make_catalog(scene, frame, observations)
-    header = frame.wcs.to_header() if frame.wcs is not None else fits.Header()
+        table = make_catalog(scene, frame, observations, result=result, unit=bunit)
     prim = fits.PrimaryHDU()
     prim.header["DJFORMAT"] = ("deconvjax-fit/1", "deconvjax fit results")
     prim.header["BANDS"] = ",".join(frame.bands)
@@ -189,13 +202,24 @@ def write_results(
             if value.ndim == 0 and np.all(np.isfinite(value)):
                 prim.header[key] = value.item()
     model = np.asarray(scene.render(), dtype=np.float32)
-    hdus = [prim, fits.ImageHDU(model, header=header.copy(), name="MODEL")]
-    hdus.append(fits.ImageHDU(np.asarray(scene.render_sources(), dtype=np.float32), header=header.copy(), name="SOURCES"))
-    for k, o in enumerate(observations):
+    hdus = [prim, fits.ImageHDU(model, header=image_header(frame.wcs, bunit), name="MODEL")]
+    hdus.append(fits.ImageHDU(np.asarray(scene.render_sources(), dtype=np.float32),
+                              header=image_header(frame.wcs, bunit), name="SOURCES"))
+    for k, (o, wcs) in enumerate(zip(observations, observation_wcs)):
+        if wcs is None and o.coords is None:
+            wcs = frame.wcs  # on the model grid: the same pixels
         res = np.asarray((o.data - o(jnp.asarray(model))) * (o.weights > 0), dtype=np.float32)
-        hdus.append(fits.ImageHDU(res, name="RESIDUAL", ver=k + 1))
-        hdus.append(fits.ImageHDU(np.asarray(deblend(scene, o), dtype=np.float32), name="DEBLEND", ver=k + 1))
-    hdus.append(fits.BinTableHDU(table, name="CATALOG"))
+        hdus.append(fits.ImageHDU(res, header=image_header(wcs, bunit), name="RESIDUAL", ver=k + 1))
+        hdus.append(fits.ImageHDU(np.asarray(deblend(scene, o), dtype=np.float32), header=image_header(wcs, bunit),
+                                  name="DEBLEND", ver=k + 1))
+    plain = table.copy(copy_data=False)
+    for name in [c for c in plain.colnames if not isinstance(plain[c], (np.ndarray,))]:
+        del plain[name]  # mixins (SkyCoord): FITS tables hold plain columns only
+    with warnings.catch_warnings():
+        # Units outside the FITS standard (nanomaggy) are written as plain strings;
+        # catalog.ecsv keeps them.
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        hdus.append(fits.BinTableHDU(plain, name="CATALOG"))
     path = Path(path)
     atomic_write(path, lambda tmp: fits.HDUList(hdus).writeto(tmp, overwrite=True))
     return path

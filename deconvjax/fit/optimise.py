@@ -73,6 +73,12 @@ class FitResult:
     loss_history: list = dataclasses.field(default_factory=list)
     wall_time: float = 0.0
 
+    def _repr_png_(self) -> bytes:
+        """Jupyter's picture of the fit: its loss history (`deconvjax.plot.plot_fit`)."""
+        from ..plot import figure_png, plot_fit
+
+        return figure_png(plot_fit(self))
+
 
 def _run_impl(solver: AbstractFitSolver, state: SolverState, problem: FitProblem, objective: Objective,
               until: Int[Array, ""]):

@@ -7,30 +7,20 @@ from pathlib import Path
 
 import equinox as eqx
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 
 from .._atomic import atomic_write
 from ..frame import Frame
+from ..io.products import write_image
 from ..observation import as_observations
 from .io import save_scene, write_results
 from .measure import catalog as make_catalog
 from .measure import deblend
 
 
-def _write_image(path: Path, array, header=None, name=None, cards=(), dtype=np.float32):
-    hdu = fits.PrimaryHDU(np.asarray(array, dtype=dtype), header=None if header is None else header.copy())
-    if name:
-        hdu.header["EXTNAME"] = name
-    for key, value, comment in cards:
-        hdu.header[key] = (value, comment)
-    atomic_write(path, lambda tmp: hdu.writeto(tmp, overwrite=True))
-    return path
-
-
 def write_products(
     out_dir, scene, frame: Frame, observations, result=None, *, title: str | None = None, segmentation=None,
-    header_cards=(),
+    header_cards=(), bunit: str | None = None, observation_wcs=None,
 ) -> list[Path]:
     """Write the products of a fit into ``out_dir``:
 
@@ -50,7 +40,12 @@ def write_products(
 
     ``header_cards``: ``(key, value, comment)`` FITS cards (e.g. how the noise was set,
     `deconvjax.io.ObservationData.noise_cards`) written into every FITS file's primary
-    header. Returns the paths written.
+    header. ``bunit``: the data's unit (the FITS ``BUNIT``, `ObservationData.bunit`),
+    written into the image files and used for the catalog's fluxes. ``observation_wcs``:
+    the first observation's WCS (default: the frame's, when that observation is on the
+    model grid); the files on the observation's pixels (residual, background, sources,
+    segmentation) carry it and ``model.fits`` the frame's, so every product opens on
+    the sky. Returns the paths written.
     """
     import jax.numpy as jnp
 
@@ -66,27 +61,32 @@ def write_products(
         for o, sky in zip(fitted_observations, skies)
     )
     obs = observations[0]
-    header = frame.wcs.to_header() if frame.wcs is not None else None
+    model_wcs = frame.wcs
+    if observation_wcs is None and obs.coords is None:
+        observation_wcs = frame.wcs  # on the model grid: the same pixels
     seen = np.asarray(obs(model))
-    table: Table = make_catalog(scene, frame, observations)
+    table: Table = make_catalog(scene, frame, observations, result=result, unit=bunit)
     cards = list(header_cards)
+    on_obs = dict(wcs=observation_wcs, bunit=bunit, cards=cards)
     written = [
-        _write_image(out / "model.fits", model, header, "MODEL", cards),
-        _write_image(out / "residual.fits", (np.asarray(obs.data) - seen) * (np.asarray(obs.weights) > 0), None, "RESIDUAL",
-                     cards),
-        _write_image(out / "sources.fits", deblend(scene, obs), None, "DEBLEND", cards),
+        write_image(out / "model.fits", model, wcs=model_wcs, bunit=bunit, name="MODEL", cards=cards),
+        write_image(out / "residual.fits", (np.asarray(obs.data) - seen) * (np.asarray(obs.weights) > 0),
+                    name="RESIDUAL", **on_obs),
+        write_image(out / "sources.fits", deblend(scene, obs), name="DEBLEND", **on_obs),
     ]
     if skies[0] is not None:
-        written.append(_write_image(out / "background.fits", skies[0], None, "SKY", cards))
+        written.append(write_image(out / "background.fits", skies[0], name="SKY", **on_obs))
     if segmentation is not None:
         seg = np.asarray(segmentation)
         if seg.shape != tuple(obs.frame_shape):
             raise ValueError(f"segmentation has shape {seg.shape} but the observation is {tuple(obs.frame_shape)}")
-        written.append(_write_image(out / "segmentation.fits", seg, header, "SEGMENT", cards, dtype=np.int32))
+        written.append(write_image(out / "segmentation.fits", seg, wcs=observation_wcs, name="SEGMENT", cards=cards,
+                                   dtype=np.int32))
     cat_path = out / "catalog.ecsv"
     atomic_write(cat_path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
     written.append(cat_path)
-    written.append(write_results(out / "results.fits", scene, frame, observations, result, table, header_cards=cards))
+    written.append(write_results(out / "results.fits", scene, frame, observations, result, table, header_cards=cards,
+                                 bunit=bunit, observation_wcs=[observation_wcs] + [None] * (len(observations) - 1)))
     written.extend(save_scene(out / "scene", scene, frame, result))
     png = out / "panel.png"
     from ..plot import plot_scene

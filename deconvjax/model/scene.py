@@ -224,6 +224,15 @@ class Scene(eqx.Module):
             for g in groups
         )
 
+    def _repr_png_(self) -> bytes | None:
+        """Jupyter's picture of the scene: the model cube with the sources numbered
+        (`deconvjax.plot.plot_model`); None (text only) for a stack of scenes."""
+        from ..plot import figure_png, plot_model
+
+        if self.groups and np.ndim(self.groups[0].spectrum) != 2:
+            return None  # batched over cutouts: no single picture
+        return figure_png(plot_model(self))
+
     @property
     def n_sources(self) -> int:
         return sum(len(o) for o in self.order)

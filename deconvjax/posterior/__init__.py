@@ -1,6 +1,7 @@
 """Posterior sampling with diffusion priors through the forward model: a posterior
 denoiser (MMPS, convolved likelihood, DPS) usable with every diffusion sampler,
-deconvolution from one or several observations, deblending, TARP coverage."""
+deconvolution from one or several observations, deblending, TARP coverage, catalogs
+(`posterior_catalog`) and FITS products (`write_posterior`)."""
 
 from .base import AbstractCGSolve as AbstractCGSolve
 from .base import AbstractEmbedding as AbstractEmbedding
@@ -11,6 +12,7 @@ from .base import PosteriorDenoiser as PosteriorDenoiser
 from .base import ScaledIdentity as ScaledIdentity
 from .base import pcg as pcg
 from .batch import StackedPosterior as StackedPosterior
+from .catalog import posterior_catalog as posterior_catalog
 from .convolved import ConvolvedLikelihood as ConvolvedLikelihood
 from .deblend import DeblendResult as DeblendResult
 from .deblend import ProductDenoiser as ProductDenoiser
@@ -21,6 +23,7 @@ from .deconvolve import deconvolve as deconvolve
 from .deconvolve import make_observations as make_observations
 from .dps import DPS as DPS
 from .mmps import MMPS as MMPS
+from .products import write_posterior as write_posterior
 from .sampling import sample_posterior as sample_posterior
 from .tarp import tarp_coverage as tarp_coverage
 from .tarp import tarp_max_deviation as tarp_max_deviation

@@ -32,9 +32,9 @@ def _noise_arg(value: str):
     return v
 
 
-def _read(path: str, psf: str, variance) -> tuple[np.ndarray, np.ndarray, np.ndarray, object, float | None]:
+def _read(path: str, psf: str, variance) -> tuple[np.ndarray, np.ndarray, np.ndarray, object, float | None, str | None]:
     """One image of the command through `deconvjax.io.read_images`: ``(data, psf,
-    variance, wcs, pixel_scale)``. The noise is ``variance`` (a number or a file), else a
+    variance, wcs, pixel_scale, bunit)``. The noise is ``variance`` (a number or a file), else a
     VARIANCE / WEIGHT / RMS extension of the image file; the PSF is left at its size
     (`prior_observations` crops or pads it, with a notice). NaN or inf pixels come back as
     NaN (`prior_observations` masks them with a warning); masked pixels have infinite
@@ -60,7 +60,14 @@ def _read(path: str, psf: str, variance) -> tuple[np.ndarray, np.ndarray, np.nda
     data = np.where(d.mask, np.nan, d.images).astype(np.float64)
     with np.errstate(divide="ignore"):
         var = np.where(d.weights > 0, 1.0 / np.where(d.weights > 0, d.weights, 1.0), np.inf)
-    return data, d.psf_images, var, d.wcs, None if d.wcs is not None else d.pixel_scale
+    return data, d.psf_images, var, d.wcs, None if d.wcs is not None else d.pixel_scale, d.bunit
+
+
+def _common_bunit(bunits) -> str | None:
+    """The images' BUNIT where those that have one agree (the posterior is in their unit);
+    None (no BUNIT written) where none has one or they differ."""
+    known = {b for b in bunits if b}
+    return known.pop() if len(known) == 1 else None
 
 
 def _check_variances(ctx, param, values):
@@ -69,79 +76,31 @@ def _check_variances(ctx, param, values):
 
 
 def posterior_panel(observation, samples, mean, std, residual, path, n_show: int = 3):
-    """PNG panel: observation | a few samples | mean | std | residual (band 0)."""
-    import matplotlib
+    """PNG panel: observation | a few samples | mean | std | residual
+    (`deconvjax.plot.plot_posterior`)."""
+    from types import SimpleNamespace
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from ..plot import plot_posterior, save_figure
 
-    from .._atomic import atomic_write
-
-    obs = np.asarray(observation)[0]
-    smp = [np.asarray(s)[0] for s in samples[:n_show]]
-    panels = [("observation", obs)] + [(f"sample {i}", s) for i, s in enumerate(smp)] + [
-        ("mean", np.asarray(mean)[0]), ("std", np.asarray(std)[0]),
-        ("residual (data - A mean)", np.asarray(residual)[0])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
-    scale = max(float(np.percentile(np.abs(np.asarray(mean)[0]), 99)), 1e-12)
-    for ax, (title, img) in zip(axes, panels):
-        if title.startswith(("std", "residual")):
-            v = max(float(np.abs(img).max()), 1e-12)
-            ax.imshow(img, origin="lower", cmap="RdBu_r" if title.startswith("res") else "magma",
-                      vmin=-v if title.startswith("res") else 0, vmax=v)
-        else:
-            ax.imshow(np.arcsinh(img / (0.05 * scale)), origin="lower", cmap="gray",
-                      vmin=0, vmax=np.arcsinh(20.0))
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    result = SimpleNamespace(samples=np.asarray(samples), mean=mean, std=std, residuals=(residual,))
+    save_figure(plot_posterior(result, data=observation, n_samples=n_show), path, dpi=110)
 
 
 def write_outputs(out: Path, result, first_observation, header_extra: dict,
-                  stamp_header=None) -> list[Path]:
-    """samples.fits (n, band, y, x), mean.fits, std.fits, residuals.fits, panel.png.
+                  stamp_header=None, *, bunit: str | None = None, residual_wcs=None) -> list[Path]:
+    """samples.fits (n, band, y, x), mean.fits, std.fits, residuals.fits, panel.png
+    (`deconvjax.posterior.products.write_posterior`).
 
     ``header_extra``: keywords for every file (values, or ``(value, comment)``);
-    ``stamp_header``: an astropy Header (the output stamp's WCS) for the model-space files.
-    Residuals of images of different shapes go to one HDU each."""
-    from astropy.io import fits
+    ``stamp_header``: an astropy Header (the output stamp's WCS) for the model-space files;
+    ``bunit``: the data's unit; ``residual_wcs``: each image's WCS, for the residuals."""
+    from astropy.wcs import WCS
 
-    from .._atomic import atomic_write
+    from .products import write_posterior
 
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def header(extra, stamp):
-        hdr = fits.Header()
-        if stamp and stamp_header is not None:
-            hdr.update(stamp_header)
-        for k, v in {**header_extra, **(extra or {})}.items():
-            hdr[k] = v
-        return hdr
-
-    def put(name, arr, extra=None, stamp=True):
-        hdu = fits.PrimaryHDU(np.asarray(arr, np.float32), header=header(extra, stamp))
-        written.append(atomic_write(out / name, lambda tmp: hdu.writeto(tmp, overwrite=True,
-                                                                          output_verify="fix")))
-
-    put("samples.fits", result.samples, {"BUNIT": "data units", "COMMENT": "posterior samples"})
-    put("mean.fits", result.mean, {"BUNIT": "data units"})
-    put("std.fits", result.std, {"BUNIT": "data units"})
-    res = [np.asarray(r, np.float32) for r in result.residuals]
-    if len({r.shape for r in res}) == 1:
-        put("residuals.fits", np.stack(res), {"BUNIT": "data units"}, stamp=False)
-    else:
-        hdul = fits.HDUList([fits.PrimaryHDU(res[0], header=header({"BUNIT": "data units"}, False))]
-                            + [fits.ImageHDU(r, name=f"RES{i}") for i, r in enumerate(res[1:], 1)])
-        written.append(atomic_write(out / "residuals.fits",
-                                    lambda tmp: hdul.writeto(tmp, overwrite=True, output_verify="fix")))
-    posterior_panel(first_observation.data, np.asarray(result.samples), result.mean, result.std,
-                    result.residuals[0], out / "panel.png")
-    written.append(out / "panel.png")
-    return written
+    wcs = None if stamp_header is None else WCS(stamp_header)
+    return write_posterior(out, result, wcs=wcs, bunit=bunit, residual_wcs=residual_wcs, header=header_extra,
+                           panel_data=np.asarray(first_observation.data))
 
 
 def _float_or_auto(name):
@@ -239,14 +198,16 @@ def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior
         prior = load_prior(None if prior_path == "shipped" else prior_path)
     except (OSError, FileNotFoundError, ValueError, KeyError) as err:
         raise click.BadParameter(f"cannot load prior {prior_path!r}: {err}", param_hint="--prior") from err
-    datas, psf_images, noises, wcss, header_scales = [], [], [], [], []
+    datas, psf_images, noises, wcss, header_scales, bunits = [], [], [], [], [], []
     for i, p in enumerate(images):
-        data, psf, var, wcs, scale = _read(p, psfs[i], variances[i] if variances else None)
+        data, psf, var, wcs, scale, bunit = _read(p, psfs[i], variances[i] if variances else None)
+        bunits.append(bunit)
         datas.append(data)
         psf_images.append(psf)
         noises.append(var)
         wcss.append(wcs)
         header_scales.append(scale)
+    image_wcss = list(wcss)  # the residuals' WCS, each on its own image's pixels
     if any(w is None for w in wcss):
         wcss = None  # all or none: images without a WCS share their centres
     scales = list(pixel_scales) if pixel_scales else (
@@ -275,7 +236,7 @@ def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior
     written = write_outputs(Path(out_dir), result, setup.observations[0],
                             {"METHOD": method, "SAMPLER": sampler, "NSAMPLE": n_samples,
                              "NFE": int(nfe), "SEED": seed, **setup.header()},
-                            stamp_header=stamp.to_header())
+                            stamp_header=stamp.to_header(), bunit=_common_bunit(bunits), residual_wcs=image_wcss)
     for path in written:
         click.echo(f"wrote {path}")
     click.echo(f"{n_samples} samples in {dt:.1f} s ({dt / n_samples:.2f} s/sample, NFE {int(nfe)}); "

@@ -118,6 +118,16 @@ class DeblendResult(eqx.Module):
     residuals: tuple[Array, ...]
     chi2_per_pixel: Array
 
+    def _repr_png_(self) -> bytes | None:
+        """Jupyter's picture: the scene's posterior mean, std and residual, and every
+        source's flux posterior (`deconvjax.plot.plot_posterior`,
+        `deconvjax.plot.plot_flux_posteriors`); None (text only) for a stack of results."""
+        from ..plot import figure_png, plot_deblend
+
+        if np.ndim(self.sources) != 5:
+            return None
+        return figure_png(plot_deblend(self))
+
 
 def _posterior(prior, observations, spectra, corners, n_src, scale, method):
     first = observations[0]

@@ -41,6 +41,15 @@ class PosteriorResult(eqx.Module):
     chi2_per_pixel: Float[Array, " n"]
     nfe: Int[Array, ""]
 
+    def _repr_png_(self) -> bytes | None:
+        """Jupyter's picture: samples, mean, std and residual
+        (`deconvjax.plot.plot_posterior`); None (text only) for a stack of results."""
+        from ..plot import figure_png, plot_posterior
+
+        if np.ndim(self.samples) != 4:
+            return None
+        return figure_png(plot_posterior(self))
+
 
 def deconvolve(
     key: PRNGKeyArray,

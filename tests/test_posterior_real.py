@@ -94,10 +94,12 @@ def test_nan_pixels_warn_and_big_psf_cropped(tiny):
 def _ground_view(cosmos_dir, row=4, n=48, scale=0.1, fwhm=0.45, snr=20.0, seed=0):
     """A COSMOS galaxy (counts/s) under a Moffat PSF at a coarser pixel scale, n x n."""
     galsim = pytest.importorskip("galsim")
+    from helpers import cosmos_sample_rows
+
     from deconvjax.diffusion.data import _cosmos_images
 
     cat = fits.getdata(cosmos_dir / "real_galaxy_catalog_26_extension_example.fits")
-    ((_, img),) = list(_cosmos_images(cosmos_dir, cat, np.array([row])))
+    ((_, img),) = list(_cosmos_images(cosmos_dir, cat, cosmos_sample_rows(cosmos_dir, [row])))
     gal = galsim.InterpolatedImage(galsim.Image(np.asarray(img, np.float64), scale=0.03),
                                    x_interpolant="lanczos5")
     psf = galsim.Moffat(beta=3.5, fwhm=fwhm)

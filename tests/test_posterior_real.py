@@ -83,7 +83,7 @@ def test_nan_pixels_warn_and_big_psf_cropped(tiny):
     d, *_ = tiny
     r = _run([str(d / "nan.fits"), "--psf", str(d / "bigpsf.fits"), "--variance", "0.0025",
               "--prior", str(d / "prior.eqx"), "--out", str(d / "o2"), "--n-samples", "2",
-              "--sampler", "ode_fixed", "--steps", "2", "--no-progress"])
+              "--sampler", "ode_fixed", "--sampler-steps", "2", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "warning:" in r.output and "NaN" in r.output
     crop = [line for line in r.output.splitlines() if "cropped" in line]
@@ -119,7 +119,7 @@ def test_real_cosmos_galaxy_ground_view(cosmos_dir, tmp_path):
     fits.writeto(tmp_path / "psf.fits", psf.astype(np.float32))
     out = tmp_path / "out"
     r = _run([str(tmp_path / "img.fits"), "--psf", str(tmp_path / "psf.fits"), "--pixel-scale", "0.1",
-              "--n-samples", "2", "--steps", "12", "--out", str(out), "--no-progress"])
+              "--n-samples", "2", "--sampler-steps", "12", "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "flux factor" in r.output and "arcsec/px" in r.output
     mean = fits.getdata(out / "mean.fits")

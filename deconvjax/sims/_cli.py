@@ -39,8 +39,8 @@ def _write_json(path: Path, obj):
 @click.option("--star-fraction", type=float, default=0.1, show_default=True,
               help="Probability that a source is a star.")
 @click.option("--real-fraction", type=float, default=0.0, show_default=True,
-              help="Fraction of real COSMOS galaxies (drawn from --cosmos).")
-@click.option("--cosmos", "cosmos", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Fraction of real COSMOS galaxies (drawn from --cosmos-dir).")
+@click.option("--cosmos-dir", "cosmos", type=click.Path(exists=True, file_okay=False), default=None,
               help="COSMOS RealGalaxyCatalog folder of the real galaxies (default: $DECONVJAX_COSMOS, else the "
                    "21 galaxies shipped with deconvjax; `deconvjax data cosmos` fetches GalSim's full sample).")
 @click.option("--paired", type=click.Choice(["hst", "euclid"]), default=None,

@@ -235,6 +235,11 @@ def test_deprecated_spellings_still_work_and_warn(fitsdir, tmp_path):
     r = CliRunner().invoke(sample, [str(fitsdir / "mef.fits"), "--psf", str(fitsdir / "psf.fits"),
                                     "--out", str(tmp_path), "--steps", "0"])
     assert r.exit_code == 2  # the alias keeps the option's checks
+    from deconvjax.em._cli import em
+
+    ctx = em.make_context("em", [str(fitsdir / "mef.fits"), "--out", str(tmp_path), "--centers",
+                                 str(fitsdir / "mask.fits")])
+    assert ctx.meta["deconvjax_aliases"]["catalog"] == str(fitsdir / "mask.fits")
 
 
 def test_em_fits_cutouts_take_mask_and_hdu(fitsdir):

@@ -72,6 +72,20 @@ def test_cosmos_dir_order(monkeypatch, tmp_path):
         cosmos_dir(tmp_path)
 
 
+def test_simulate_draws_real_galaxies_from_cosmos_dir(tmp_path):
+    from deconvjax.cli import main
+
+    args = ["simulate", "--n-fields", "1", "--size", "32", "--n-sources", "1", "--real-fraction", "1",
+            "--star-fraction", "0", "--bands", "i", "--no-progress"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "sims"), "--cosmos-dir", str(cosmos_path())])
+    assert r.exit_code == 0, r.output
+    truth = fits.getdata(tmp_path / "sims" / "field_00000.fits", "TRUTH")
+    assert truth["kind"][0] == "real" and 0 <= truth["cosmos_index"][0] < 21
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad"), "--cosmos-dir", str(tmp_path / "empty")])
+    assert r.exit_code == 1 and "real_galaxy_catalog" in r.output and "Traceback" not in r.output, r.output
+
+
 def _no_network(monkeypatch):
     import galsim.download_cosmos as gdc
 

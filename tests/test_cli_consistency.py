@@ -22,7 +22,8 @@ IMAGE_COMMANDS = ("fit", "sample", "em")
 COMMON = ("--progress", "--no-progress", "--mask", "--hdu", "--weights", "--variance", "--rms")
 #: Commands that read images but take them otherwise, and why.
 OTHER_READERS = {
-    "fit-survey": "each cutout's image, PSF and noise files are columns of its manifest, not options",
+    "fit-survey": "each cutout's image, PSF, noise (variance / weight / rms), mask and HDU are columns of its "
+                  "manifest, not options (test_survey_manifest_takes_noise_kinds_mask_and_hdu)",
     "train-prior": "reads training stamps, which have no PSF, noise or mask",
 }
 #: Spellings replaced by one name across commands (old -> new); the old ones may only
@@ -250,3 +251,25 @@ def test_em_fits_cutouts_take_mask_and_hdu(fitsdir):
     assert batch.mask.shape == (1, 1, N, N) and np.all(batch.mask[0, 0, :, 3]) and not batch.mask[0, 0, :, 5].any()
     with pytest.raises(click.BadParameter, match="no HDU"):
         _read_cutouts([fitsdir / "mef.fits"], str(fitsdir / "psf.fits"), {"rms": 0.02}, (), "WHT", None, False, None)
+
+
+def test_survey_manifest_takes_noise_kinds_mask_and_hdu(fitsdir, tmp_path):
+    """`fit-survey` reads its cutouts' files from the manifest: the same noise kinds, masks
+    and HDUs as the image options, one column each."""
+    from deconvjax.survey.manifest import SurveyInputError, load_cutout, read_manifest_rows, write_manifest
+
+    cols = {"cutout_id": ["a"], "y": [[11.6]], "x": [[12.3]], "ny": [N], "nx": [N],
+            "image": [[str(fitsdir / "mef.fits")]], "psf": [[str(fitsdir / "psf.fits")]],
+            "rms": [[str(fitsdir / "mef.fits")]], "mask": [[str(fitsdir / "mask.fits")]], "hdu": ["SCI"]}
+    path = write_manifest(tmp_path / "m.parquet", cols)
+    (row,) = read_manifest_rows(path, 0, 1)
+    with pytest.raises(SurveyInputError, match="weight has shape"):
+        load_cutout({**row, "rms": None, "weight": [str(fitsdir / "mask_small.fits")]}, tmp_path)
+    fits.writeto(tmp_path / "rms.fits", np.full((N, N), 0.02, np.float32))
+    data, positions = load_cutout({**row, "rms": [str(tmp_path / "rms.fits")]}, tmp_path)
+    assert data.noise_source == "given: rms map" and np.all(data.weights[0, :, 3] == 0)
+    assert positions.shape == (1, 2)
+    with pytest.raises(SurveyInputError, match="no HDU|missing HDU"):
+        load_cutout({**row, "rms": [str(tmp_path / "rms.fits")], "hdu": "WHT"}, tmp_path)
+    with pytest.raises(SurveyInputError, match="columns"):
+        write_manifest(tmp_path / "bad.parquet", {**cols, "variance": cols["rms"]})

@@ -116,7 +116,9 @@ def fit_command(images, psf, weights, variance, rms, masks, hdu, catalog, bands,
     Without --weights, --variance or --rms the noise is estimated from the images (a
     sigma-clipped background rms per band, plus the sources' Poisson noise where BUNIT,
     EXPTIME and GAIN allow) and the command says so. Sources are detected and segmented
-    (photutils) unless --catalog gives them.
+    (photutils) unless --catalog gives them. --mask flags bad pixels, --hdu picks the
+    images' extension (index or EXTNAME) and FILE[HDU] any other file's, e.g.
+    --weights drz.fits[WHT].
 
     Writes model.fits, residual.fits, sources.fits (deblended per-source images),
     segmentation.fits (the detection's segment of each source), catalog.ecsv,

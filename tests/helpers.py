@@ -36,7 +36,8 @@ def cosmos_sample_rows(cosmos_dir, rows, why: str = "") -> np.ndarray:
         missing = [int(r) for r in rows if int(r) not in where]
         if not missing:
             return np.array([where[int(r)] for r in rows])
-        pytest.skip(f"needs rows {missing} of the 100-galaxy COSMOS sample, not in the shipped subset "
+        shown = ", ".join(map(str, missing[:5])) + (f", ... ({len(missing)} rows)" if len(missing) > 5 else "")
+        pytest.skip(f"needs rows {shown} of the 100-galaxy COSMOS sample, not in the shipped subset "
                     f"{'(' + why + ') ' if why else ''}: set DECONVJAX_COSMOS to that sample's folder")
     pytest.skip(f"needs the 100-galaxy COSMOS sample (real_galaxy_catalog_26_extension_example.fits); "
                 f"{cosmos_dir} is another: set DECONVJAX_COSMOS to that sample's folder")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -68,8 +69,12 @@ from deconvjax.diffusion.evaluate import (
 from deconvjax.diffusion.samplers import DEFAULT_SAMPLER, AdaptiveODE, DPMSolver2M, EDMHeun, FixedStepODE
 from deconvjax.diffusion.train import _make_optimizer, _train_step
 
-# The shared data folder beside the checkout (../shared/data/cosmos), or $DECONVJAX_COSMOS.
-COSMOS = Path(os.environ.get("DECONVJAX_COSMOS", Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cosmos_path import SAMPLE_SIZE, add_cosmos_argument, default_cosmos, n_galaxies  # noqa: E402
+
+# --cosmos-dir, else $DECONVJAX_COSMOS, else the shipped subset (the COSMOS part needs the
+# 100-galaxy sample and is left out on another).
+COSMOS = default_cosmos()
 
 
 def timed(f, *a, repeat=1):
@@ -163,7 +168,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer samples and steps")
     ap.add_argument("--png", type=Path, default=Path(__file__).parent / "out" / "diffusion_samples.png",
                     help="where to write the samples-vs-training PNG")
+    add_cosmos_argument(ap)
     args = ap.parse_args()
+    global COSMOS
+    COSMOS = args.cosmos_dir or COSMOS
     enable_compilation_cache()
     res = {"quick": bool(args.quick), "device": jax.devices()[0].device_kind}
     t_start = time.perf_counter()
@@ -268,7 +276,9 @@ def main():
     print(f"shipped prior 32x32, dpm2m: {nfe32} NFE, {sps32:.3f} s/sample, {n} samples, "
           f"load {load()}")
     res["n_prior_samples"] = n
-    if COSMOS.is_dir():
+    if n_galaxies(COSMOS) != SAMPLE_SIZE:
+        print(f"{COSMOS} is not the 100-galaxy COSMOS sample: COSMOS part left out (give --cosmos-dir)")
+    else:
         held_rows = prior.cosmos_heldout(100)
         held = prior.normalise(cosmos_stamps(COSMOS, 32, held_rows))
         rng = np.random.default_rng(1)

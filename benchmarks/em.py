@@ -74,8 +74,8 @@ Output: ``--out`` (default: a temporary folder) holds the simulated data, the EM
 (checkpoints; rerunning the same command resumes it), the oracle and the per-prior
 evaluations; rerunning with the same settings and ``--out`` reuses all of them.
 
-The COSMOS real-galaxy part (EM on LSST-like views of the COSMOS galaxies in
-../shared/data/cosmos, evaluated on held-out rows with the noise-corrected PSNR, key
+The COSMOS real-galaxy part (EM on LSST-like views of the COSMOS galaxies of
+the 100-galaxy sample, --cosmos-dir or $DECONVJAX_COSMOS), evaluated on held-out rows with the noise-corrected PSNR, key
 ``cosmos_em_gain_over_shipped_db``) is `benchmarks/em_cosmos.py`; ``--cosmos`` runs it
 with the options that follow.
 

@@ -1,7 +1,7 @@
 """EM benchmark, COSMOS part: does EM on a survey's own cutouts of real galaxies improve
 on the shipped prior?
 
-Galaxies: the 100 HST COSMOS F814W stamps of ../shared/data/cosmos, resampled to the
+Galaxies: the 100 HST COSMOS F814W stamps of the 100-galaxy sample (--cosmos-dir or $DECONVJAX_COSMOS), resampled to the
 shipped prior's 32x32 grid (`cosmos_stamps`, counts/s, the stamp's own HST noise kept).
 The shipped prior (`deconvjax.diffusion.load_prior`) declares which rows it was trained on
 (`ScorePrior.cosmos_heldout`: every 5th row is held out): EM sees views of the 80 others,
@@ -106,8 +106,9 @@ from deconvjax.em.start import load_gaussian_prior  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cosmos_metrics import json_safe, noise_corrected_excess, noise_corrected_psnr  # noqa: E402
+from _cosmos_path import add_cosmos_argument, default_cosmos, require_sample  # noqa: E402
 
-COSMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cosmos"
+COSMOS = default_cosmos()  # main() sets it from --cosmos-dir
 SIZE = 32
 PSF_SIZE = 25
 MODEL_PSF_SIGMA = 0.5  # px: the E-step's model PSF (deconvjax.em.estep default)
@@ -276,9 +277,10 @@ def main(argv=None):
                     help="view noise rms over the (rescaled) stamp's own noise rms")
     ap.add_argument("--bright-mag", type=float, default=25.0, help="'bright' held-out rows: F814W below this")
     ap.add_argument("--seed", type=int, default=0)
+    add_cosmos_argument(ap)
     args = ap.parse_args(argv)
-    if not COSMOS.exists():
-        raise SystemExit(f"benchmark needs {COSMOS}")
+    global COSMOS
+    COSMOS = require_sample(args.cosmos_dir or COSMOS)
     base = QUICK if args.quick else FULL
     for k, v in base.items():
         if getattr(args, k) is None:

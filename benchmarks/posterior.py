@@ -1,6 +1,6 @@
 """Posterior deconvolution of real COSMOS galaxies from ground-based views.
 
-Truth: HST COSMOS F814W stamps (../shared/data/cosmos), resampled to the prior's grid with
+Truth: HST COSMOS F814W stamps (the 100-galaxy sample: --cosmos-dir or $DECONVJAX_COSMOS), resampled to the prior's grid with
 flux conserved. Observation: the truth convolved with an LSST-like Moffat PSF (FWHM 4 model
 pixels, beta 3.5) plus white Gaussian noise whose rms is 1/20 of the median blurred peak
 (so the median galaxy has peak SNR 20). Evaluated on the COSMOS rows the shipped prior
@@ -89,8 +89,9 @@ from deconvjax.psf import GaussianPSF, MoffatPSF  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cosmos_metrics import json_safe, noise_corrected_excess, noise_corrected_psnr  # noqa: E402
+from _cosmos_path import add_cosmos_argument, default_cosmos, require_sample  # noqa: E402
 
-COSMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cosmos"
+COSMOS = default_cosmos()  # main() sets it from --cosmos-dir
 
 
 def psnr(est, truth):
@@ -148,9 +149,10 @@ def main():
     ap.add_argument("--prior", default=None, help="prior checkpoint (default: the shipped one)")
     ap.add_argument("--snr-sweep", default="5,2",
                     help="further peak SNRs of the ground view for the bright galaxies ('' for none)")
+    add_cosmos_argument(ap)
     args = ap.parse_args()
-    if not COSMOS.exists():
-        raise SystemExit(f"benchmark needs {COSMOS}")
+    global COSMOS
+    COSMOS = require_sample(args.cosmos_dir or COSMOS)
 
     unet = None if args.force_gaussian else load_unet_prior(args.prior)
     if unet is not None and not isinstance(unet, Exception):

@@ -40,7 +40,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-COSMOS = HERE.parent.parent / "shared" / "data" / "cosmos"
+sys.path.insert(0, str(HERE))
+from _cosmos_path import add_cosmos_argument, default_cosmos  # noqa: E402
+
+COSMOS = default_cosmos()  # main() sets it from --cosmos-dir
 CHI2_WINDOW = (0.8, 1.2)
 MAX_FRAC_3SIGMA = 0.01
 
@@ -295,7 +298,10 @@ def main(argv=None):
     p.add_argument("--no-scarlet2", action="store_true")
     p.add_argument("--no-sample", action="store_true")
     p.add_argument("--scarlet2-worker", type=Path, default=None, help=argparse.SUPPRESS)
+    add_cosmos_argument(p, full=False)
     a = p.parse_args(argv)
+    global COSMOS
+    COSMOS = a.cosmos_dir or COSMOS
     if a.scarlet2_worker is not None:
         scarlet2_worker(a.scarlet2_worker)
         return None

@@ -4,6 +4,8 @@ import importlib
 
 import click
 
+from ._cli_common import progress_option
+
 # Subcommands load on first use: `deconvjax fit` does not import the diffusion and
 # posterior packages, nor `--help` any subcommand (click would import every one of them
 # for its one-line summary: the summaries are kept here; a test checks they match).
@@ -20,6 +22,8 @@ _COMMANDS = {
                    "Fit every cutout of CUTOUTS (a manifest, or a `deconvjax simulate` folder) on Dask."),
     "sample": ("deconvjax.posterior._cli:sample",
                "Posterior samples of a galaxy from one or several IMAGES (FITS) of any size, pixel scale and flux..."),
+    "data": ("deconvjax.data._cli:data",
+             "Data at hand: where the shipped COSMOS galaxies are, and GalSim's full COSMOS sample."),
 }
 
 
@@ -70,12 +74,12 @@ def main():
 @click.option("--out", "out_dir", default="demo_out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the picture, catalog and FITS files.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the simulated field.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def demo(out_dir, seed, no_progress):
+@progress_option
+def demo(out_dir, seed, progress):
     """Simulate the embedded LSST-like blended field, fit it, and write a picture and a catalog."""
     from .fit.demo import run_demo
 
-    written = run_demo(out_dir, seed=seed, progress=not no_progress)
+    written = run_demo(out_dir, seed=seed, progress=progress)
     for path in written:
         click.echo(f"wrote {path}")
 

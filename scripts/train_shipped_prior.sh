@@ -4,8 +4,14 @@
 # bulge+disk galaxies, 32x32 single band, U-Net widths 16,32,32, batch 16.
 # Rerun the same command to resume after an interruption.
 set -euo pipefail
-# The shared data folder beside the checkout, unless $COSMOS says otherwise.
-COSMOS=${COSMOS:-"$(cd "$(dirname "$0")/../.." && pwd)/shared/data/cosmos"}
+# The 100-galaxy COSMOS sample (real_galaxy_catalog_26_extension_example.fits, 100 rows):
+# $COSMOS, else $DECONVJAX_COSMOS. The subset shipped in deconvjax/data/cosmos holds only
+# the 21 galaxies the prior is evaluated on, not its training set.
+COSMOS=${COSMOS:-${DECONVJAX_COSMOS:-}}
+if [ -z "$COSMOS" ]; then
+  echo "set COSMOS (or DECONVJAX_COSMOS) to the 100-galaxy COSMOS sample's folder" >&2
+  exit 2
+fi
 OUT=${OUT:-deconvjax/data/prior/galaxy32.eqx}
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 exec python -c 'from deconvjax.diffusion._cli import train_prior; train_prior()' \

@@ -9,12 +9,18 @@ os.environ["DECONVJAX_CACHE_DIR"] = "off"
 
 import pytest  # noqa: E402
 
-COSMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cosmos"
+from deconvjax.data import cosmos_path  # noqa: E402
+
+#: The real COSMOS galaxies of the tests: $DECONVJAX_COSMOS (e.g. the 100-galaxy sample, or
+#: GalSim's full one from `deconvjax data cosmos`), else the 21-galaxy subset shipped in
+#: the package, so that the tests run on a fresh clone.
+COSMOS = Path(os.environ.get("DECONVJAX_COSMOS") or cosmos_path())
 
 
 @pytest.fixture(scope="session")
 def cosmos_dir():
-    """The real COSMOS data folder beside the checkout; tests using it skip without it."""
-    if not (COSMOS / "real_galaxy_catalog_26_extension_example.fits").exists():
-        pytest.skip("../shared/data/cosmos is not present")
+    """The real COSMOS folder (`COSMOS`); tests that need particular galaxies find them with
+    `helpers.cosmos_sample_rows`, which skips where the folder lacks them."""
+    if not any(COSMOS.glob("real_galaxy_catalog*.fits")):
+        pytest.skip(f"no real_galaxy_catalog*.fits in {COSMOS} ($DECONVJAX_COSMOS or the shipped subset)")
     return COSMOS

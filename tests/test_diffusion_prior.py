@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from conftest import COSMOS  # noqa: E402  (../shared/data/cosmos beside the checkout)
+from conftest import COSMOS  # noqa: E402  ($DECONVJAX_COSMOS, else the shipped subset)
+from helpers import cosmos_sample_rows  # noqa: E402
 
 import deconvjax.diffusion as dd
 from deconvjax.diffusion import GaussianDenoiser, load_prior, prior_score, prior_score_penalty
@@ -34,11 +35,11 @@ def test_shipped_prior_loads(prior):
     assert jnp.all(jnp.isfinite(eqx.filter_jit(prior.denoiser)(x, 0.1)))
 
 
-@pytest.mark.skipif(not COSMOS.is_dir(), reason="COSMOS data folder absent")
 def test_tweedie_beats_gaussian_smoothing_on_held_out_cosmos(prior):
     from deconvjax.diffusion.data import cosmos_stamps
 
-    held = prior.normalise(cosmos_stamps(COSMOS, 32, prior.cosmos_heldout(100)))  # not trained on
+    rows = cosmos_sample_rows(COSMOS, prior.cosmos_heldout(100))  # not trained on (the shipped subset's 20)
+    held = prior.normalise(cosmos_stamps(COSMOS, 32, rows))
     rng = np.random.default_rng(0)
     sigma = 0.03
     noisy = held + sigma * rng.standard_normal(held.shape).astype(np.float32)
@@ -100,7 +101,6 @@ def test_penalty_is_one_batched_call_for_all_sources(prior):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not COSMOS.is_dir(), reason="COSMOS data folder absent")
 def test_shipped_prior_samples_match_training_statistics(prior):
     """Samples vs the training set (README recipe). Measured (256 samples, dpm2m, 49 NFE):
     flux median 7.9 vs 7.0, half-light radius median 3.6 vs 4.0 px, second-moment size
@@ -110,7 +110,8 @@ def test_shipped_prior_samples_match_training_statistics(prior):
     from deconvjax.diffusion.data import cosmos_stamps, simulate_galaxies
     from deconvjax.diffusion.evaluate import compare_statistics
 
-    trained_on = np.setdiff1d(np.arange(100), prior.cosmos_heldout(100))
+    trained_on = cosmos_sample_rows(COSMOS, np.setdiff1d(np.arange(100), prior.cosmos_heldout(100)),
+                                    "the prior's 80 training galaxies")
     train = prior.normalise(np.concatenate(
         [np.concatenate([cosmos_stamps(COSMOS, 32, trained_on)] * 4),
          simulate_galaxies(0, 1200, 32)]))
@@ -151,13 +152,12 @@ def test_resampled_noise_variance_white_matches_exact(n_in, size):
         assert exact == pytest.approx(2.0)
 
 
-@pytest.mark.skipif(not COSMOS.exists(), reason="COSMOS data folder not present")
 def test_cosmos_noise_variance_correlated_exceeds_white():
     from astropy.io import fits
 
     from deconvjax.diffusion.data import cosmos_noise_variance, resampled_white_noise_variance
 
-    rows = np.array([4, 19])  # 92 and 76 px stamps, downsampled to 64
+    rows = cosmos_sample_rows(COSMOS, [4, 19])  # 92 and 76 px stamps, downsampled to 64
     var = cosmos_noise_variance(COSMOS, 64, rows, n_draws=4)
     cat = fits.getdata(COSMOS / "real_galaxy_catalog_26_extension_example.fits")
     with fits.open(COSMOS / "real_galaxy_images_extension.fits") as h:

@@ -344,8 +344,8 @@ def test_default_sampler_is_the_cli_default():
     assert DEFAULT_SAMPLER == DPMSolver2M() and DEFAULT_SAMPLER.steps == 48
     params = {p.name: p for p in cli_sample.params}
     assert params["sampler"].default == DEFAULT_SAMPLER_NAME
-    assert params["steps"].default is None
-    assert sampler_from_name(params["sampler"].default, params["steps"].default) == DEFAULT_SAMPLER
+    assert params["sampler_steps"].default is None
+    assert sampler_from_name(params["sampler"].default, params["sampler_steps"].default) == DEFAULT_SAMPLER
     assert set(params["sampler"].type.choices) == set(SAMPLER_NAMES)
     for name in SAMPLER_NAMES:
         assert sampler_from_name(name) is not None

@@ -41,7 +41,7 @@ def test_sample_writes_cube_maps_and_panel(files):
                                     "--psf", str(files / "psf.fits"), "--psf", str(files / "psf.fits"),
                                     "--variance", "0.0025", "--variance", "0.0025",
                                     "--prior", str(files / "prior.eqx"), "--n-samples", "3",
-                                    "--sampler", "ode_fixed", "--steps", "2", "--method", "convolved", "--cg-iters", "0",
+                                    "--sampler", "ode_fixed", "--sampler-steps", "2", "--method", "convolved", "--cg-iters", "0",
                                     "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     cube = fits.getdata(out / "samples.fits")

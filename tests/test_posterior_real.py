@@ -83,7 +83,7 @@ def test_nan_pixels_warn_and_big_psf_cropped(tiny):
     d, *_ = tiny
     r = _run([str(d / "nan.fits"), "--psf", str(d / "bigpsf.fits"), "--variance", "0.0025",
               "--prior", str(d / "prior.eqx"), "--out", str(d / "o2"), "--n-samples", "2",
-              "--sampler", "ode_fixed", "--steps", "2", "--no-progress"])
+              "--sampler", "ode_fixed", "--sampler-steps", "2", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "warning:" in r.output and "NaN" in r.output
     crop = [line for line in r.output.splitlines() if "cropped" in line]
@@ -94,10 +94,12 @@ def test_nan_pixels_warn_and_big_psf_cropped(tiny):
 def _ground_view(cosmos_dir, row=4, n=48, scale=0.1, fwhm=0.45, snr=20.0, seed=0):
     """A COSMOS galaxy (counts/s) under a Moffat PSF at a coarser pixel scale, n x n."""
     galsim = pytest.importorskip("galsim")
+    from helpers import cosmos_sample_rows
+
     from deconvjax.diffusion.data import _cosmos_images
 
     cat = fits.getdata(cosmos_dir / "real_galaxy_catalog_26_extension_example.fits")
-    ((_, img),) = list(_cosmos_images(cosmos_dir, cat, np.array([row])))
+    ((_, img),) = list(_cosmos_images(cosmos_dir, cat, cosmos_sample_rows(cosmos_dir, [row])))
     gal = galsim.InterpolatedImage(galsim.Image(np.asarray(img, np.float64), scale=0.03),
                                    x_interpolant="lanczos5")
     psf = galsim.Moffat(beta=3.5, fwhm=fwhm)
@@ -117,7 +119,7 @@ def test_real_cosmos_galaxy_ground_view(cosmos_dir, tmp_path):
     fits.writeto(tmp_path / "psf.fits", psf.astype(np.float32))
     out = tmp_path / "out"
     r = _run([str(tmp_path / "img.fits"), "--psf", str(tmp_path / "psf.fits"), "--pixel-scale", "0.1",
-              "--n-samples", "2", "--steps", "12", "--out", str(out), "--no-progress"])
+              "--n-samples", "2", "--sampler-steps", "12", "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "flux factor" in r.output and "arcsec/px" in r.output
     mean = fits.getdata(out / "mean.fits")

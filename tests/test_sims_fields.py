@@ -191,7 +191,7 @@ def test_paired_views_share_sky_and_catalog():
     np.testing.assert_array_equal(q.ground.images, gr.images)
 
 
-@pytest.mark.skipif(cosmos_dir() is None, reason="../shared/data/cosmos not present")
+@pytest.mark.skipif(cosmos_dir() is None, reason="no COSMOS folder ($DECONVJAX_COSMOS) and no shipped subset")
 def test_real_cosmos_galaxies_drawn_with_their_flux():
     f = simulate_field("lsst", seed=3, shape=(64, 64), n_sources=3, bands=("r", "i"),
                        real_fraction=1.0, star_fraction=0.0)

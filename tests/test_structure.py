@@ -151,11 +151,14 @@ def test_cli_fits_a_real_clumpy_cosmos_galaxy_to_the_noise(cosmos_dir, tmp_path)
     """The brightest clumpy COSMOS galaxy (catalog row 46: a lopsided disc), given as it is
     (counts/s, its own PSF, no noise map): the default `deconvjax fit` reaches the noise
     (the constrained fit alone: chi2/pixel 2.3, 5% of pixels beyond 3 sigma)."""
+    from helpers import cosmos_sample_rows
+
+    (row,) = cosmos_sample_rows(cosmos_dir, [46])
     cat = fits.getdata(cosmos_dir / "real_galaxy_catalog_26_extension_example.fits")
     with fits.open(cosmos_dir / "real_galaxy_images_extension.fits") as gals, \
             fits.open(cosmos_dir / "real_galaxy_PSF_images_extension.fits") as psfs:
-        image = gals[int(cat["GAL_HDU"][46])].data
-        psf = psfs[int(cat["PSF_HDU"][46])].data
+        image = gals[int(cat["GAL_HDU"][row])].data
+        psf = psfs[int(cat["PSF_HDU"][row])].data
     fits.writeto(tmp_path / "img.fits", image.astype(np.float32), fits.Header({"BUNIT": "counts/s", "PIXSCALE": 0.03}))
     fits.writeto(tmp_path / "psf.fits", psf.astype(np.float32), fits.Header({"PIXSCALE": 0.03}))
     out = tmp_path / "out"

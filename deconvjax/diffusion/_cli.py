@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .._cli_common import progress_option
+
 __all__ = ["train_prior", "enable_compilation_cache"]
 
 
@@ -59,15 +61,18 @@ def _channels(ctx, param, value):
               help="U-Net widths per level (depth = number of levels).")
 @click.option("--res-blocks", default=1, show_default=True, help="ResNet blocks per level.")
 @click.option("--steps", default=5000, show_default=True, help="Optimiser steps in total.")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, help="Training images per optimiser step.")
 @click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate.")
-@click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--checkpoint-every", default=500, show_default=True,
+              help="Write the resumable state every this many steps.")
 @click.option("--max-minutes", default=None, type=float,
               help="Stop (checkpointed, resumable) after this much wall time.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the initial weights, batches and simulations.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if OUT.state exists.")
+@progress_option
 def train_prior(data, out, simulate, cosmos_holdout, cosmos_holdout_every, cosmos_repeat, size,
-                channels, res_blocks, steps, batch_size, lr, checkpoint_every, max_minutes, seed, no_resume):
+                channels, res_blocks, steps, batch_size, lr, checkpoint_every, max_minutes, seed, no_resume,
+                progress):
     """Train a diffusion (score) prior on galaxy stamps and write a checkpoint.
 
     Images are normalised by one global flux scale (90th percentile of peak pixel values).
@@ -115,7 +120,7 @@ def train_prior(data, out, simulate, cosmos_holdout, cosmos_holdout_every, cosmo
             "cosmos_repeat": cosmos_repeat,
             "n_images": int(len(images))}
     t = time.perf_counter()
-    prior = _train(images, out, cfg, resume=not no_resume, extra_info=info,
+    prior = _train(images, out, cfg, resume=not no_resume, extra_info=info, progress=progress,
                    max_seconds=None if max_minutes is None else 60 * max_minutes)
     click.echo(f"wrote {out} (flux_scale={prior.flux_scale:.4g}, "
                f"{time.perf_counter() - t:.0f} s this run)")

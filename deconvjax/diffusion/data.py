@@ -3,7 +3,7 @@
 Layouts accepted by `load_training_images` (and ``deconvjax train-prior --data DIR``):
 
 * a folder holding ``real_galaxy_catalog*.fits`` (the GalSim COSMOS RealGalaxyCatalog
-  layout, e.g. ``../shared/data/cosmos``): every catalogued galaxy stamp is resampled to
+  layout, e.g. `deconvjax.data.cosmos_path()`): every catalogued galaxy stamp is resampled to
   ``size x size`` with `cosmos_stamps`;
 * a folder of FITS files (``*.fits``, ``*.fits.gz``, ``*.fit``), each holding in its primary
   HDU (or first HDU with data) either one 2-D image ``(y, x)``, a cube ``(n, y, x)`` of

@@ -7,8 +7,16 @@ from pathlib import Path
 import click
 import numpy as np
 
-#: FWHM of a Gaussian in units of its sigma.
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+from .._cli_common import (
+    FWHM_PER_SIGMA,
+    FitsSpec,
+    hdu_option,
+    mask_option,
+    model_psf_fwhm_option,
+    noise_options,
+    progress_option,
+    read_cli_images,
+)
 
 
 def _read_catalog(path: Path, frame):
@@ -44,53 +52,45 @@ def _sources_filling_the_image(scene, frame) -> list[int]:
     return sorted(out)
 
 
-_NOISE_OPTION = {"weight": "--weights", "variance": "--variance", "rms": "--rms"}
-
-
-def _load(images, psf, weights, variance, rms, bands):
-    """The data of the command's arguments. Without a noise map the noise is estimated
-    (`read_images` records how in ``noise_estimate``; the command reports it, so the
-    library's warning is not repeated); a bad noise map is a BadParameter naming its
-    option."""
+def _load(images, psf, weights, variance, rms, bands, masks=(), hdu=None):
+    """The data of the command's arguments (`deconvjax._cli_common.read_cli_images`).
+    Without a noise map the noise is estimated (`read_images` records how in
+    ``noise_estimate``; the command reports it, so the library's warning is not repeated);
+    bad input is a BadParameter naming its option."""
     import warnings
 
-    from ..io import NoiseMapError, is_observation_file, read_images
+    from ..io import is_observation_file
 
     images = [Path(p) for p in images]
     if len(images) == 1 and not psf and is_observation_file(images[0]):
-        return read_images(images[0])  # a deconvjax file: its own PSF and noise
+        extra = [o for o, v in (("--weights", weights), ("--variance", variance), ("--rms", rms),
+                                ("--mask", masks), ("--hdu", hdu)) if v]
+        if extra:
+            raise click.UsageError(f"{images[0]} is a deconvjax observation file (its own PSF, noise and mask): "
+                                   f"leave out {', '.join(extra)}")
+        return read_cli_images(images, bands=tuple(bands.split(",")) if bands else None)
     if not psf:
         raise click.UsageError("--psf is required (one PSF image per band, a PSF cube, or one for all bands)")
-    given = [(n, v) for n, v in (("weight", weights), ("variance", variance), ("rms", rms)) if v]
-    if len(given) > 1:
-        raise click.UsageError("give at most one of --weights, --variance, --rms")
-    kwargs = {}
-    if given:
-        name, maps = given[0]
-        kwargs[name] = [str(p) for p in maps] if len(maps) > 1 else str(maps[0])
-    spec = [str(p) for p in images] if len(images) > 1 else str(images[0])
-    psf_spec = [str(p) for p in psf] if len(psf) > 1 else str(psf[0])
     band_names = tuple(bands.split(",")) if bands else None
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*no noise map given", category=UserWarning)
-            return read_images(spec, psf=psf_spec, bands=band_names, **kwargs)
-    except NoiseMapError as err:
-        raise click.BadParameter(str(err), param_hint=_NOISE_OPTION[err.option]) from None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no noise map given", category=UserWarning)
+        return read_cli_images(images, psf=psf, weights=weights, variance=variance, rms=rms, masks=masks,
+                               hdu=hdu, bands=band_names)
 
 
 @click.command("fit")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--psf", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="PSF image(s): one per band, a cube, or one for all bands (repeat the option).")
-@click.option("--weights", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Inverse-variance map(s), one per band or a cube.")
-@click.option("--variance", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Variance map(s), one per band or a cube.")
-@click.option("--rms", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="RMS (sigma) map(s), one per band or a cube.")
+@click.option("--psf", multiple=True, type=FitsSpec(),
+              help="PSF image(s): one per band, a cube, or one for all bands (repeat the option; FILE[HDU] "
+                   "picks an extension).")
+@noise_options(per="one per band, a cube, or one for all bands",
+               default="; without any, the noise is estimated from the images")
+@mask_option()
+@hdu_option
 @click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Source table with y, x (pixels) or ra, dec (degrees) columns; default: detect.")
+              help="Source table (ECSV, FITS, SExtractor ASCII_HEAD) with y, x or photutils "
+                   "ycentroid, xcentroid (0-based pixels), SExtractor Y_IMAGE, X_IMAGE (1-based), or "
+                   "ra, dec / sky_centroid / ALPHA_J2000, DELTA_J2000 (degrees); default: detect.")
 @click.option("--bands", default=None, help="Comma-separated band names (default: FILTER/BAND keywords).")
 @click.option("--kind", type=click.Choice(["pixel", "sersic", "gaussian", "point"]), default="pixel",
               show_default=True, help="Source model: free-form pixels (scarlet style) or a profile.")
@@ -107,10 +107,10 @@ def _load(images, psf, weights, variance, rms, bands):
               help="Detection threshold: sigma above the estimated background (PSF-smoothed image).")
 @click.option("--deblend-contrast", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.005, show_default=True,
               help="Least fraction of a footprint's flux a deblended component must hold (higher: fewer splits).")
-@click.option("--max-iter", type=click.IntRange(min=0), default=300, show_default=True)
+@click.option("--max-iter", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Most optimiser steps of each fit.")
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative-change convergence test.")
-@click.option("--model-psf-fwhm", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="Model PSF FWHM in arcsec (default: the widest Gaussian every PSF can be matched to).")
+@model_psf_fwhm_option("the widest Gaussian every PSF can be matched to")
 @click.option("--allow-psf-gain", is_flag=True,
               help="Accept a model PSF wider than an observed PSF at some frequencies (amplifies noise).")
 @click.option("--sky", type=click.Choice(["plane", "constant", "none"]), default="plane", show_default=True,
@@ -119,8 +119,8 @@ def _load(images, psf, weights, variance, rms, bands):
               help="Subtract a photutils Background2D map from the images before fitting.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (created).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monotonic, symmetric, structure, sparsity,
+@progress_option
+def fit_command(images, psf, weights, variance, rms, masks, hdu, catalog, bands, kind, monotonic, symmetric, structure, sparsity,
                 nsigma,
                 deblend_contrast, max_iter, rtol, model_psf_fwhm, allow_psf_gain, sky, subtract_background, out_dir,
                 progress):
@@ -129,7 +129,9 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
     Without --weights, --variance or --rms the noise is estimated from the images (a
     sigma-clipped background rms per band, plus the sources' Poisson noise where BUNIT,
     EXPTIME and GAIN allow) and the command says so. Sources are detected and segmented
-    (photutils) unless --catalog gives them.
+    (photutils) unless --catalog gives them. --mask flags bad pixels, --hdu picks the
+    images' extension (index or EXTNAME) and FILE[HDU] any other file's, e.g.
+    --weights drz.fits[WHT].
 
     Writes model.fits, residual.fits, sources.fits (deblended per-source images),
     segmentation.fits (the detection's segment of each source), catalog.ecsv,
@@ -146,10 +148,7 @@ def fit_command(images, psf, weights, variance, rms, catalog, bands, kind, monot
     from .pipeline import write_products
     from .solver import AdamSolver
 
-    try:
-        data = _load(images, psf, weights, variance, rms, bands)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="IMAGES/--psf/--weights") from None
+    data = _load(images, psf, weights, variance, rms, bands, masks, hdu)
     if data.noise_estimate is not None:
         click.echo(f"warning: {data.noise_estimate.summary()}; give --variance, --weights or --rms to set it",
                    err=True)

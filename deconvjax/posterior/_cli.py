@@ -12,51 +12,44 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .._cli_common import (
+    FitsSpec,
+    alias_value,
+    deprecated_alias,
+    hdu_option,
+    mask_option,
+    noise_options,
+    progress_option,
+)
 from ..diffusion.samplers.names import DEFAULT_SAMPLER_NAME, SAMPLER_NAMES
 
 __all__ = ["sample", "write_outputs", "posterior_panel"]
 
-def _noise_arg(value: str):
-    """A number, or the path of an existing file (a variance map, read with the images by
-    `deconvjax.io.read_images`)."""
-    try:
-        v = float(value)
-    except ValueError:
-        if not Path(value).is_file():
-            raise click.BadParameter(f"{value!r} is neither a number nor an existing FITS file",
-                                     param_hint="--variance") from None
-        return value
-    if not (np.isfinite(v) and v > 0):
-        raise click.BadParameter(f"{value!r}: a variance must be positive and finite",
-                                 param_hint="--variance")
-    return v
-
-
-def _read(path: str, psf: str, variance) -> tuple[np.ndarray, np.ndarray, np.ndarray, object, float | None, str | None]:
+def _read(path: str, psf, noise: dict, mask, hdu
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, object, float | None, str | None]:
     """One image of the command through `deconvjax.io.read_images`: ``(data, psf,
-    variance, wcs, pixel_scale, bunit)``. The noise is ``variance`` (a number or a file), else a
-    VARIANCE / WEIGHT / RMS extension of the image file; the PSF is left at its size
-    (`prior_observations` crops or pads it, with a notice). NaN or inf pixels come back as
-    NaN (`prior_observations` masks them with a warning); masked pixels have infinite
-    variance. The pixel scale is the header's (PIXSCALE, ...) for an image without a WCS."""
+    variance, wcs, pixel_scale, bunit)``. The noise is ``noise`` (``{"variance": 1e-4}``, a map,
+    ...), else a VARIANCE / WEIGHT / RMS extension of the image file; the PSF is left at its
+    size (`prior_observations` crops or pads it, with a notice). NaN or inf pixels and
+    ``mask``ed ones come back as NaN (`prior_observations` masks them with a warning);
+    masked pixels have infinite variance. The pixel scale is the header's (PIXSCALE, ...)
+    for an image without a WCS."""
     import warnings
 
-    from ..io import NoiseMapError, read_images
+    from .._cli_common import read_cli_images
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            d = read_images(path, psf=psf, variance=variance, noise_extensions=True,
-                            estimate_noise_if_missing=False, crop_psf=False)
-    except NoiseMapError as err:
-        message = str(err)
-        if "no noise map" in message:
-            message = (f"{path}: no noise information (give --variance, or a VARIANCE / WEIGHT / RMS "
-                       "extension in the file)")
-        raise click.BadParameter(message, param_hint="--variance") from None
-    except ValueError as err:
-        hint = "--psf" if str(err).startswith(str(psf)) else "IMAGES"
-        raise click.BadParameter(str(err), param_hint=hint) from None
+            d = read_cli_images([path], psf=[psf], masks=[mask] if mask is not None else (), hdu=hdu,
+                                noise_extensions=True, estimate_noise_if_missing=False, crop_psf=False,
+                                **{k: [v] for k, v in noise.items()})
+    except click.BadParameter as err:
+        if "no noise map" in err.message:
+            raise click.BadParameter(
+                f"{path}: no noise information (give --variance, --weights or --rms, or a VARIANCE / WEIGHT / "
+                "RMS extension in the file)", param_hint="--variance") from None
+        raise
     data = np.where(d.mask, np.nan, d.images).astype(np.float64)
     with np.errstate(divide="ignore"):
         var = np.where(d.weights > 0, 1.0 / np.where(d.weights > 0, d.weights, 1.0), np.inf)
@@ -70,9 +63,17 @@ def _common_bunit(bunits) -> str | None:
     return known.pop() if len(known) == 1 else None
 
 
-def _check_variances(ctx, param, values):
-    """Validate --variance values as the command line is parsed (one-line click errors)."""
-    return tuple(_noise_arg(v) for v in values)
+def _per_image(values, n: int, option: str) -> list:
+    """A repeated option's values, one per image: as many as the images, or one for all."""
+    values = list(values)
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise click.BadParameter(f"give one {option} per image ({n}), or one for all, got {len(values)}",
+                                 param_hint=option)
+    return values
 
 
 def posterior_panel(observation, samples, mean, std, residual, path, n_show: int = 3):
@@ -121,12 +122,13 @@ def _float_or_auto(name):
 
 @click.command("sample")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--psf", "psfs", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--psf", "psfs", multiple=True, required=True, type=FitsSpec(),
               help="PSF image (FITS), one per image, in the same order, at the image's pixel "
                    "scale; any size (cropped with a notice, or padded).")
-@click.option("--variance", "variances", multiple=True, callback=_check_variances,
-              help="Noise variance per image: a number or a FITS file. Default: a VARIANCE, "
-                   "WEIGHT or RMS extension of the image file.")
+@noise_options(per="one per image, or one for all images",
+               default="; default: a VARIANCE, WEIGHT or RMS extension of each image file")
+@mask_option(per="one per image, or one for all images")
+@hdu_option
 @click.option("--pixel-scale", "pixel_scales", multiple=True, type=click.FloatRange(min=0, min_open=True),
               help="Arcsec per pixel, one per image (default: from the image's WCS; without "
                    "either, sizes are in pixels of the first image).")
@@ -139,7 +141,8 @@ def _float_or_auto(name):
                    "the prior's own units.")
 @click.option("--prior", "prior_path", default="shipped", show_default=True,
               help="Prior checkpoint (deconvjax train-prior), or 'shipped'.")
-@click.option("--n-samples", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--n-samples", default=64, show_default=True, type=click.IntRange(1),
+              help="Posterior samples to draw.")
 @click.option("--method", type=click.Choice(["mmps", "convolved", "dps"]), default="mmps",
               show_default=True, help="Guidance method.")
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default=DEFAULT_SAMPLER_NAME,
@@ -148,7 +151,7 @@ def _float_or_auto(name):
                    "the EDM schedule from a host loop, the fast choices for U-Net priors; "
                    "pf_ode (AdaptiveODE), ode_fixed (FixedStepODE), sde / sde_shark "
                    "(ReverseSDE), pc (PredictorCorrector).")
-@click.option("--steps", default=None, type=click.IntRange(1),
+@click.option("--sampler-steps", default=None, type=click.IntRange(1),
               help="Steps of the fixed-step samplers (default: the sampler's own, as in Python: "
                    "48 for dpm2m, 18 for edm and edm_euler, 64 for the others; pf_ode is "
                    "adaptive).")
@@ -157,12 +160,14 @@ def _float_or_auto(name):
                    "MMPS() does, 1 for learned priors such as the shipped one (more do worse: "
                    "their Jacobian is not symmetric), a converged solve for exact Gaussian "
                    "ones; 2 for --method convolved.")
+@deprecated_alias("--steps", "--sampler-steps", "sampler_steps", type=click.IntRange(1))
 @click.option("--batch-size", default=None, type=click.IntRange(1), help="Samples per solve.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--no-progress", is_flag=True)
-def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior_path, n_samples,
-           method, sampler, steps, cg_iters, batch_size, seed, out_dir, no_progress):
+@click.option("--seed", default=0, show_default=True, help="Seed of the sampler's random numbers.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (created).")
+@progress_option
+def sample(images, psfs, weights, variance, rms, masks, hdu, pixel_scales, grid_scale, flux_factor, prior_path,
+           n_samples, method, sampler, sampler_steps, cg_iters, batch_size, seed, out_dir, progress):
     """Posterior samples of a galaxy from one or several IMAGES (FITS) of any size, pixel
     scale and flux unit.
 
@@ -188,9 +193,15 @@ def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior
     if len(psfs) != len(images):
         raise click.BadParameter(f"give one --psf per image ({len(images)}), got {len(psfs)}",
                                  param_hint="--psf")
-    if variances and len(variances) != len(images):
-        raise click.BadParameter(f"give one --variance per image ({len(images)}), got "
-                                 f"{len(variances)}", param_hint="--variance")
+    given = [(name, option, values) for name, option, values in
+             (("weight", "--weights", weights), ("variance", "--variance", variance), ("rms", "--rms", rms))
+             if values]
+    if len(given) > 1:
+        raise click.UsageError("give at most one of --weights, --variance, --rms")
+    noise_given = ([{given[0][0]: v} for v in _per_image(given[0][2], len(images), given[0][1])] if given
+              else [{}] * len(images))
+    mask_list = _per_image(masks, len(images), "--mask")
+    steps = alias_value(sampler_steps, "sampler_steps")
     if pixel_scales and len(pixel_scales) != len(images):
         raise click.BadParameter(f"give one --pixel-scale per image ({len(images)}), got "
                                  f"{len(pixel_scales)}", param_hint="--pixel-scale")
@@ -200,7 +211,7 @@ def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior
         raise click.BadParameter(f"cannot load prior {prior_path!r}: {err}", param_hint="--prior") from err
     datas, psf_images, noises, wcss, header_scales, bunits = [], [], [], [], [], []
     for i, p in enumerate(images):
-        data, psf, var, wcs, scale, bunit = _read(p, psfs[i], variances[i] if variances else None)
+        data, psf, var, wcs, scale, bunit = _read(p, psfs[i], noise_given[i], mask_list[i], hdu)
         bunits.append(bunit)
         datas.append(data)
         psf_images.append(psf)
@@ -228,7 +239,7 @@ def sample(images, psfs, variances, pixel_scales, grid_scale, flux_factor, prior
         click.echo(f"warning: {w}")
     t0 = time.perf_counter()
     x, nfe = sample_posterior(jr.key(seed), post, prior.sde, n_samples, sampler_obj,
-                              batch_size=batch_size, progress=not no_progress)
+                              batch_size=batch_size, progress=progress)
     result = crop_result(summarise(post, x, nfe), setup.embed)
     dt = time.perf_counter() - t0
     stamp = setup.frame.wcs.deepcopy()

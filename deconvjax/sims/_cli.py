@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .._cli_common import progress_option
 from .surveys import SURVEYS
 
 
@@ -38,8 +39,10 @@ def _write_json(path: Path, obj):
 @click.option("--star-fraction", type=float, default=0.1, show_default=True,
               help="Probability that a source is a star.")
 @click.option("--real-fraction", type=float, default=0.0, show_default=True,
-              help="Fraction of real COSMOS galaxies (needs ../shared/data/cosmos or "
-                   "$DECONVJAX_COSMOS).")
+              help="Fraction of real COSMOS galaxies (drawn from --cosmos-dir).")
+@click.option("--cosmos-dir", "cosmos", type=click.Path(exists=True, file_okay=False), default=None,
+              help="COSMOS RealGalaxyCatalog folder of the real galaxies (default: $DECONVJAX_COSMOS, else the "
+                   "21 galaxies shipped with deconvjax; `deconvjax data cosmos` fetches GalSim's full sample).")
 @click.option("--paired", type=click.Choice(["hst", "euclid"]), default=None,
               help="Also write a space view of each field (same sky, consistent WCS).")
 @click.option("--stamps", is_flag=True,
@@ -53,9 +56,9 @@ def _write_json(path: Path, obj):
 @click.option("--fits-cubes", is_flag=True,
               help="With --stamps, also write each shard as a FITS (n, band, y, x) cube (the "
                    "layout `deconvjax train-prior --data DIR` reads).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 def simulate(survey, n_fields, seed, out_dir, size, n_sources, bands, min_sep, max_sep,
-             star_fraction, real_fraction, paired, stamps, truth_format, workers, shard_size,
+             star_fraction, real_fraction, cosmos, paired, stamps, truth_format, workers, shard_size,
              fits_cubes, progress):
     """Simulate blended fields with truth and write them as FITS + truth tables.
 
@@ -75,13 +78,13 @@ def simulate(survey, n_fields, seed, out_dir, size, n_sources, bands, min_sep, m
     try:
         if stamps:
             write_stamp_shards(out_dir, survey, n_fields, seed=seed, size=size, bands=band_list,
-                               real_fraction=real_fraction, progress=progress,
+                               real_fraction=real_fraction, progress=progress, cosmos_path=cosmos,
                                workers=workers, shard_size=shard_size, fits_cubes=fits_cubes)
             click.echo(f"wrote {n_fields} stamps to {out_dir}")
             return
         files = []
         common = dict(n_sources=n_sources, min_separation=min_sep, max_separation=max_sep,
-                      star_fraction=star_fraction, real_fraction=real_fraction)
+                      star_fraction=star_fraction, real_fraction=real_fraction, cosmos_path=cosmos)
         if paired:
             from tqdm.auto import tqdm
 

@@ -276,7 +276,7 @@ def render_catalog(
         variance += np.clip(noise_free, 0.0, None)
     if correlated_noise:
         # Background noise with the correlation of drizzled HST ACS F814W images (GalSim's
-        # COSMOS correlation function, the one in ../shared/data/cosmos), at the preset's
+        # COSMOS correlation function, the one shipped in deconvjax/data/cosmos), at the preset's
         # per-pixel variance; the sources' Poisson part stays white.
         if not np.isclose(survey.pixel_scale, 0.03):
             raise ValueError(

@@ -224,40 +224,61 @@ def star_band_fluxes(survey: Survey, p: dict, i: int) -> np.ndarray:
 # Real COSMOS galaxies
 # ---------------------------------------------------------------------------------------
 
-_DEFAULT_COSMOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cosmos"
-COSMOS_CATALOG_FILE = "real_galaxy_catalog_26_extension_example.fits"
+COSMOS_CATALOG_FILE = "real_galaxy_catalog_26_extension_example.fits"  # the shipped subset's
 
 
 def cosmos_dir(path: str | os.PathLike | None = None) -> Path | None:
-    """The COSMOS RealGalaxy folder: ``path``, else $DECONVJAX_COSMOS, else ../shared/data/cosmos.
+    """The COSMOS RealGalaxy folder: ``path``, else $DECONVJAX_COSMOS, else the subset shipped
+    in the package (`deconvjax.data.cosmos_path`: 21 galaxies).
 
-    Returns ``None`` when no folder holding the catalog is found.
+    A folder is one holding a ``real_galaxy_catalog*.fits`` (`deconvjax.data.cosmos_catalog_file`):
+    the 100-galaxy sample, the shipped subset, or GalSim's full sample (``deconvjax data cosmos``).
+    ``path`` or $DECONVJAX_COSMOS naming a folder without one is an error; returns ``None``
+    only when the shipped subset is missing too.
     """
-    cands = [path, os.environ.get("DECONVJAX_COSMOS"), _DEFAULT_COSMOS,
-             Path.cwd().parent / "shared" / "data" / "cosmos"]
-    for c in cands:
-        if c is not None and (Path(c) / COSMOS_CATALOG_FILE).is_file():
+    from ..data import cosmos_catalog_file, cosmos_path
+
+    for name, c in (("path", path), ("DECONVJAX_COSMOS", os.environ.get("DECONVJAX_COSMOS") or None)):
+        if c is not None:
+            if cosmos_catalog_file(c) is None:
+                raise FileNotFoundError(f"cosmos_dir: {name}={c} holds no real_galaxy_catalog*.fits")
             return Path(c)
-    if path is not None:
-        raise FileNotFoundError(f"cosmos_dir: {path} holds no {COSMOS_CATALOG_FILE}")
+    shipped = cosmos_path()
+    return shipped if cosmos_catalog_file(shipped) is not None else None
+
+
+def _column(table, name: str):
+    """A column of ``table`` by case-insensitive name (GalSim's full sample spells the
+    companion's columns in lower case), or None."""
+    for col in table.colnames:
+        if col.lower() == name.lower():
+            return table[col]
     return None
 
 
 @functools.lru_cache(maxsize=4)
-def cosmos_catalog(path: str | None = None):
-    """(galsim.RealGalaxyCatalog, companion astropy Table or None) for the COSMOS folder."""
+def _cosmos_catalog(d: str):
     from astropy.table import Table
 
+    from ..data import cosmos_catalog_file
+
+    catalog = cosmos_catalog_file(d)
+    cat = galsim.RealGalaxyCatalog(catalog.name, dir=str(d))
+    fits_file = catalog.with_name(catalog.name.replace(".fits", "_fits.fits"))
+    extra = Table.read(fits_file) if fits_file.is_file() else None
+    return cat, extra
+
+
+def cosmos_catalog(path: str | os.PathLike | None = None):
+    """(galsim.RealGalaxyCatalog, companion astropy Table or None) for the COSMOS folder
+    `cosmos_dir` (``path``, else $DECONVJAX_COSMOS, else the shipped subset)."""
     d = cosmos_dir(path)
     if d is None:
         raise FileNotFoundError(
             "COSMOS data not found: pass cosmos_path or set DECONVJAX_COSMOS to a folder "
-            f"holding {COSMOS_CATALOG_FILE}"
+            "holding a real_galaxy_catalog*.fits (the shipped subset is missing from this install)"
         )
-    cat = galsim.RealGalaxyCatalog(COSMOS_CATALOG_FILE, dir=str(d))
-    fits_file = d / COSMOS_CATALOG_FILE.replace(".fits", "_fits.fits")
-    extra = Table.read(fits_file) if fits_file.is_file() else None
-    return cat, extra
+    return _cosmos_catalog(str(d))
 
 
 def draw_real_params(rng: np.random.Generator, n: int, cosmos_path=None) -> dict[str, np.ndarray]:
@@ -265,10 +286,10 @@ def draw_real_params(rng: np.random.Generator, n: int, cosmos_path=None) -> dict
     cat, extra = cosmos_catalog(None if cosmos_path is None else str(cosmos_path))
     idx = rng.integers(0, cat.nobjects, size=n)
     mags = np.asarray(cat.mag, dtype=float)[idx]
-    z = (np.asarray(extra["ZPHOT"], dtype=float)[idx] if extra is not None
-         else np.full(n, 0.8))
-    hlr = (np.asarray(extra["flux_radius"], dtype=float)[idx] * 0.03 if extra is not None
-           else np.full(n, np.nan))
+    zphot = None if extra is None else _column(extra, "ZPHOT")
+    radius = None if extra is None else _column(extra, "flux_radius")
+    z = np.asarray(zphot, dtype=float)[idx] if zphot is not None else np.full(n, 0.8)
+    hlr = np.asarray(radius, dtype=float)[idx] * 0.03 if radius is not None else np.full(n, np.nan)
     return dict(index=idx, mag_i=mags, z=np.clip(z, 0.01, 3.5), hlr=hlr,
                 rotation=rng.uniform(0.0, 360.0, size=n))
 
@@ -287,7 +308,7 @@ def _cosmos_shape(path: str | None, index: int) -> tuple[float, float]:
 
 def real_galaxy_shapes(p: dict, i: int, cosmos_path=None) -> tuple[float, float]:
     """(e1, e2) of real galaxy ``i`` after its random rotation (ellipticity turns by 2x)."""
-    g1, g2 = _cosmos_shape(None if cosmos_path is None else str(cosmos_path), int(p["index"][i]))
+    g1, g2 = _cosmos_shape(str(cosmos_dir(cosmos_path)), int(p["index"][i]))
     a = 2 * np.deg2rad(p["rotation"][i])
     return g1 * np.cos(a) - g2 * np.sin(a), g1 * np.sin(a) + g2 * np.cos(a)
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .._cli_common import FWHM_PER_SIGMA, deprecated_alias, model_psf_fwhm_option, progress_option
+
 
 @click.command("fit-survey")
 @click.argument("cutouts", type=click.Path(exists=True, path_type=Path))
@@ -18,17 +20,19 @@ import click
               help="Cutouts per shard (a rerun into the same --out must keep it).")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Cutouts per compiled fit call (a bucket's last batch is padded to it).")
-@click.option("--max-iter", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--max-iter", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Most optimiser steps of each fit.")
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative-change convergence test.")
 @click.option("--stamp-size", type=int, default=21, show_default=True, help="Odd side of each source's stamp.")
-@click.option("--model-psf-sigma", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="The survey's model PSF (Gaussian sigma, arcsec); default: from the first cutouts.")
+@model_psf_fwhm_option("the widest Gaussian the first cutouts' PSFs can be matched to; one for the whole survey")
+@deprecated_alias("--model-psf-sigma", "--model-psf-fwhm (FWHM = 2.3548 sigma)", "model_psf_fwhm",
+                  type=click.FloatRange(min=0.0, min_open=True), convert=lambda sigma: sigma * FWHM_PER_SIGMA)
 @click.option("--devices", is_flag=True, help="Spread each batch over every device of the process (NamedSharding).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Recorded in every row.")
 @click.option("--cache-dir", default=None,
               help="Shared compilation cache folder (default: $DECONVJAX_CACHE_DIR or ~/.cache/deconvjax/jax; 'off').")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-def fit_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, max_iter, rtol, stamp_size, model_psf_sigma,
+@progress_option
+def fit_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, max_iter, rtol, stamp_size, model_psf_fwhm,
                devices, seed, cache_dir, progress):
     """Fit every cutout of CUTOUTS (a manifest, or a `deconvjax simulate` folder) on Dask.
 
@@ -36,8 +40,11 @@ def fit_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, max_iter
     pyarrow.dataset or deconvjax.survey.read_catalog). Rerunning the same command skips
     the finished shards.
     """
+    from .._cli_common import alias_value
     from . import FitTask, SurveyError, SurveyInputError, run_survey
 
+    model_psf_fwhm = alias_value(model_psf_fwhm, "model_psf_fwhm")
+    model_psf_sigma = None if model_psf_fwhm is None else model_psf_fwhm / FWHM_PER_SIGMA
     try:
         task = FitTask(max_iter=max_iter, rtol=rtol, stamp_size=stamp_size, batch=batch, shard=devices,
                        model_psf_sigma=model_psf_sigma)

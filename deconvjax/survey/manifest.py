@@ -7,8 +7,12 @@ A manifest is a Parquet file, one row per cutout, with the columns
 - either ``file`` (string): a deconvjax observation file (what `deconvjax simulate`
   writes: images, noise, mask, PSF and WCS in one FITS file, read by
   `deconvjax.io.read_arrays`),
-- or ``image``, ``psf`` and ``variance`` (list of strings, one per band): real FITS
-  cutouts, read by `deconvjax.io.read_images` (``psf`` may hold one file for all bands);
+- or ``image``, ``psf`` and one of ``variance`` / ``weight`` / ``rms`` (list of strings,
+  one per band; the noise as `deconvjax fit`'s --variance / --weights / --rms takes it):
+  real FITS cutouts, read by `deconvjax.io.read_images` (``psf`` may hold one file for all
+  bands), with optionally ``mask`` (list of strings: bad-pixel masks, nonzero marks a bad
+  pixel, as `deconvjax fit --mask`) and ``hdu`` (string: the HDU, index or EXTNAME, of the
+  images in the ``image`` files, as `deconvjax fit --hdu`);
 - ``y``, ``x`` (list of float64, one per source): source centres in pixels of the cutout
   (0-based, ``y`` the row), as `deconvjax.fit.init_batch` takes them;
 - ``ny``, ``nx`` (int): the cutout's shape, which is checked against its files and
@@ -30,8 +34,16 @@ import numpy as np
 REQUIRED = ("cutout_id", "y", "x", "ny", "nx")
 #: The file columns of real (per-band FITS) cutouts.
 REAL_FILES = ("image", "psf", "variance")
+#: The noise columns of real cutouts (one of them per manifest), and the optional mask.
+NOISE_FILES = ("variance", "weight", "rms")
+LIST_COLUMNS = ("image", "psf", *NOISE_FILES, "mask")
 #: The default name of a manifest in a cutout folder.
 MANIFEST_NAME = "survey_manifest.parquet"
+
+
+def _real_columns(names) -> bool:
+    """Whether ``names`` hold the columns of real cutouts: image, psf and one noise column."""
+    return "image" in names and "psf" in names and sum(n in names for n in NOISE_FILES) == 1
 
 
 class SurveyInputError(ValueError):
@@ -51,8 +63,9 @@ def write_manifest(path, columns: dict) -> Path:
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise SurveyInputError(f"columns: the manifest needs {list(REQUIRED)}; missing {missing}")
-    if "file" not in columns and not all(c in columns for c in REAL_FILES):
-        raise SurveyInputError(f"columns: give 'file' (deconvjax observation files) or all of {list(REAL_FILES)}")
+    if "file" not in columns and not _real_columns(columns):
+        raise SurveyInputError("columns: give 'file' (deconvjax observation files) or image, psf and one of "
+                               f"{list(NOISE_FILES)}")
     lengths = {k: len(v) for k, v in columns.items()}
     if len(set(lengths.values())) > 1:
         raise SurveyInputError(f"columns: every column needs one entry per cutout, got lengths {lengths}")
@@ -67,7 +80,7 @@ def write_manifest(path, columns: dict) -> Path:
     for name, values in columns.items():
         if name in arrays:
             continue
-        if name in REAL_FILES:
+        if name in LIST_COLUMNS:
             arrays[name] = pa.array([[str(f) for f in np.atleast_1d(v)] for v in values], pa.list_(pa.string()))
         else:
             arrays[name] = pa.array([str(v) for v in values], pa.string())
@@ -142,8 +155,8 @@ def read_manifest_rows(path, start: int, stop: int) -> list[dict]:
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise SurveyInputError(f"manifest: {path} lacks the columns {missing}")
-    if "file" not in names and not all(c in names for c in REAL_FILES):
-        raise SurveyInputError(f"manifest: {path} needs a 'file' column or all of {list(REAL_FILES)}")
+    if "file" not in names and not _real_columns(names):
+        raise SurveyInputError(f"manifest: {path} needs a 'file' column or image, psf and one of {list(NOISE_FILES)}")
     groups, first, offset = [], None, 0
     for g in range(f.metadata.num_row_groups):
         n = f.metadata.row_group(g).num_rows
@@ -173,7 +186,10 @@ def load_cutout(row: dict, root: Path):
     if row.get("file"):
         files = {"file": [row["file"]]}
     else:
-        files = {k: list(row[k] or []) for k in REAL_FILES}
+        noise = [k for k in NOISE_FILES if row.get(k)]
+        if len(noise) != 1:
+            raise SurveyInputError(f"cutout {cid!r}: give one of {list(NOISE_FILES)}, got {noise or 'none'}")
+        files = {k: list(row[k] or []) for k in ("image", "psf", noise[0], "mask") if row.get(k)}
     for column, names in files.items():
         for name in names:
             if not resolve(root, name).exists():
@@ -185,8 +201,12 @@ def load_cutout(row: dict, root: Path):
             spec = lambda k: [str(resolve(root, n)) for n in files[k]]  # noqa: E731
             psf = spec("psf")
             bands = tuple(row["bands"].split(",")) if row.get("bands") else None
-            data = read_images(spec("image"), psf=psf if len(psf) > 1 else psf[0], variance=spec("variance"),
-                               bands=bands)
+            hdu = str(row.get("hdu") or "").strip() or None
+            if hdu is not None and hdu.lstrip("+-").isdigit():
+                hdu = int(hdu)
+            images = spec("image") if hdu is None else [(p, hdu) for p in spec("image")]
+            data = read_images(images, psf=psf if len(psf) > 1 else psf[0], bands=bands,
+                               mask=spec("mask") if "mask" in files else None, **{noise[0]: spec(noise[0])})
     except SurveyInputError:
         raise
     except (OSError, ValueError) as err:

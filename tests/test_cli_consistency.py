@@ -208,8 +208,8 @@ def test_sample_mask_hdu_rms(fitsdir, tmp_path):
     the command (a full posterior run is left to tests/test_posterior_cli.py)."""
     from deconvjax.posterior._cli import _read
 
-    data, psf, var, _, scale = _read(str(fitsdir / "mef.fits"), str(fitsdir / "psf.fits"),
-                                     {"rms": (str(fitsdir / "mef.fits"), "RMS")}, str(fitsdir / "mask.fits"), "SCI")
+    data, psf, var, _, scale, _ = _read(str(fitsdir / "mef.fits"), str(fitsdir / "psf.fits"),
+                                        {"rms": (str(fitsdir / "mef.fits"), "RMS")}, str(fitsdir / "mask.fits"), "SCI")
     assert np.all(np.isnan(data[0, :, 3])) and np.all(np.isinf(var[0, :, 3]))
     np.testing.assert_allclose(var[0, :, 5], 0.02**2, rtol=1e-5)
     assert scale == pytest.approx(0.2) and psf.shape == (1, 15, 15)

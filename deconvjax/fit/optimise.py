@@ -176,7 +176,9 @@ def fit(
 
     **Arguments:**
 
-    - `scene`: the initial `Scene` (e.g. from `init_scene`).
+    - `scene`: the initial `Scene` (e.g. from `init_scene`), or a `PaddedScene` (spare
+      source slots and an active mask, `deconvjax.fit.slots`): a `PaddedScene` is then
+      returned, and adding or removing sources between fits compiles nothing.
     - `observations`: an `Observation` or a sequence of them (multi-band, multi-epoch,
       multi-resolution: all are fitted jointly).
     - `solver`: an `AbstractFitSolver` (default `AdamSolver()`: convergence test, step
@@ -198,6 +200,17 @@ def fit(
     """
     del key
     t0 = time.perf_counter()
+    from .slots import PaddedScene
+
+    if isinstance(scene, PaddedScene):
+        if source_mask is not None:
+            raise ValueError("source_mask: a PaddedScene carries its own mask (its active slots); leave it None")
+        fitted, result = fit(
+            scene.scene, observations, solver, max_iter=max_iter, constraints=constraints, fit_centers=fit_centers,
+            morphology_prior=morphology_prior, source_mask=scene.active, chunk=chunk, progress=progress,
+        )
+        result.wall_time = time.perf_counter() - t0
+        return scene.replace(fitted), result
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
     observations = check_observations(scene, observations)

@@ -23,6 +23,7 @@ from ..model import Scene
 from ..observation import Observation, as_observations
 from .constraints import Constraints
 from .quality import fit_quality
+from .slots import PaddedScene
 from .solver import (
     AbstractFitSolver,
     AdamSolver,
@@ -153,7 +154,7 @@ def run_in_chunks(advance, state, max_iter: int, chunk: int, desc: str, progress
 
 
 def fit(
-    scene: Scene,
+    scene: Scene | PaddedScene,
     observations: Observation | Sequence[Observation],
     solver: AbstractFitSolver | None = None,
     *,
@@ -165,7 +166,7 @@ def fit(
     chunk: int = 25,
     progress: bool = True,
     key: Array | None = None,
-) -> tuple[Scene, FitResult]:
+) -> tuple[Scene | PaddedScene, FitResult]:
     """Fit a scene to one or several observations (MAP / maximum likelihood).
 
     Minimises ``chi2 / 2`` over all observations (plus the sparsity penalty and the
@@ -200,17 +201,11 @@ def fit(
     """
     del key
     t0 = time.perf_counter()
-    from .slots import PaddedScene
-
-    if isinstance(scene, PaddedScene):
+    padded = scene if isinstance(scene, PaddedScene) else None
+    if padded is not None:
         if source_mask is not None:
             raise ValueError("source_mask: a PaddedScene carries its own mask (its active slots); leave it None")
-        fitted, result = fit(
-            scene.scene, observations, solver, max_iter=max_iter, constraints=constraints, fit_centers=fit_centers,
-            morphology_prior=morphology_prior, source_mask=scene.active, chunk=chunk, progress=progress,
-        )
-        result.wall_time = time.perf_counter() - t0
-        return scene.replace(fitted), result
+        scene, source_mask = padded.scene, padded.active
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
     observations = check_observations(scene, observations)
@@ -252,4 +247,4 @@ def fit(
         loss_history=history,
         wall_time=time.perf_counter() - t0,
     )
-    return fitted, result
+    return (fitted if padded is None else padded.replace(fitted)), result

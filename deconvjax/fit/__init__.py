@@ -28,6 +28,10 @@ from .optimise import FitResult as FitResult
 from .optimise import compilation_count as compilation_count
 from .optimise import fit as fit
 from .pipeline import write_products as write_products
+from .slots import PaddedScene as PaddedScene
+from .slots import add_source as add_source
+from .slots import pad_scene as pad_scene
+from .slots import remove_source as remove_source
 from .solver import DEFAULT_STEPS as DEFAULT_STEPS
 from .solver import AbstractFitSolver as AbstractFitSolver
 from .solver import AdamSolver as AdamSolver

@@ -23,6 +23,7 @@ from ..model import Scene
 from ..observation import Observation, as_observations
 from .constraints import Constraints
 from .quality import fit_quality
+from .slots import PaddedScene
 from .solver import (
     AbstractFitSolver,
     AdamSolver,
@@ -159,7 +160,7 @@ def run_in_chunks(advance, state, max_iter: int, chunk: int, desc: str, progress
 
 
 def fit(
-    scene: Scene,
+    scene: Scene | PaddedScene,
     observations: Observation | Sequence[Observation],
     solver: AbstractFitSolver | None = None,
     *,
@@ -171,7 +172,7 @@ def fit(
     chunk: int = 25,
     progress: bool = True,
     key: Array | None = None,
-) -> tuple[Scene, FitResult]:
+) -> tuple[Scene | PaddedScene, FitResult]:
     """Fit a scene to one or several observations (MAP / maximum likelihood).
 
     Minimises ``chi2 / 2`` over all observations (plus the sparsity penalty and the
@@ -182,7 +183,9 @@ def fit(
 
     **Arguments:**
 
-    - `scene`: the initial `Scene` (e.g. from `init_scene`).
+    - `scene`: the initial `Scene` (e.g. from `init_scene`), or a `PaddedScene` (spare
+      source slots and an active mask, `deconvjax.fit.slots`): a `PaddedScene` is then
+      returned, and adding or removing sources between fits compiles nothing.
     - `observations`: an `Observation` or a sequence of them (multi-band, multi-epoch,
       multi-resolution: all are fitted jointly).
     - `solver`: an `AbstractFitSolver` (default `AdamSolver()`: convergence test, step
@@ -204,6 +207,11 @@ def fit(
     """
     del key
     t0 = time.perf_counter()
+    padded = scene if isinstance(scene, PaddedScene) else None
+    if padded is not None:
+        if source_mask is not None:
+            raise ValueError("source_mask: a PaddedScene carries its own mask (its active slots); leave it None")
+        scene, source_mask = padded.scene, padded.active
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
     observations = check_observations(scene, observations)
@@ -245,4 +253,4 @@ def fit(
         loss_history=history,
         wall_time=time.perf_counter() - t0,
     )
-    return fitted, result
+    return (fitted if padded is None else padded.replace(fitted)), result

@@ -639,6 +639,7 @@ COSMOS_POSTERIOR = [
      'from deconvjax.diffusion.samplers import DPMSolver2M\n'
      'from deconvjax.posterior.deconvolve import deconvolve_images\n'
      'from deconvjax.psf import GaussianPSF\n'
+     'from deconvjax.data import COSMOS_SUBSET_ROWS\n'
      'from deconvjax.sims.galaxies import COSMOS_CATALOG_FILE, cosmos_dir\n'
      'from deconvjax.wcs import make_wcs'),
     ("markdown", '## The truth: a held-out COSMOS galaxy\n'
@@ -652,7 +653,11 @@ COSMOS_POSTERIOR = [
      'prior = dj.load_prior()\n'
      'cat = fits.getdata(COSMOS / COSMOS_CATALOG_FILE)\n'
      'rgc = galsim.RealGalaxyCatalog(str(COSMOS / COSMOS_CATALOG_FILE))\n'
-     "heldout = [int(r) for r in prior.cosmos_heldout(len(cat))]\n"
+     "held = set(prior.cosmos_heldout(100).tolist())  # rows of the 100-galaxy sample\n"
+     "if len(cat) == len(COSMOS_SUBSET_ROWS):  # the shipped subset: its rows are these rows of the sample\n"
+     "    heldout = [i for i, r in enumerate(COSMOS_SUBSET_ROWS) if r in held]\n"
+     "else:\n"
+     "    heldout = [int(r) for r in prior.cosmos_heldout(len(cat))]\n"
      "row = min(heldout, key=lambda r: cat['MAG'][r])  # the brightest of them\n"
      'n_orig = rgc.getGalImage(row).array.shape[0]\n'
      's = 0.03 * n_orig / 32\n'

@@ -635,11 +635,11 @@ COSMOS_POSTERIOR = [
      'from astropy.io import fits\n'
      '\n'
      'import deconvjax as dj\n'
+     'from deconvjax.data import COSMOS_SUBSET_ROWS\n'
      'from deconvjax.diffusion.data import cosmos_stamps\n'
      'from deconvjax.diffusion.samplers import DPMSolver2M\n'
      'from deconvjax.posterior.deconvolve import deconvolve_images\n'
      'from deconvjax.psf import GaussianPSF\n'
-     'from deconvjax.data import COSMOS_SUBSET_ROWS\n'
      'from deconvjax.sims.galaxies import COSMOS_CATALOG_FILE, cosmos_dir\n'
      'from deconvjax.wcs import make_wcs'),
     ("markdown", '## The truth: a held-out COSMOS galaxy\n'

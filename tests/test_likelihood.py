@@ -1,5 +1,6 @@
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from astropy.io import fits
 
 import deconvjax as dj
@@ -55,3 +56,30 @@ def test_chi2_per_dof_near_one_on_noise(cosmos_dir):
     assert abs(corr - 1) < 0.1, corr
     diag = dj.Observation(data, frame=frame, psf=dj.GaussianPSF(0.05), variance=1e-4)
     assert abs(float(dj.chi2_per_dof(empty, [diag])) - 1) < 0.05  # marginal variance is right...
+
+
+def test_gaussian_noise_model_score_is_the_analytic_one():
+    """-(C + sigma^2)^-1 n against a dense covariance built from the correlation function."""
+    from deconvjax.likelihood.noise_model import GaussianNoiseModel
+
+    rng = np.random.default_rng(3)
+    ny, nx = 6, 8
+    cf = np.zeros((3, 3))
+    cf[1, 1], cf[1, 0], cf[1, 2], cf[0, 1], cf[2, 1] = 1.0, 0.2, 0.2, 0.1, 0.1
+    like = dj.CorrelatedGaussianLikelihood.from_correlation_function(cf, (ny, nx))
+    model = GaussianNoiseModel.from_likelihood(like, nx)
+    assert model.shape == (1, ny, nx)
+    # Dense circulant covariance: C[i, j] = cf(wrapped offset j - i).
+    cov = np.zeros((ny * nx, ny * nx))
+    for i in range(ny * nx):
+        iy, ix = divmod(i, nx)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                j = ((iy + dy) % ny) * nx + (ix + dx) % nx
+                cov[i, j] += cf[1 + dy, 1 + dx]
+    n = rng.normal(size=(1, ny, nx))
+    sigma = 0.5
+    expected = -np.linalg.solve(cov + sigma**2 * np.eye(ny * nx), n.ravel()).reshape(1, ny, nx)
+    assert np.allclose(model.score(n, sigma), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="noise model"):
+        model.check_shape((2, ny, nx))

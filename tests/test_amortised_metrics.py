@@ -44,3 +44,19 @@ def test_periodic_convolution_matches_scipy():
     assert np.allclose(convolve(x, p), ref, atol=1e-5)
     with pytest.raises(ValueError, match="psf"):
         convolve(x, np.ones((17, 17)))
+
+
+def test_pairs_are_the_forward_model():
+    from deconvjax.amortised.pairs import Pairs, make_pairs, moffat_psf
+
+    p = make_pairs(0, 3, 24, psf_size=11, noise_sigma=0.0)
+    assert p.truth.shape == p.observed.shape == (3, 1, 24, 24)
+    assert np.allclose(p.psf.sum(axis=(-2, -1)), 1.0, atol=1e-5)
+    # Noiseless pairs: flux is conserved by the unit-sum PSF and the PSF's peak is centred.
+    assert np.allclose(p.observed.sum(axis=(-2, -1)), p.truth.sum(axis=(-2, -1)), rtol=1e-4)
+    psf = moffat_psf(3.0, 11)
+    assert np.unravel_index(np.argmax(psf), psf.shape) == (5, 5)
+    with pytest.raises(ValueError, match="observed"):
+        Pairs(p.truth, p.observed[:, :, :20], p.psf, p.noise_sigma)
+    with pytest.raises(ValueError, match="psf_size"):
+        make_pairs(0, 2, 8, psf_size=11)

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from deconvjax import enable_compilation_cache
 from deconvjax.diffusion import (
     VESDE,
     GaussianDenoiser,
@@ -58,7 +59,6 @@ from deconvjax.diffusion import (
     load_prior,
     sample,
 )
-from deconvjax.diffusion._cli import enable_compilation_cache
 from deconvjax.diffusion.data import cosmos_stamps, simulate_galaxies
 from deconvjax.diffusion.evaluate import (
     best_gaussian_smoothing,

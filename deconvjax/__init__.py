@@ -7,6 +7,7 @@ from . import io as io
 from . import likelihood as likelihood
 from . import model as model
 from . import psf as psf
+from ._cache import enable_compilation_cache as enable_compilation_cache
 from .classical import richardson_lucy as richardson_lucy
 from .classical import tikhonov as tikhonov
 from .classical import wiener as wiener

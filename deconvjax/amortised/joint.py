@@ -473,17 +473,16 @@ def simulate_joint(seed: int, n: int, size: int = 32, *, bands: Sequence[str] = 
                    sed_weights: Sequence[float] | None = None, ground_snr: float = 60.0,
                    space_snr: float = 120.0, psf_size: int = 25, colour_contrast: float = 0.6
                    ) -> tuple[list[JointObservations], Float[np.ndarray, "n band y2 x2"]]:
-    """``n`` scenes of one GalSim bulge + disk galaxy whose components have different colours
-    (red bulge, blue disk, so the bands differ in morphology), observed by LSST-like ground
+    """``n`` scenes of one GalSim bulge + disk + knots galaxy whose three components have
+    different, random colours (so the bands differ in morphology), observed by LSST-like ground
     bands (`sims.surveys` LSST seeing, Moffat) at 0.2"/px on ``(size, size)`` and a Euclid
     VIS-like image (the preset's Airy + jitter PSF) at 0.1"/px on ``(2 size, 2 size)``.
 
     Truths are drawn at 0.1"/px (smoothed by a 0.1" Gaussian); observations apply this module's forward operators
     (periodic convolution, 2x2 binning) and white noise whose sigma puts each image's
     matched-filter-free SNR (``sqrt(sum truth^2) / sigma``) at `ground_snr` / `space_snr`.
-    ``sed_weights`` default to equal weights summing to one. The bulge's flux runs from
-    ``1 - colour_contrast`` to ``1 + colour_contrast`` times its mean over the bands (the
-    disk's the other way round).
+    ``sed_weights`` default to equal weights summing to one. Each component's flux in each
+    band is drawn uniformly in ``1 +- colour_contrast`` times its mean over the bands.
 
     **Returns:** the observations (one `JointObservations` per scene) and the truths
     ``(n, band, 2 size, 2 size)``.
@@ -511,8 +510,6 @@ def simulate_joint(seed: int, n: int, size: int = 32, *, bands: Sequence[str] = 
     # Colours: bulge brightening to the red, disk (with star-forming knots) to the blue.
     if not 0 <= colour_contrast < 1:
         raise ValueError(f"colour_contrast: expected in [0, 1), got {colour_contrast}")
-    bulge_col = np.linspace(1 - colour_contrast, 1 + colour_contrast, nb)
-    disk_col = bulge_col[::-1]
     truths, out = [], []
     for _ in range(n):
         hlr_b, hlr_d = rng.uniform(0.15, 0.35), rng.uniform(0.4, 0.9)
@@ -522,10 +519,15 @@ def simulate_joint(seed: int, n: int, size: int = 32, *, bands: Sequence[str] = 
         bulge = galsim.DeVaucouleurs(half_light_radius=hlr_b).shear(q=rng.uniform(0.7, 1.0), beta=beta * galsim.radians)
         disk = galsim.Exponential(half_light_radius=hlr_d).shear(q=q, beta=beta * galsim.radians)
         knots = galsim.RandomKnots(npoints=8, half_light_radius=hlr_d, rng=galsim.BaseDeviate(int(rng.integers(1 << 30))))
-        disk = 0.6 * disk + 0.4 * knots.shear(q=q, beta=beta * galsim.radians)
+        knots = knots.shear(q=q, beta=beta * galsim.radians)
+        # One colour per component (bulge, disk, knots): flux per band relative to the
+        # component's mean over bands.
+        col = rng.uniform(1 - colour_contrast, 1 + colour_contrast, (3, nb))
+        col = col / col.mean(axis=1, keepdims=True)
         ims = []
         for b in range(nb):
-            gal = (bt * bulge_col[b] * bulge + (1 - bt) * disk_col[b] * disk).shift(*off)
+            gal = (bt * col[0, b] * bulge + (1 - bt) * (0.6 * col[1, b] * disk + 0.4 * col[2, b] * knots))
+            gal = gal.shift(*off)
             # The truth is band-limited at the fine pixel scale (the knots are points, which
             # GalSim cannot draw without a smoothing kernel).
             gal = galsim.Convolve(gal, galsim.Gaussian(fwhm=scale))

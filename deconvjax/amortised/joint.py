@@ -288,9 +288,11 @@ class AbstractJointSolver(eqx.Module):
         return (n >= self.max_steps) | ((n > 0) & (change < self.rtol))
 
 
-def _check_solver(solver, upper):
-    if not 0 < solver.step_scale < upper:
-        raise ValueError(f"step_scale: expected in (0, {upper}) (step = step_scale / L), got {solver.step_scale}")
+def _check_solver(solver, upper, closed):
+    ok = 0 < solver.step_scale <= upper if closed else 0 < solver.step_scale < upper
+    if not ok:
+        bound = f"(0, {upper}]" if closed else f"(0, {upper})"
+        raise ValueError(f"step_scale: expected in {bound} (step = step_scale / L), got {solver.step_scale}")
     if solver.max_steps < 1:
         raise ValueError(f"max_steps: expected >= 1, got {solver.max_steps}")
 
@@ -304,7 +306,7 @@ class GradientDescent(AbstractJointSolver):
     rtol: float = 1e-6
 
     def __check_init__(self):
-        _check_solver(self, 2.0)
+        _check_solver(self, 2.0, closed=False)
 
     def init(self, x0, lipschitz):
         return self.step_scale / lipschitz
@@ -323,7 +325,7 @@ class FISTA(AbstractJointSolver):
     rtol: float = 1e-6
 
     def __check_init__(self):
-        _check_solver(self, 1.0 + 1e-12)
+        _check_solver(self, 1.0, closed=True)
 
     def init(self, x0, lipschitz):
         return (self.step_scale / lipschitz, x0, jnp.ones((), x0.dtype))
@@ -423,7 +425,10 @@ def joint_deconvolve(obs: JointObservations, *, space_weight: float = 1.0,
 
     - `obs`: the `JointObservations`.
     - `space_weight`: weight of the space constraint (0 gives the ground bands alone).
-    - `regularisers`: the `AbstractRegulariser` terms.
+    - `regularisers`: the `AbstractRegulariser` terms. Their weights are in the objective's
+      units (the data terms are chi-squared), so they scale with the images' flux units;
+      `ColourRegulariser` is what lets the joint solve split the space image's fine
+      structure over the bands.
     - `solver`: `FISTA()` by default, or `GradientDescent(...)`.
     - `x0`: the start, ``(band, 2 ny, 2 nx)``; by default the ground bands upsampled.
     - `key`: for the power iteration's start vector.

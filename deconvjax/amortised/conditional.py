@@ -44,7 +44,7 @@ from .pairs import Pairs
 
 __all__ = ["ConditionalConfig", "ConditionalDenoiser", "BoundConditionalDenoiser",
            "pad_psf", "augment_pair", "conditional_dsm_loss", "train_loop",
-           "train_conditional", "sample_conditional", "save_conditional", "load_conditional"]
+           "train_conditional", "training_arrays", "sample_conditional", "save_conditional", "load_conditional"]
 
 
 def pad_psf(psf: Float[Array, "band h w"], size: int) -> Float[Array, "band size size"]:

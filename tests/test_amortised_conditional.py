@@ -201,6 +201,7 @@ def test_cvae_loss_matches_hand_computation():
     np.testing.assert_allclose(got, np.mean(want), rtol=1e-4)
 
 
+@pytest.mark.slow  # compiling the CVAE's training step: minutes on the loaded shared CPU
 def test_cvae_trains_resumes_and_loads(tmp_path):
     p = _pairs_of_one_blob(8)
     cfg = dict(image_size=16, psf_size=5, latent_dim=4, width=8, batch_size=8, warmup_steps=10,

@@ -144,6 +144,7 @@ _TINY = dict(image_size=16, psf_size=5, channels=(8, 16), emb_dim=16, batch_size
              steps_per_call=5, augment=False)
 
 
+@pytest.mark.slow  # three compiled trainings: ~70 s on the shared 2-core CPU
 def test_conditional_training_resumes_exactly(tmp_path):
     p = _pairs_of_one_blob(8)
     full = train_conditional(p, tmp_path / "a.eqx", ConditionalConfig(**_TINY, steps=10, checkpoint_every=5),

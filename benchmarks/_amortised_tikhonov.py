@@ -79,7 +79,7 @@ def run(quick: bool, seed: int) -> dict:
     rows = _evaluate(model, alpha, test, train_s)
     result = {"tikhonov_unet_gain_db": rows[1]["psnr"] - rows[0]["psnr"],
               "sec_per_image_unet": rows[1]["sec_per_image"], "alpha": alpha,
-              "n_train": n_train, "n_test": n_test, "steps": config.steps, "size": size}
+              "n_train": n_train, "n_test": n_test, "steps_max": config.steps, "train_max_s": 300 if quick else None, "size": size}
     cosmos = os.environ.get("DECONVJAX_COSMOS")
     if cosmos and Path(cosmos).exists():
         real = make_pairs(seed, n_test, size, galaxies="cosmos", cosmos_dir=cosmos, noise_sigma=noise)

@@ -188,21 +188,31 @@ def test_hallucination_hand_computed():
     assert hallucination_rate(est2[:1], truth[:1], 0.5)[0] == 1.0
 
 
-def test_train_gains_resume_and_save(tmp_path):
+_CONFIG = TikhonovUNetConfig(channels=(8,), emb_dim=8, steps=300, batch=16, learning_rate=3e-3,
+                             checkpoint_every=100)
+
+
+@pytest.mark.slow
+def test_training_gains_over_tikhonov(tmp_path):
     train = _toy_pairs(n=128, size=16, seed=0)
     test = _toy_pairs(n=32, size=16, seed=1)
-    config = TikhonovUNetConfig(channels=(8,), emb_dim=8, steps=300, batch=16, learning_rate=3e-3,
-                                checkpoint_every=100)
     alpha = 1.0
-    model = train_tikhonov_unet(train, tmp_path / "a.ckpt", config, alpha=alpha, progress=False)
+    model = train_tikhonov_unet(train, tmp_path / "a.ckpt", _CONFIG, alpha=alpha, progress=False)
     x_tik = np.asarray(tikhonov_batch(test.observed, test.psf, test.noise_sigma, alpha))
     x_net = np.asarray(deconvolve_batch(model, test.observed, test.psf, test.noise_sigma))
     mse_tik = np.mean((x_tik - test.truth) ** 2)
     mse_net = np.mean((x_net - test.truth) ** 2)
     assert mse_net < 0.7 * mse_tik
+    assert jnp.isfinite(x_net).all()
 
+
+@pytest.mark.slow
+def test_resume_and_save(tmp_path):
+    train = _toy_pairs(n=32, size=16, seed=0)
+    test = _toy_pairs(n=8, size=16, seed=1)
+    alpha = 1.0
     # Resume: stop after the first step (max_seconds=0), then finish; same weights.
-    short = TikhonovUNetConfig(**{**config.__dict__, "steps": 30})
+    short = TikhonovUNetConfig(**{**_CONFIG.__dict__, "steps": 5})
     ref = train_tikhonov_unet(train, tmp_path / "b.ckpt", short, alpha=alpha, progress=False)
     train_tikhonov_unet(train, tmp_path / "c.ckpt", short, alpha=alpha, progress=False, max_seconds=0)
     resumed = train_tikhonov_unet(train, tmp_path / "c.ckpt", short, alpha=alpha, progress=False)
@@ -210,8 +220,13 @@ def test_train_gains_resume_and_save(tmp_path):
     b = deconvolve_batch(resumed, test.observed, test.psf, test.noise_sigma)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
-    save_model(tmp_path / "m.eqx", model)
+    assert not np.allclose(np.asarray(a), np.asarray(tikhonov_batch(test.observed, test.psf, test.noise_sigma,
+                                                                      alpha)))  # the network moved
+    with pytest.raises(ValueError, match="configuration"):
+        train_tikhonov_unet(train, tmp_path / "c.ckpt", TikhonovUNetConfig(**{**short.__dict__, "steps": 6}),
+                            alpha=alpha, progress=False)
+
+    save_model(tmp_path / "m.eqx", ref)
     loaded = load_model(tmp_path / "m.eqx")
     np.testing.assert_array_equal(np.asarray(deconvolve_batch(loaded, test.observed, test.psf, test.noise_sigma)),
-                                  x_net)
-    assert jnp.isfinite(x_net).all()
+                                  np.asarray(a))

@@ -24,6 +24,7 @@ the optimiser state; `save_model` / `load_model` keep a trained model alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -193,6 +194,13 @@ def load_model(path) -> TikhonovUNet:
     return model
 
 
+@functools.lru_cache(maxsize=8)
+def _optimizer(learning_rate: float):
+    # One (hashable, static) optimizer object per rate, so that a resumed run in the same
+    # process reuses the compiled training step instead of compiling it again.
+    return optax.adam(learning_rate)
+
+
 def _loss(model, x_tik, sigma, truth):
     return jnp.mean((model.denoise(x_tik, sigma) - truth) ** 2) / model.scale**2
 
@@ -232,7 +240,7 @@ def train_tikhonov_unet(pairs: Pairs, out=None, config: TikhonovUNetConfig = Tik
     scale = float(np.std(pairs.truth)) or 1.0
     hyper = dict(config.hyper(), bands=int(pairs.truth.shape[1]), alpha=alpha, scale=scale)
     key = jr.PRNGKey(config.seed)
-    optimizer = optax.adam(config.learning_rate)
+    optimizer = _optimizer(float(config.learning_rate))
     key, init_key = jr.split(key)
     model = _skeleton(hyper, init_key)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))

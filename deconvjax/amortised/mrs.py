@@ -90,7 +90,7 @@ def multiresolution_support(observed: Float[ArrayLike, "*batch y x"], sigma: Flo
     return jnp.concatenate([significant, coarse], axis=-3)
 
 
-@functools.partial(jax.jit, static_argnames=("scales", "steps"))
+@functools.partial(jax.jit, static_argnames=("scales",))
 def _debias(x0, observed, h, support, step, scales, steps):
     def forward(x):
         return jnp.fft.ifft2(jnp.fft.fft2(x) * h).real
@@ -129,4 +129,4 @@ def mrs_debias(x0: Float[ArrayLike, "*batch y x"], observed: Float[ArrayLike, "*
     scales = support.shape[-3] - 1
     norm = starlet_operator_norm(tuple(x0.shape[-2:]), scales)
     lipschitz = jnp.max(jnp.abs(h) ** 2, axis=(-2, -1), keepdims=True) * norm**2
-    return _debias(x0, observed, h, support.astype(x0.dtype), 1.0 / lipschitz, scales, int(steps))
+    return _debias(x0, observed, h, support.astype(x0.dtype), 1.0 / lipschitz, scales, jnp.asarray(int(steps)))

@@ -9,9 +9,9 @@ from deconvjax.amortised.hallucination import hallucination_rate
 from deconvjax.amortised.learned_denoiser import (
     TikhonovUNetConfig,
     deconvolve_batch,
-    load_model,
+    load_tikhonov_unet,
     residual_chi2,
-    save_model,
+    save_tikhonov_unet,
     tikhonov_batch,
     train_tikhonov_unet,
 )
@@ -226,7 +226,7 @@ def test_resume_and_save(tmp_path):
         train_tikhonov_unet(train, tmp_path / "c.ckpt", TikhonovUNetConfig(**{**short.__dict__, "steps": 6}),
                             alpha=alpha, progress=False)
 
-    save_model(tmp_path / "m.eqx", ref)
-    loaded = load_model(tmp_path / "m.eqx")
+    save_tikhonov_unet(tmp_path / "m.eqx", ref)
+    loaded = load_tikhonov_unet(tmp_path / "m.eqx")
     np.testing.assert_array_equal(np.asarray(deconvolve_batch(loaded, test.observed, test.psf, test.noise_sigma)),
                                   np.asarray(a))

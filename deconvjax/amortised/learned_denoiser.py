@@ -18,7 +18,7 @@ a fixed flux scale, ``x = x_tik + scale * F(x_tik / scale, c)``, with the noise 
 Training (`train_tikhonov_unet`) minimises the mean squared error with Adam; step ``k`` draws
 its batch from ``fold_in(key, k)``, so a run resumed from its checkpoint continues exactly as
 the uninterrupted run would have. The checkpoint (``out``, atomic writes) holds the model and
-the optimiser state; `save_model` / `load_model` keep a trained model alone.
+the optimiser state; `save_tikhonov_unet` / `load_tikhonov_unet` keep a trained model alone.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .pairs import Pairs
 
 __all__ = [
     "TikhonovUNet", "TikhonovUNetConfig", "tikhonov_batch", "choose_alpha",
-    "train_tikhonov_unet", "deconvolve_batch", "save_model", "load_model", "residual_chi2",
+    "train_tikhonov_unet", "deconvolve_batch", "save_tikhonov_unet", "load_tikhonov_unet", "residual_chi2",
 ]
 
 
@@ -180,7 +180,7 @@ def _skeleton(hyper: dict, key: PRNGKeyArray | None = None):
     return TikhonovUNet(net, hyper["alpha"], hyper["scale"])
 
 
-def save_model(path, model: TikhonovUNet) -> None:
+def save_tikhonov_unet(path, model: TikhonovUNet) -> None:
     """Save a trained `TikhonovUNet` (atomically, `deconvjax.checkpoint` format)."""
     net = model.net
     hyper = dict(bands=net.bands, channels=list(net.channels), num_res_blocks=net.num_res_blocks,
@@ -188,8 +188,8 @@ def save_model(path, model: TikhonovUNet) -> None:
     save_checkpoint(path, "tikhonov_unet", hyper, model)
 
 
-def load_model(path) -> TikhonovUNet:
-    """Load a model written by `save_model`."""
+def load_tikhonov_unet(path) -> TikhonovUNet:
+    """Load a model written by `save_tikhonov_unet`."""
     model, _ = load_checkpoint(path, _skeleton, kind="tikhonov_unet")
     return model
 

@@ -39,8 +39,8 @@ def _as_cube(image, name: str) -> np.ndarray:
     return arr
 
 
-def detect_segmentation(image: Float[np.ndarray, "band y x"], *, nsigma: float = 1.5,
-                        npixels: int = 5, dilate: int = 3) -> Int[np.ndarray, "y x"]:
+def detect_segmentation(image: Float[np.ndarray, "band y x"], *, nsigma: float = 3.0,
+                        npixels: int = 10, dilate: int = 3) -> Int[np.ndarray, "y x"]:
     """Sources of ``image`` (summed over bands) found by photutils `detect_sources`
     ``nsigma`` above a sigma-clipped background after a 1-pixel Gaussian smoothing, grown by
     ``dilate`` pixels so that their faint wings are left out of blank cutouts too.
@@ -55,7 +55,7 @@ def detect_segmentation(image: Float[np.ndarray, "band y x"], *, nsigma: float =
     # The smoothing is what makes faint extended wings detectable above the noise.
     smooth = convolve(np.where(np.isfinite(img), img, med) - med, Gaussian2DKernel(1.0))
     _, _, sstd = sigma_clipped_stats(smooth, sigma=3.0)
-    seg = detect_sources(smooth, nsigma * sstd, npixels=npixels)
+    seg = detect_sources(smooth, nsigma * sstd, n_pixels=npixels)
     if seg is None:
         return np.zeros(img.shape, dtype=np.int32)
     labels = np.asarray(seg.data, dtype=np.int32)
@@ -180,7 +180,17 @@ def correlated_noise_cutouts(correlation, *, n: int, size: int, variance: float 
         raise ValueError(f"correlation: expected a finite (h, w) correlation function, got shape {cf.shape}")
     if variance is not None and not variance > 0:
         raise ValueError(f"variance: expected a positive float, got {variance}")
-    cn = galsim.CorrelatedNoise(galsim.Image(cf, scale=1.0), rng=galsim.BaseDeviate(int(seed) + 1))
+    h, w = cf.shape
+    if h != w or h % 2 != 1:
+        raise ValueError(f"correlation: expected an odd, square correlation function, got shape {cf.shape}")
+    # Symmetrised (a correlation function is even; GalSim checks it to 1e-12).
+    cf = 0.5 * (cf + cf[::-1, ::-1])
+    # As galsim.getCOSMOSNoise builds it (BaseCorrelatedNoise.from_file), in pixel units:
+    # galsim.CorrelatedNoise(image) would instead *estimate* a correlation from a noise image.
+    ii = galsim.InterpolatedImage(galsim.Image(cf, scale=1.0), scale=1.0, normalization="sb",
+                                  calculate_stepk=False, calculate_maxk=False,
+                                  x_interpolant=galsim.Linear())
+    cn = galsim.BaseCorrelatedNoise(galsim.BaseDeviate(int(seed) + 1), ii, galsim.PixelScale(1.0))
     if variance is not None:
         cn = cn.withVariance(float(variance))
     out = np.empty((n, 1, size, size), dtype=np.float32)

@@ -302,3 +302,62 @@ def test_cosmic_ray_does_not_pull_the_learned_fit(tmp_path):
           f"Gaussian fit {err_g:.2f} (true flux 60, noise per pixel 1)")
     assert err_w > 10.0
     assert err_l < 0.4 * err_w
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_help_texts():
+    from click.testing import CliRunner
+
+    from deconvjax import cli
+
+    r = CliRunner().invoke(cli.main, ["train-noise", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--cosmos", "--correlation", "--simulate-mix", "--size", "--steps", "--out", "--seed",
+                "--resume", "--no-progress", "--mask"):
+        assert opt in r.output
+    r = CliRunner().invoke(cli.main, ["fit", "--help"])
+    assert r.exit_code == 0 and "--noise-model" in r.output
+    r = CliRunner().invoke(cli.main, ["train-noise", "--out", "x.eqx"])
+    assert r.exit_code != 0 and "exactly one source of noise" in r.output
+
+
+@pytest.mark.slow
+def test_cli_train_noise_then_fit_with_it(tmp_path):
+    """train-noise on the simulated mix (a tiny net, a few steps), then fit --noise-model
+    on an image of that size; another image size is a clear --noise-model error."""
+    from astropy.io import fits
+    from click.testing import CliRunner
+    from helpers import integrated_gaussian
+
+    from deconvjax import cli
+
+    n = 24
+    out = tmp_path / "noise.eqx"
+    r = CliRunner().invoke(cli.main, ["train-noise", "--simulate-mix", "--size", str(n), "--n", "64",
+                                      "--channels", "8", "--steps", "4", "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and "noise model for (1, 24, 24)" in r.output
+    model = load_noise_model(out)
+    assert model.shape == (1, n, n)
+    rng = np.random.default_rng(0)
+    for size in (n, 32):
+        img = 5.0 * integrated_gaussian((size, size), (size / 2 - 0.4, size / 2 + 0.3), 1.8)
+        img = img + model.scale * rng.normal(size=(size, size))
+        fits.writeto(tmp_path / f"img{size}.fits", img.astype(np.float32), fits.Header({"PIXSCALE": 0.2}),
+                     overwrite=True)
+    psf = integrated_gaussian((15, 15), (7, 7), 1.2)
+    fits.writeto(tmp_path / "psf.fits", (psf / psf.sum()).astype(np.float32), fits.Header({"PIXSCALE": 0.2}))
+
+    def fit(size):
+        return CliRunner().invoke(cli.main, [
+            "fit", str(tmp_path / f"img{size}.fits"), "--psf", str(tmp_path / "psf.fits"), "--kind", "gaussian",
+            "--no-structure", "--sky", "none", "--rms", str(model.scale), "--max-iter", "50",
+            "--noise-model", str(out), "--out", str(tmp_path / f"out{size}"), "--no-progress"])
+
+    r = fit(n)
+    assert "learned noise model" in r.output, r.output
+    assert (tmp_path / f"out{n}" / "catalog.ecsv").is_file(), r.output
+    r = fit(32)
+    assert r.exit_code == 2 and "--noise-model" in r.output and "(1, 24, 24)" in r.output, r.output

@@ -64,7 +64,7 @@ from deconvjax.observation import Observation  # noqa: E402
 from deconvjax.posterior.base import ConvergedCG, PosteriorDenoiser, ScaledIdentity  # noqa: E402
 from deconvjax.posterior.batch import StackedPosterior  # noqa: E402
 from deconvjax.posterior.mmps import MMPS  # noqa: E402
-from deconvjax.posterior.slic import GaussianFitMMPS  # noqa: E402
+from deconvjax.posterior.slic import GaussianFitMMPS, NoiseScoreGuidance  # noqa: E402
 from deconvjax.posterior.tarp import tarp_coverage, tarp_max_deviation  # noqa: E402
 from deconvjax.psf import GaussianPSF, MoffatPSF  # noqa: E402
 
@@ -73,7 +73,7 @@ from _cosmos_metrics import json_safe, noise_corrected_psnr  # noqa: E402
 from _cosmos_path import add_cosmos_argument, default_cosmos, require_sample  # noqa: E402
 
 CASES = ("correlated", "blank", "mix")
-LIKELIHOODS = ("white", "correlated", "learned")
+LIKELIHOODS = ("white", "correlated", "learned", "learned_score")
 
 
 # -- noise -------------------------------------------------------------------------------
@@ -138,11 +138,9 @@ def learned_model(cutouts, size, args, case):
     path = None if args.noise_model_dir is None else Path(args.noise_model_dir) / f"{case}.eqx"
     if path is not None and path.exists():
         return learned.load_noise_model(path)
-    out = Path(args.work_dir) / f"noise_{case}"
-    kwargs = {}
-    if hasattr(learned, "NoiseTrainConfig"):
-        kwargs["config"] = learned.NoiseTrainConfig(steps=args.train_steps)
-    return learned.train_noise_model(np.asarray(cutouts, np.float32), out, seed=0, **kwargs)
+    out = Path(args.work_dir) / f"noise_{case}_{size}px_{args.train_steps}steps.eqx"
+    config = learned.noise_train_config(size, steps=args.train_steps)
+    return learned.train_noise_model(np.asarray(cutouts, np.float32), out, config=config, seed=0)
 
 
 def map_fit(obs, noise_model, p, h2, lam, iters, init):
@@ -222,22 +220,35 @@ def main():
     print(f"prior {prior.shape}, {n_gal} held-out galaxies (rows {rows.tolist()}), rms {rms:.4g} "
           f"(peak SNR {args.snr}), {n_samples} samples x DPMSolver2M({steps})")
 
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": os.getloadavg()[0],
+                 "n_gal": n_gal, "n_samples": n_samples, "steps": steps, "snr": args.snr, "size": size}
     rng = np.random.default_rng(0)
     p_acs = acs_power(cosmos, size, rms**2)
-    all_rows = np.arange(100)
-    blank_train = blank_cutouts(cosmos, size, all_rows[:50]) * rms
-    blank_test = blank_cutouts(cosmos, size, all_rows[50:]) * rms
+    n_train = 512
+    try:
+        from deconvjax.likelihood.noise_data import cosmos_blank_cutouts, non_gaussian_noise_cutouts
+
+        bl = cosmos_blank_cutouts(cosmos, size=size).astype(np.float64)
+        bl = bl / bl.std(axis=(1, 2, 3), keepdims=True) * rms
+        half = len(bl) // 2
+        blank_train, blank_test = bl[:half], bl[half:]
+        mix = (non_gaussian_noise_cutouts(n=n_train, size=size, sigma=rms, seed=1).astype(np.float64),
+               non_gaussian_noise_cutouts(n=n_gal, size=size, sigma=rms, seed=2).astype(np.float64))
+        res["noise_source"] = "deconvjax.likelihood.noise_data (cosmos_blank_cutouts, non_gaussian_noise_cutouts)"
+    except ImportError:
+        all_rows = np.arange(100)
+        blank_train = blank_cutouts(cosmos, size, all_rows[:50]) * rms
+        blank_test = blank_cutouts(cosmos, size, all_rows[50:]) * rms
+        mix = (mix_noise(rng, p_acs, n_train, size, rms), mix_noise(rng, p_acs, n_gal, size, rms))
+        res["noise_source"] = "benchmark fallbacks (stamp corners; correlated Gaussian + Laplace outliers)"
     print(f"blank-sky cutouts: {len(blank_train)} train, {len(blank_test)} test")
-    n_train = max(len(blank_train), 256)
     noise = {
         "correlated": (draw_stationary(rng, p_acs, n_train, size), draw_stationary(rng, p_acs, n_gal, size)),
         "blank": (blank_train, blank_test[rng.integers(0, len(blank_test), n_gal)]),
-        "mix": (mix_noise(rng, p_acs, n_train, size, rms), mix_noise(rng, p_acs, n_gal, size, rms)),
+        "mix": mix,
     }
     sampler = DPMSolver2M(steps=steps)
     h2 = PosteriorDenoiser(prior, blank, embed=ScaledIdentity(prior.flux_scale)).h2[0]
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": os.getloadavg()[0],
-                 "n_gal": n_gal, "n_samples": n_samples, "steps": steps, "snr": args.snr, "size": size}
     for case in CASES:
         train, test = noise[case]
         data = clean + test
@@ -250,7 +261,7 @@ def main():
         if isinstance(lm, str):
             print(f"[{case}] learned: {lm}")
         else:
-            models["learned"] = lm
+            models["learned"] = models["learned_score"] = lm
             res[f"{case}_learned_train_s"] = time.perf_counter() - t0
         for name in LIKELIHOODS:
             key = f"{case}_{name}"
@@ -258,7 +269,8 @@ def main():
                 res[f"{key}_psnr_mean"] = None
                 continue
             nm = models[name]
-            method = MMPS() if name == "white" else GaussianFitMMPS(nm)
+            method = (MMPS() if name == "white" else NoiseScoreGuidance(nm) if name == "learned_score"
+                      else GaussianFitMMPS(nm))
             template = PosteriorDenoiser(prior, Observation(data[0], frame=frame, psf=psf, rms=np.sqrt(var)),
                                          method=method, embed=ScaledIdentity(prior.flux_scale))
             stacked = StackedPosterior(template, [data])

@@ -192,3 +192,66 @@ def test_bad_inputs():
     post = PosteriorDenoiser(prior, obs, method=GaussianFitMMPS((nm, nm)))
     with pytest.raises(ValueError, match="one per observation"):
         post(jnp.zeros((1, N, N)), 1.0)
+
+
+# -- deconvjax sample --noise-model -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    pytest.importorskip("deconvjax.likelihood.learned", reason="the learned noise model (branch slicnoise)")
+    from astropy.io import fits
+
+    from deconvjax.diffusion import ScorePrior, UNet, UNetDenoiser, save_prior
+    from deconvjax.likelihood.learned import LearnedNoiseModel, save_noise_model
+
+    d = tmp_path_factory.mktemp("slic_cli")
+    size = 16
+
+    def tiny(seed):
+        net = UNet(bands=1, channels=(8, 16), num_res_blocks=1, emb_dim=16, key=jr.key(seed))
+        return net
+
+    save_prior(d / "prior.eqx", ScorePrior(UNetDenoiser(tiny(0), 0.5, size), VESDE(1e-2, 20.0), 2.0))
+    for name, s in (("noise.eqx", size), ("noise24.eqx", 24)):
+        # An untrained network: the command's plumbing is under test, not the model.
+        model = LearnedNoiseModel(ScorePrior(UNetDenoiser(tiny(1), 1.0, s), VESDE(1e-2, 20.0), 0.05, ()),
+                                  jnp.full((1, s, s // 2 + 1), 0.05**2), 0.05)
+        save_noise_model(d / name, model)
+    yy, xx = np.mgrid[:size, :size]
+    psf = np.exp(-((yy - 7) ** 2 + (xx - 7) ** 2) / (2 * 1.5**2))[:15, :15]
+    fits.writeto(d / "psf.fits", psf / psf.sum())
+    rng = np.random.default_rng(0)
+    img = np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / 8.0) + 0.05 * rng.normal(size=(size, size))
+    fits.writeto(d / "img.fits", img)
+    return d
+
+
+def _run(cli_files, noise, out):
+    from click.testing import CliRunner
+
+    from deconvjax.posterior._cli import sample as sample_cmd
+
+    d = cli_files
+    return CliRunner().invoke(sample_cmd, [str(d / "img.fits"), "--psf", str(d / "psf.fits"),
+                                           "--variance", "0.0025", "--prior", str(d / "prior.eqx"),
+                                           "--noise-model", str(noise), "--n-samples", "2",
+                                           "--sampler", "ode_fixed", "--sampler-steps", "2",
+                                           "--out", str(out), "--no-progress"])
+
+
+def test_cli_sample_noise_model(cli_files):
+    from astropy.io import fits
+
+    r = _run(cli_files, cli_files / "noise.eqx", cli_files / "out")
+    assert r.exit_code == 0, r.output
+    cube = fits.getdata(cli_files / "out" / "samples.fits")
+    assert cube.shape[0] == 2 and np.all(np.isfinite(cube))
+    assert fits.getheader(cli_files / "out" / "mean.fits")["METHOD"] == "mmps_noise_fit"
+
+
+def test_cli_sample_noise_model_errors(cli_files):
+    r = _run(cli_files, cli_files / "noise24.eqx", cli_files / "o2")
+    assert r.exit_code != 0 and "(1, 24, 24)" in r.output and "(1, 16, 16)" in r.output, r.output
+    r = _run(cli_files, cli_files / "prior.eqx", cli_files / "o3")  # a galaxy prior, not a noise model
+    assert r.exit_code != 0 and "--noise-model" in r.output and "not a deconvjax noise model" in r.output, r.output

@@ -179,6 +179,28 @@ def test_noise_score_guidance_flat_prior_limit():
     assert _rel(got, ref) < 1e-3
 
 
+def test_noise_score_guidance_max_sigma_switches_to_gaussian_fit():
+    """Above max_sigma the Gaussian fit's convolved score is used: for a Gaussian noise model
+    that is the model's own score, so the denoiser is unchanged; for a model whose score
+    is wrong (scaled by 3) it is changed only above max_sigma."""
+    prior, obs, nm, *_ = _problem(1.0)
+    x = jr.normal(jr.key(2), (1, N, N))
+
+    class Wrong(GaussianNoiseModel):
+        def score(self, noise, sigma=0.0):
+            return 3.0 * super().score(noise, sigma)
+
+    wrong = Wrong(nm.power_spectrum, N)
+    for sigma in (0.05, 3.0):
+        (s_eff,) = effective_sigma(PosteriorDenoiser(prior, obs, method=NoiseScoreGuidance(nm)), sigma)
+        ref = PosteriorDenoiser(prior, obs, method=NoiseScoreGuidance(nm))(x, sigma)
+        sw = PosteriorDenoiser(prior, obs, method=NoiseScoreGuidance(wrong, max_sigma=0.5))(x, sigma)
+        if float(s_eff) > 0.5:
+            np.testing.assert_allclose(np.asarray(sw), np.asarray(ref), rtol=1e-4, atol=1e-5)
+        else:
+            assert float(jnp.abs(sw - ref).max()) > 1e-3
+
+
 def test_bad_inputs():
     prior, obs, nm, *_ = _problem(0.0)
     with pytest.raises(TypeError, match="noise_models"):

@@ -95,12 +95,33 @@ class NoiseScoreGuidance(AbstractGuidance):
     **Arguments:**
 
     - `noise_models`: an `AbstractNoiseModel` per observation (one for a single one).
+    - `max_sigma`: the largest ``sigma_eff`` (data units) at which the noise models' own
+      scores are used; above it, the score of their Gaussian fits convolved with
+      ``N(0, sigma_eff^2 I)`` (analytic): a learned score is only trained up to some noise
+      level, and far above the noise the convolved density is close to that Gaussian
+      anyway. None (default): always the models' scores.
     """
 
     noise_models: tuple[AbstractNoiseModel, ...]
+    fits: tuple[CorrelatedGaussianLikelihood, ...]
+    max_sigma: float | None = eqx.field(static=True)
 
-    def __init__(self, noise_models: AbstractNoiseModel | Sequence[AbstractNoiseModel]):
+    def __init__(self, noise_models: AbstractNoiseModel | Sequence[AbstractNoiseModel], *,
+                 max_sigma: float | None = None):
         self.noise_models = _as_models(noise_models)
+        self.fits = tuple(m.gaussian_fit() for m in self.noise_models)
+        if max_sigma is not None and not float(max_sigma) > 0:
+            raise ValueError(f"max_sigma: expected a positive float or None, got {max_sigma}")
+        self.max_sigma = None if max_sigma is None else float(max_sigma)
+
+    def _score(self, i, eta, s_eff):
+        score = self.noise_models[i].score(eta, s_eff)
+        if self.max_sigma is None:
+            return score
+        p = self.fits[i].power_spectrum + s_eff**2
+        gauss = -jnp.fft.irfft2(jnp.fft.rfft2(eta) / p, s=eta.shape[-2:])
+        # Both branches are evaluated (no Python branching on a traced sigma).
+        return jnp.where(s_eff > self.max_sigma, gauss, score)
 
     def __call__(self, post, x, sigma):
         _check_models(self.noise_models, post)
@@ -112,9 +133,9 @@ class NoiseScoreGuidance(AbstractGuidance):
 
         pred, vjp = jax.vjp(predict, x)
         scores = tuple(
-            jnp.where(sw > 0, nm.score(o.data - p, s_eff), 0.0).astype(x.dtype)
-            for nm, o, p, sw, s_eff in zip(self.noise_models, post.observations, pred, post.sqrt_w,
-                                           effective_sigma(post, sigma))
+            jnp.where(sw > 0, self._score(i, o.data - p, s_eff), 0.0).astype(x.dtype)
+            for i, (o, p, sw, s_eff) in enumerate(zip(post.observations, pred, post.sqrt_w,
+                                                      effective_sigma(post, sigma)))
         )
         # grad_x log p(y - A E x) = -(A E)^T s(y - A E x)
         return d - sigma**2 * vjp(scores)[0]

@@ -16,6 +16,8 @@ _COMMANDS = {
             "Fit a scene to IMAGES (one FITS image per band, or a cube) and deblend it."),
     "train-prior": ("deconvjax.diffusion._cli:train_prior",
                     "Train a diffusion (score) prior on galaxy stamps and write a checkpoint."),
+    "train-noise": ("deconvjax.likelihood._cli:train_noise",
+                    "Learn a noise likelihood (SLIC) from blank-sky cutouts and write a noise model."),
     "em": ("deconvjax.em._cli:em",
            "Learn a galaxy prior from CUTOUTS alone by expectation-maximisation."),
     "fit-survey": ("deconvjax.survey._cli:fit_survey",

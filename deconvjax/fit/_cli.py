@@ -117,13 +117,16 @@ def _load(images, psf, weights, variance, rms, bands, masks=(), hdu=None):
               help="Sky background fitted with the sources, per band: constant plus gradient, constant, or none.")
 @click.option("--subtract-background", is_flag=True,
               help="Subtract a photutils Background2D map from the images before fitting.")
+@click.option("--noise-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A learned noise model (`deconvjax train-noise`) for images of this size and band count: the fit "
+                   "follows its score (SLIC) instead of Gaussian noise; the reported chi2 is its Gaussian fit's.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (created).")
 @progress_option
 def fit_command(images, psf, weights, variance, rms, masks, hdu, catalog, bands, kind, monotonic, symmetric, structure, sparsity,
                 nsigma,
-                deblend_contrast, max_iter, rtol, model_psf_fwhm, allow_psf_gain, sky, subtract_background, out_dir,
-                progress):
+                deblend_contrast, max_iter, rtol, model_psf_fwhm, allow_psf_gain, sky, subtract_background, noise_model,
+                out_dir, progress):
     """Fit a scene to IMAGES (one FITS image per band, or a cube) and deblend it.
 
     Without --weights, --variance or --rms the noise is estimated from the images (a
@@ -164,8 +167,19 @@ def fit_command(images, psf, weights, variance, rms, masks, hdu, catalog, bands,
     click.echo(f"model PSF: Gaussian FWHM {float(frame.psf.sigma[0]) * FWHM_PER_SIGMA:.4g} arcsec "
                f"({float(frame.psf.sigma[0]) / frame.pixel_scale:.3g} model pixels sigma)")
     background = {"plane": PlaneBackground(1), "constant": PlaneBackground(0), "none": None}[sky]
+    extra = {}
+    if noise_model is not None:
+        from ..likelihood.learned import NoiseModelLikelihood, load_noise_model
+
+        try:
+            likelihood = NoiseModelLikelihood(load_noise_model(noise_model))
+            likelihood.check_shape(np.shape(data.images), "IMAGES")
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--noise-model") from None
+        extra["likelihood"] = likelihood
+        click.echo(f"noise: learned noise model {noise_model} (scale {likelihood.noise_model.scale:.4g})")
     try:
-        obs = data.to_observation(frame, background=background, allow_psf_gain=allow_psf_gain)
+        obs = data.to_observation(frame, background=background, allow_psf_gain=allow_psf_gain, **extra)
     except ValueError as err:
         hint = "--model-psf-fwhm" if str(err).startswith("psf:") else "--psf"
         raise click.BadParameter(str(err), param_hint=hint) from None

@@ -1,0 +1,251 @@
+"""Posterior guidance with a noise model (`deconvjax.likelihood.noise_model`): the learned
+noise likelihood of SLIC (a score network trained on noise cutouts) or any other
+`AbstractNoiseModel`, in place of the white Gaussian likelihood of the observations' weights.
+
+Two guidance objects, both `AbstractGuidance` members used through `PosteriorDenoiser`:
+
+- `NoiseScoreGuidance`, SLIC's time-dependent form. In VE coordinates the residual of the
+  noisy variable is ``eta_t = y - A E x_t = n - sigma A E eps``: the noise convolved with
+  ``N(0, sigma^2 A E E^T A^T)``. Taking ``eta_t`` independent of ``x_t`` (the
+  convolved-likelihood approximation, as `ConvolvedLikelihood`) gives
+  ``grad log p(y | x_t) ~ -(A E)^T s_eta(y - A E x_t)``. A noise model only knows the noise
+  convolved with an *isotropic* Gaussian, so ``sigma^2 A E E^T A^T`` is replaced by
+  ``sigma_eff^2 I`` with the same trace, ``sigma_eff^2 = sigma^2 g mean_k |H_k|^2`` (``g``
+  the embedding's gain, ``|H_k|^2`` the symbol of ``A A^T``, averaged over frequencies and
+  bands). Two approximations, then: the convolved likelihood (biased towards the prior
+  at large ``sigma`` for informative priors, as `ConvolvedLikelihood` is) and the isotropic
+  kernel (which over-smooths the noise at the frequencies the PSF removes and under-smooths
+  it at the others). Both are exact only for a flat prior and ``A A^T`` proportional to the
+  identity. Needs no denoiser Jacobian.
+
+- `GaussianFitMMPS`: `MMPS` (the project's default guidance, exact for Gaussian priors and
+  Gaussian noise) with the noise model's Gaussian fit (`AbstractNoiseModel.gaussian_fit`, a
+  stationary correlated Gaussian with the noise's power spectrum) as the likelihood. The
+  correction when the noise is close to Gaussian (drizzled-image noise is, up to its
+  correlations): it keeps MMPS's covariance-aware update, and loses only the noise's
+  non-Gaussian shape.
+
+Both take one noise model per observation, on that observation's pixel grid (``(band, ny,
+nx)``, in data units); observation weights only mask pixels (``weights = 0``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float
+
+from ..likelihood.correlated import CorrelatedGaussianLikelihood
+from ..likelihood.noise_model import AbstractNoiseModel
+from .base import AbstractCGSolve, AbstractGuidance, ConvergedCG, FixedCG, exact_jacobian
+
+__all__ = ["NoiseScoreGuidance", "GaussianFitMMPS", "effective_sigma"]
+
+
+def _as_models(noise_models) -> tuple[AbstractNoiseModel, ...]:
+    models = (noise_models,) if isinstance(noise_models, AbstractNoiseModel) else tuple(noise_models)
+    if not models or not all(isinstance(m, AbstractNoiseModel) for m in models):
+        raise TypeError("noise_models: expected an AbstractNoiseModel or a sequence of them (one per "
+                        f"observation), got {noise_models!r:.80}")
+    return models
+
+
+def _check_models(models, post) -> None:
+    """One noise model per observation, on that observation's grid (static shapes: raised
+    when the guidance is first traced)."""
+    if len(models) != len(post.observations):
+        raise ValueError(f"noise_models: expected one per observation ({len(post.observations)}), "
+                         f"got {len(models)}")
+    for i, (m, o) in enumerate(zip(models, post.observations)):
+        m.check_shape(o.shape, name=f"observations[{i}]")
+
+
+def _vdot(a: tuple, b: tuple) -> Array:
+    return sum(jnp.vdot(u, v).real for u, v in zip(a, b))
+
+
+def effective_sigma(post, sigma: Float[Array, ""]) -> tuple[Float[Array, ""], ...]:
+    """Per observation, ``sigma_eff = sigma sqrt(mean(diag(A E E^T A^T)))``: the isotropic
+    perturbation with the trace of ``sigma^2 A E E^T A^T`` (see `NoiseScoreGuidance`)."""
+    out = []
+    for h2, g in zip(post.h2, post.gain):
+        # irfft2 at the origin is the mean of the spectrum over all frequencies, the
+        # rfft2 layout's half-plane counted with its Hermitian partner.
+        shape = (h2.shape[-2], 2 * (h2.shape[-1] - 1))
+        mean_h2 = jnp.fft.irfft2(h2, s=shape)[..., 0, 0]
+        out.append(sigma * jnp.sqrt(jnp.mean(g * mean_h2)))
+    return tuple(out)
+
+
+class NoiseScoreGuidance(AbstractGuidance):
+    """SLIC's time-dependent likelihood score: ``E[x | x_t, y] ~ D(x_t, sigma) - sigma^2
+    sum_i (A_i E)^T s_i(y_i - A_i E x_t, sigma_eff,i)``, ``s_i`` the score of observation
+    ``i``'s noise model convolved with ``N(0, sigma_eff,i^2 I)`` (`effective_sigma`: the
+    trace of ``sigma^2 A E E^T A^T``), zero on masked pixels.
+
+    An approximation (the convolved likelihood with an isotropic kernel; see the module
+    docstring): biased even for Gaussian noise and a Gaussian prior, where
+    `GaussianFitMMPS` is exact. Its one merit is that it uses the noise's full non-Gaussian
+    score at every noise level.
+
+    **Arguments:**
+
+    - `noise_models`: an `AbstractNoiseModel` per observation (one for a single one).
+    - `max_sigma`: the largest ``sigma_eff`` (data units) at which the noise models' own
+      scores are used; above it, the score of their Gaussian fits convolved with
+      ``N(0, sigma_eff^2 I)`` (analytic): a learned score is only trained up to some noise
+      level, and far above the noise the convolved density is close to that Gaussian
+      anyway. None (default): always the models' scores.
+    """
+
+    noise_models: tuple[AbstractNoiseModel, ...]
+    fits: tuple[CorrelatedGaussianLikelihood, ...]
+    max_sigma: float | None = eqx.field(static=True)
+
+    def __init__(self, noise_models: AbstractNoiseModel | Sequence[AbstractNoiseModel], *,
+                 max_sigma: float | None = None):
+        self.noise_models = _as_models(noise_models)
+        self.fits = tuple(m.gaussian_fit() for m in self.noise_models)
+        if max_sigma is not None and not float(max_sigma) > 0:
+            raise ValueError(f"max_sigma: expected a positive float or None, got {max_sigma}")
+        self.max_sigma = None if max_sigma is None else float(max_sigma)
+
+    def _score(self, i, eta, s_eff):
+        score = self.noise_models[i].score(eta, s_eff)
+        if self.max_sigma is None:
+            return score
+        p = self.fits[i].power_spectrum + s_eff**2
+        gauss = -jnp.fft.irfft2(jnp.fft.rfft2(eta) / p, s=eta.shape[-2:])
+        # Both branches are evaluated (no Python branching on a traced sigma).
+        return jnp.where(s_eff > self.max_sigma, gauss, score)
+
+    def __call__(self, post, x, sigma):
+        _check_models(self.noise_models, post)
+        d = post.prior(x, sigma)
+
+        def predict(u):
+            m = post.embed(u)
+            return tuple(o(m) for o in post.observations)
+
+        pred, vjp = jax.vjp(predict, x)
+        scores = tuple(
+            jnp.where(sw > 0, self._score(i, o.data - p, s_eff), 0.0).astype(x.dtype)
+            for i, (o, p, sw, s_eff) in enumerate(zip(post.observations, pred, post.sqrt_w,
+                                                      effective_sigma(post, sigma)))
+        )
+        # grad_x log p(y - A E x) = -(A E)^T s(y - A E x)
+        return d - sigma**2 * vjp(scores)[0]
+
+
+class GaussianFitMMPS(AbstractGuidance):
+    """`MMPS` with each observation's noise model replaced by its Gaussian fit (a
+    stationary correlated Gaussian, covariance ``C`` diagonal in Fourier space with the
+    noise's power spectrum ``P``). Whitening by ``C^{-1/2}`` instead of the weights, it
+    solves
+
+        (I + C^{-1/2} A E V E^T A^T C^{-1/2}) u = C^{-1/2} (y - A E D(x_t)),
+        E[x | x_t, y] ~ D + V E^T A^T C^{-1/2} u,    V = sigma^2 dD/dx_t,
+
+    by preconditioned CG, with the Fourier preconditioner ``(1 + c g |H_k|^2 / P_k)^-1``.
+    Exact (with a converged solve) for a Gaussian prior and Gaussian noise; for non-Gaussian
+    noise it keeps the noise's second moments and drops its higher ones. The options are
+    `MMPS`'s: the solve (`cg`, or `cg_iters`; default a converged solve for priors with an
+    exact Jacobian, one CG iteration for learned ones), the scalar stand-in ``c`` for ``V``
+    in the preconditioner (`prior_variance`, else a Hutchinson probe), and the `trust`
+    bound on the correction's whitened length.
+
+    **Arguments:**
+
+    - `noise_models`: an `AbstractNoiseModel` per observation (one for a single one).
+    - `cg_iters`, `cg`, `prior_variance`, `trust`: as `MMPS`.
+    """
+
+    noise_models: tuple[AbstractNoiseModel, ...]
+    fits: tuple[CorrelatedGaussianLikelihood, ...]
+    cg_iters: int | None = eqx.field(static=True)
+    cg: AbstractCGSolve | None = eqx.field(static=True)
+    prior_variance: float | None = eqx.field(static=True)
+    trust: float | None = eqx.field(static=True)
+
+    def __init__(self, noise_models: AbstractNoiseModel | Sequence[AbstractNoiseModel], *,
+                 cg_iters: int | None = None, cg: AbstractCGSolve | None = None,
+                 prior_variance: float | None = None, trust: float | None = 4.0):
+        self.noise_models = _as_models(noise_models)
+        # Fitted once, outside any trace (a learned model's fit is a host computation).
+        self.fits = tuple(m.gaussian_fit() for m in self.noise_models)
+        if cg_iters is not None and int(cg_iters) < 0:
+            raise ValueError(f"cg_iters: expected a non-negative integer, got {cg_iters}")
+        if cg is not None and not isinstance(cg, AbstractCGSolve):
+            raise TypeError(f"cg: expected an AbstractCGSolve (FixedCG, ConvergedCG), got {type(cg).__name__}")
+        if cg is not None and cg_iters is not None:
+            raise ValueError("cg, cg_iters: give at most one (cg_iters=k is cg=FixedCG(k))")
+        if trust is not None and not float(trust) > 0:
+            raise ValueError(f"trust: expected a positive float or None, got {trust}")
+        if prior_variance is not None and not float(prior_variance) > 0:
+            raise ValueError(f"prior_variance: expected a positive float or None, got {prior_variance}")
+        self.cg_iters = cg_iters
+        self.cg = cg
+        self.prior_variance = prior_variance
+        self.trust = trust
+
+    def cg_solve(self, prior) -> AbstractCGSolve:
+        """As `MMPS.cg_solve`."""
+        if self.cg is not None:
+            return self.cg
+        if self.cg_iters is not None:
+            return FixedCG(int(self.cg_iters))
+        return ConvergedCG() if exact_jacobian(prior) else FixedCG(1)
+
+    def __call__(self, post, x, sigma):
+        _check_models(self.noise_models, post)
+        fits = self.fits
+        masks = tuple(post.sqrt_w)
+
+        def whiten(r):
+            return tuple(f.whiten(ri, w).astype(ri.dtype) for f, ri, w in zip(fits, r, masks))
+
+        def forward(u):
+            m = post.embed(u)
+            return whiten(tuple(o(m) for o in post.observations))
+
+        def adjoint(z):
+            (out,) = jax.linear_transpose(forward, jnp.zeros(post.x_shape, x.dtype))(z)
+            return out
+
+        d, vjp = jax.vjp(lambda u: post.prior(u, sigma), x)
+        s2 = sigma**2
+
+        def cov(v):
+            return s2 * vjp(v)[0]
+
+        if self.prior_variance is None:
+            z = jr.rademacher(jr.key(0), x.shape, dtype=x.dtype)
+            c = s2 * jnp.clip(jnp.mean(z * vjp(z)[0]), 0.0, 1.0)
+        else:
+            v = float(self.prior_variance)
+            c = s2 * v / (v + s2)
+        m = post.embed(d)
+        r = whiten(tuple(o.data - o(m) for o in post.observations))
+
+        def matvec(u):
+            return tuple(a + b for a, b in zip(u, forward(cov(adjoint(u)))))
+
+        def precond(rr):
+            out = []
+            for ri, h2, g, f in zip(rr, post.h2, post.gain, fits):
+                den = 1.0 + c * g[:, None, None] * h2 / f.power_spectrum
+                out.append(jnp.fft.irfft2(jnp.fft.rfft2(ri) / den, s=ri.shape[-2:]).astype(ri.dtype))
+            return tuple(out)
+
+        u = self.cg_solve(post.prior)(matvec, r, precond)
+        delta = cov(adjoint(u))
+        if self.trust is not None:
+            q = forward(delta)
+            qq, rr2 = _vdot(q, q), _vdot(r, r)
+            limit = float(self.trust) ** 2 * rr2
+            delta = delta * jnp.where(qq > limit, jnp.sqrt(limit / jnp.where(qq > 0, qq, 1.0)), 1.0)
+        return d + delta

@@ -262,6 +262,7 @@ def _run(cli_files, noise, out):
                                            "--out", str(out), "--no-progress"])
 
 
+@pytest.mark.slow  # a posterior run through the CLI: ~50 s on the shared 2-core CPU
 def test_cli_sample_noise_model(cli_files):
     from astropy.io import fits
 

@@ -343,8 +343,9 @@ def test_cli_train_noise_then_fit_with_it(tmp_path):
     assert model.shape == (1, n, n)
     rng = np.random.default_rng(0)
     for size in (n, 32):
-        img = 5.0 * integrated_gaussian((size, size), (size / 2 - 0.4, size / 2 + 0.3), 1.8)
-        img = img + model.scale * rng.normal(size=(size, size))
+        # The mix's Gaussian part has sigma 1 (its std, with outliers, is larger).
+        img = 300.0 * integrated_gaussian((size, size), (size / 2 - 0.4, size / 2 + 0.3), 1.8)
+        img = img + rng.normal(size=(size, size))
         fits.writeto(tmp_path / f"img{size}.fits", img.astype(np.float32), fits.Header({"PIXSCALE": 0.2}),
                      overwrite=True)
     psf = integrated_gaussian((15, 15), (7, 7), 1.2)
@@ -353,7 +354,7 @@ def test_cli_train_noise_then_fit_with_it(tmp_path):
     def fit(size):
         return CliRunner().invoke(cli.main, [
             "fit", str(tmp_path / f"img{size}.fits"), "--psf", str(tmp_path / "psf.fits"), "--kind", "gaussian",
-            "--no-structure", "--sky", "none", "--rms", str(model.scale), "--max-iter", "50",
+            "--no-structure", "--sky", "none", "--rms", "1", "--max-iter", "50",
             "--noise-model", str(out), "--out", str(tmp_path / f"out{size}"), "--no-progress"])
 
     r = fit(n)

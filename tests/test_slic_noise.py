@@ -110,13 +110,13 @@ def test_blank_cutouts_mask_rejects_tiles(tmp_path):
 
 def test_correlated_noise_matches_its_correlation_function():
     cf = _correlation()
-    c = correlated_noise_cutouts(cf, n=3000, size=SIZE, seed=0)
+    c = correlated_noise_cutouts(cf, n=1500, size=SIZE, seed=0)
     assert abs(float(c.var()) - 1.0) < 0.05
     p = empirical_power_spectrum(c)
     ref = np.asarray(_reference().power_spectrum)
     rel = np.abs(p - ref) / ref
-    # 3000 periodograms: ~2% scatter per frequency.
-    assert np.median(rel) < 0.05 and rel.max() < 0.2
+    # 1500 periodograms: ~3% scatter per frequency.
+    assert np.median(rel) < 0.06 and rel.max() < 0.25
 
 
 def test_non_gaussian_mix_has_outliers_and_zero_median():

@@ -9,6 +9,7 @@ variable a `LearnedNoiseModel` is trained on.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ def detect_segmentation(image: Float[np.ndarray, "band y x"], *, nsigma: float =
     from astropy.convolution import Gaussian2DKernel, convolve
     from astropy.stats import sigma_clipped_stats
     from photutils.segmentation import detect_sources
+    from photutils.utils.exceptions import NoDetectionsWarning
     from scipy.ndimage import binary_dilation
 
     img = np.nansum(np.asarray(image, dtype=np.float64), axis=0)
@@ -55,7 +57,10 @@ def detect_segmentation(image: Float[np.ndarray, "band y x"], *, nsigma: float =
     # The smoothing is what makes faint extended wings detectable above the noise.
     smooth = convolve(np.where(np.isfinite(img), img, med) - med, Gaussian2DKernel(1.0))
     _, _, sstd = sigma_clipped_stats(smooth, sigma=3.0)
-    seg = detect_sources(smooth, nsigma * sstd, n_pixels=npixels)
+    with warnings.catch_warnings():
+        # A blank image is a valid input here: no sources is an answer, not a problem.
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        seg = detect_sources(smooth, nsigma * sstd, n_pixels=npixels)
     if seg is None:
         return np.zeros(img.shape, dtype=np.int32)
     labels = np.asarray(seg.data, dtype=np.int32)

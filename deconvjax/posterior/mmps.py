@@ -6,10 +6,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from jaxtyping import Array, Float
 
 from .base import AbstractCGSolve, AbstractGuidance, ConvergedCG, FixedCG, _dot, exact_jacobian
 
-__all__ = ["MMPS"]
+__all__ = ["MMPS", "tweedie_covariance", "within_trust"]
 
 
 class MMPS(AbstractGuidance):
@@ -95,25 +96,41 @@ class MMPS(AbstractGuidance):
         return ConvergedCG() if exact_jacobian(prior) else FixedCG(1)
 
     def __call__(self, post, x, sigma):
-        d, vjp = jax.vjp(lambda u: post.prior(u, sigma), x)
-        s2 = sigma**2
-
-        def cov(v):
-            return s2 * vjp(v)[0]
-
-        if self.prior_variance is None:
-            # Fixed probe: a constant folded by XLA, no key threading through samplers.
-            z = jr.rademacher(jr.key(0), x.shape, dtype=x.dtype)
-            c = s2 * jnp.clip(jnp.mean(z * vjp(z)[0]), 0.0, 1.0)
-        else:
-            v = float(self.prior_variance)
-            c = s2 * v / (v + s2)
+        d, cov, c = tweedie_covariance(post, x, sigma, self.prior_variance)
         r = post.residual_white(d)
         u = post.solve(cov, r, c, self.cg_solve(post.prior))
         delta = cov(post.adjoint_white(u))
         if self.trust is not None:
             q = post.forward_white(delta)
-            qq, rr = _dot(q, q), _dot(r, r)
-            limit = float(self.trust) ** 2 * rr
-            delta = delta * jnp.where(qq > limit, jnp.sqrt(limit / jnp.where(qq > 0, qq, 1.0)), 1.0)
+            delta = delta * within_trust(_dot(q, q), _dot(r, r), self.trust)
         return d + delta
+
+
+def tweedie_covariance(post, x: Float[Array, "*xshape"], sigma, prior_variance: float | None = None):
+    """The prior side of MMPS at ``(x_t, sigma)``: the denoiser's output ``D``, the product
+    with Tweedie's covariance ``v -> sigma^2 J^T v`` (one linearisation of the denoiser, one
+    backward pass per call), and the preconditioner's scalar ``c_t`` (from the per-pixel
+    `prior_variance`, or one fixed Rademacher probe of ``J``; see `MMPS`). Shared by the
+    guidance objects that differ from `MMPS` only in how the data side is whitened."""
+    d, vjp = jax.vjp(lambda u: post.prior(u, sigma), x)
+    s2 = sigma**2
+
+    def cov(v):
+        return s2 * vjp(v)[0]
+
+    if prior_variance is None:
+        # Fixed probe: a constant folded by XLA, no key threading through samplers.
+        z = jr.rademacher(jr.key(0), x.shape, dtype=x.dtype)
+        c = s2 * jnp.clip(jnp.mean(z * vjp(z)[0]), 0.0, 1.0)
+    else:
+        v = float(prior_variance)
+        c = s2 * v / (v + s2)
+    return d, cov, c
+
+
+def within_trust(qq: Float[Array, ""], rr: Float[Array, ""], trust: float) -> Float[Array, ""]:
+    """The factor that scales a correction whose whitened data-space squared length is
+    `qq` down to ``trust`` times the whitened residual's length (``rr`` its square); 1 when
+    it is already inside (see `MMPS`'s trust region)."""
+    limit = float(trust) ** 2 * rr
+    return jnp.where(qq > limit, jnp.sqrt(limit / jnp.where(qq > 0, qq, 1.0)), 1.0)

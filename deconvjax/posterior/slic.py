@@ -36,12 +36,12 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float
 
 from ..likelihood.correlated import CorrelatedGaussianLikelihood
 from ..likelihood.noise_model import AbstractNoiseModel
-from .base import AbstractCGSolve, AbstractGuidance, ConvergedCG, FixedCG, exact_jacobian
+from .base import AbstractCGSolve, AbstractGuidance
+from .mmps import MMPS, tweedie_covariance, within_trust
 
 __all__ = ["NoiseScoreGuidance", "GaussianFitMMPS", "effective_sigma"]
 
@@ -194,11 +194,7 @@ class GaussianFitMMPS(AbstractGuidance):
 
     def cg_solve(self, prior) -> AbstractCGSolve:
         """As `MMPS.cg_solve`."""
-        if self.cg is not None:
-            return self.cg
-        if self.cg_iters is not None:
-            return FixedCG(int(self.cg_iters))
-        return ConvergedCG() if exact_jacobian(prior) else FixedCG(1)
+        return MMPS(cg_iters=self.cg_iters, cg=self.cg).cg_solve(prior)
 
     def __call__(self, post, x, sigma):
         _check_models(self.noise_models, post)
@@ -216,18 +212,7 @@ class GaussianFitMMPS(AbstractGuidance):
             (out,) = jax.linear_transpose(forward, jnp.zeros(post.x_shape, x.dtype))(z)
             return out
 
-        d, vjp = jax.vjp(lambda u: post.prior(u, sigma), x)
-        s2 = sigma**2
-
-        def cov(v):
-            return s2 * vjp(v)[0]
-
-        if self.prior_variance is None:
-            z = jr.rademacher(jr.key(0), x.shape, dtype=x.dtype)
-            c = s2 * jnp.clip(jnp.mean(z * vjp(z)[0]), 0.0, 1.0)
-        else:
-            v = float(self.prior_variance)
-            c = s2 * v / (v + s2)
+        d, cov, c = tweedie_covariance(post, x, sigma, self.prior_variance)
         m = post.embed(d)
         r = whiten(tuple(o.data - o(m) for o in post.observations))
 
@@ -245,7 +230,5 @@ class GaussianFitMMPS(AbstractGuidance):
         delta = cov(adjoint(u))
         if self.trust is not None:
             q = forward(delta)
-            qq, rr2 = _vdot(q, q), _vdot(r, r)
-            limit = float(self.trust) ** 2 * rr2
-            delta = delta * jnp.where(qq > limit, jnp.sqrt(limit / jnp.where(qq > 0, qq, 1.0)), 1.0)
+            delta = delta * within_trust(_vdot(q, q), _vdot(r, r), self.trust)
         return d + delta

@@ -97,8 +97,6 @@ def main(argv=None):
     # 1. ACS correlated noise (unit variance).
     cosmos = args.cosmos_dir or default_cosmos()
     cf_path = Path(cosmos) / "acs_I_unrot_sci_20_cf.fits"
-    if not cf_path.is_file():
-        cf_path = Path("/work/shared/data/cosmos/acs_I_unrot_sci_20_cf.fits")
     if cf_path.is_file():
         from astropy.io import fits
 

@@ -138,10 +138,11 @@ def blank_cutouts(
 
 def cosmos_blank_cutouts(cosmos_dir, *, size: int, n_per_stamp: int = 4,
                          seed: int = 0) -> Float[np.ndarray, "n 1 size size"]:
-    """Blank-sky cutouts from the COSMOS HST stamps in ``cosmos_dir`` (the RealGalaxyCatalog
-    layout of ``/work/shared/data/cosmos``): up to ``n_per_stamp`` tiles per stamp, far from
-    its galaxy (`blank_cutouts` on each stamp), each stamp's sky subtracted. Stamps too
-    small for a blank tile are skipped."""
+    """Blank-sky cutouts from the COSMOS HST stamps in ``cosmos_dir`` (GalSim's
+    RealGalaxyCatalog layout: `deconvjax.data.cosmos_path()`, or a folder written by
+    `deconvjax data cosmos`): up to ``n_per_stamp`` tiles per stamp, far from its galaxy
+    (`blank_cutouts` on each stamp), each stamp's sky subtracted. Stamps too small for a
+    blank tile are skipped."""
     from astropy.io import fits
 
     d = Path(cosmos_dir)

@@ -11,9 +11,12 @@ SSIM / flux and ellipticity errors of the sample mean against the truth, seconds
 and training seconds. Reference figures of Xue et al.: diffusion 100% retained, variance
 15.86; CVAE 53.9%, 15.13 (their features and data, not comparable in absolute terms).
 
-MMPS observes through `deconvjax.posterior.make_observations` (its model frame carries a
-0.5-pixel Gaussian PSF and non-periodic edges), so its forward model differs slightly from
-the periodic convolution the retention test uses.
+Every method sees one forward operator, the periodic convolution of
+`deconvjax.amortised.convolution` that makes the pairs and that the retention test re-applies:
+MMPS observes through an `Observation` whose operator equals it (`periodic_observation`: the
+prior's image wrapped by the PSF's radius, a delta model PSF, zero weight on the wrapped
+border), instead of `make_observations`' default (a 0.5-pixel Gaussian model PSF and
+non-periodic edges).
 
     JAX_PLATFORMS=cpu python benchmarks/_amortised_conditional.py [--quick] [--seed N]
 """
@@ -31,6 +34,8 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -39,6 +44,7 @@ from deconvjax.amortised.cvae import CVAEConfig, sample_cvae, train_cvae  # noqa
 from deconvjax.amortised.metrics import ellipticity_error, flux_error, psnr, ssim  # noqa: E402
 from deconvjax.amortised.pairs import make_pairs  # noqa: E402
 from deconvjax.amortised.retention import DEFAULT_SLACK, conditional_variance, is_retained  # noqa: E402
+from deconvjax.posterior.base import AbstractEmbedding  # noqa: E402
 
 
 def _settings(quick: bool) -> dict:
@@ -105,9 +111,44 @@ def run(quick: bool = True, seed: int = 0, workdir: str | None = None, slack: fl
                                    "slack": slack, "quick": quick, "seed": seed}}
 
 
+class _WrapEmbedding(AbstractEmbedding):
+    """``E x``: the prior's ``size x size`` image in physical units (``scale * x``), wrapped
+    periodically by ``pad`` pixels on each side. A linear convolution of that frame with a
+    PSF of radius at most ``pad``, read on the central ``size x size`` pixels, is the periodic
+    convolution the pairs are made with (`deconvjax.amortised.convolution.convolve`)."""
+
+    scale: float = eqx.field(static=True)
+    pad: int = eqx.field(static=True)
+
+    def __call__(self, x):
+        return jnp.pad(self.scale * x, ((0, 0), (self.pad, self.pad), (self.pad, self.pad)), mode="wrap")
+
+    def gain(self, n_bands):
+        return jnp.full((n_bands,), self.scale**2)
+
+
+def periodic_observation(observed, psf, noise_sigma):
+    """The `Observation` (and its wrap padding) whose operator on `_WrapEmbedding`'s frame is
+    the pairs' periodic convolution: the PSF's radius of wrapped pixels around the data with
+    zero weight (infinite variance), and a delta model PSF so that the observation's kernel is
+    `psf` itself (the default model PSF, a 0.5-pixel Gaussian, would change the operator)."""
+    from deconvjax.posterior.deconvolve import make_observations
+    from deconvjax.psf import ArrayPSF
+
+    pad = psf.shape[-1] // 2
+    widths = ((0, 0), (pad, pad), (pad, pad))
+    data = np.pad(np.asarray(observed, np.float64), widths, mode="wrap")
+    var = np.pad(np.full(np.shape(observed), float(noise_sigma) ** 2), widths, constant_values=np.inf)
+    delta = np.zeros((1, 3, 3))
+    delta[0, 1, 1] = 1.0
+    _, (obs,) = make_observations([data], [np.asarray(psf, np.float64)[0]], variances=[var],
+                                  model_psf=ArrayPSF(delta, pixel_scale=1.0, center="pixel"))
+    return obs, pad
+
+
 def _mmps(train, test, wd, cfg, n, flux_scale, slack):
     from deconvjax.diffusion.train import TrainConfig, train_prior
-    from deconvjax.posterior.deconvolve import deconvolve, make_observations
+    from deconvjax.posterior.deconvolve import deconvolve
 
     t0 = time.perf_counter()
     prior = train_prior(train.truth, wd / "prior.eqx",
@@ -117,10 +158,11 @@ def _mmps(train, test, wd, cfg, n, flux_scale, slack):
     t_train = time.perf_counter() - t0
     out, secs = [], []
     for i, (y, p, sg) in enumerate(zip(test.observed, test.psf, test.noise_sigma, strict=True)):
-        _, obs = make_observations([y], [p[0]], variances=[float(sg) ** 2])
+        obs, pad = periodic_observation(y, p, sg)
         t0 = time.perf_counter()
-        res = deconvolve(jr.key(100 + i), prior, obs, n_samples=n)
-        out.append(np.asarray(res.samples))
+        res = deconvolve(jr.key(100 + i), prior, obs, n_samples=n,
+                         embed=_WrapEmbedding(float(prior.flux_scale), pad))
+        out.append(np.asarray(res.samples)[..., pad:-pad, pad:-pad])
         secs.append(time.perf_counter() - t0)
     # The first observation includes compilation: time the others when there are any.
     sec = float(np.mean(secs[1:] if len(secs) > 1 else secs)) / n

@@ -9,6 +9,8 @@ import scipy.signal
 from deconvjax.amortised.conditional import (
     ConditionalConfig,
     ConditionalDenoiser,
+    NoDataConsistency,
+    WienerDataConsistency,
     load_conditional,
     pad_psf,
     sample_conditional,
@@ -19,6 +21,7 @@ from deconvjax.amortised.pairs import Pairs, make_pairs
 from deconvjax.amortised.retention import (
     chi2_per_pixel,
     conditional_variance,
+    conditional_variances,
     image_features,
     is_retained,
 )
@@ -91,6 +94,17 @@ def test_conditional_variance_hand_values():
     assert np.isnan(conditional_variance(s, np.zeros((2, 3), bool)))
 
 
+def test_conditional_variances_per_observation():
+    rng = np.random.default_rng(1)
+    s = rng.random((3, 4, 1, 8, 8))
+    mask = np.array([[True, True, True, False], [True, False, False, False], [True] * 4])
+    got = conditional_variances(s, mask)
+    assert np.isnan(got[1])
+    np.testing.assert_allclose(got[[0, 2]], [image_features(s[0, :3]).var(axis=0, ddof=1).sum(),
+                                             image_features(s[2]).var(axis=0, ddof=1).sum()])
+    np.testing.assert_allclose(conditional_variance(s, mask), np.mean(got[[0, 2]]))
+
+
 def test_metric_bad_input():
     with pytest.raises(ValueError, match="psf"):
         chi2_per_pixel(np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), np.ones((1, 9, 9)), 1.0)
@@ -128,6 +142,85 @@ def test_conditional_denoiser_limits_and_shapes():
         model.bind(jnp.ones((1, 8, 9)), jnp.ones((1, 3, 3)))
     with pytest.raises(ValueError, match="net"):
         ConditionalDenoiser(UNet(1, (8,), key=jr.key(0)), 0.5, 2.0, 8, 3)
+
+
+def _circulant(psf, size):
+    """Dense periodic convolution matrix, column j the circular convolution of the j-th
+    basis image (scipy on a wrap-padded image: independent of the package's FFT code)."""
+    r = psf.shape[-1]
+    cols = []
+    for j in range(size * size):
+        e = np.zeros((size, size))
+        e.flat[j] = 1.0
+        cols.append(scipy.signal.convolve(np.pad(e, r, mode="wrap"), psf, mode="same")[r:-r, r:-r].ravel())
+    return np.stack(cols, axis=1)
+
+
+def test_wiener_consistency_against_dense_solve():
+    # D' = D + v H^T (v H H^T + s2 I)^-1 (y - H D), v = sigma^2 sd^2 / (sigma^2 + sd^2),
+    # by dense linear algebra on an 8 x 8 grid with an asymmetric 5 x 5 PSF.
+    from deconvjax.amortised.convolution import transfer_function
+
+    rng = np.random.default_rng(2)
+    size, sigma, sd, s2 = 8, 0.7, 0.4, 0.05
+    psf = rng.random((5, 5))
+    psf /= psf.sum()
+    den, y = rng.standard_normal((1, size, size)), rng.standard_normal((1, size, size))
+    h = _circulant(psf, size)
+    v = sigma**2 * sd**2 / (sigma**2 + sd**2)
+    want = den.ravel() + v * h.T @ np.linalg.solve(v * h @ h.T + s2 * np.eye(size * size),
+                                                   y.ravel() - h @ den.ravel())
+    got = WienerDataConsistency()(jnp.asarray(den, jnp.float32), jnp.asarray(sigma), sd, jnp.asarray(y),
+                                  transfer_function(psf[None], (size, size)), jnp.asarray(s2))
+    np.testing.assert_allclose(np.asarray(got).ravel(), want, atol=1e-5)
+    # No-op when sigma -> 0 (v -> 0): the network's estimate is kept.
+    got0 = WienerDataConsistency()(jnp.asarray(den, jnp.float32), jnp.asarray(1e-6), sd, jnp.asarray(y),
+                                   transfer_function(psf[None], (size, size)), jnp.asarray(s2))
+    np.testing.assert_allclose(np.asarray(got0), den, atol=1e-5)
+
+
+def test_bind_consistency_arguments():
+    net = UNet(3, (8,), 1, 16, key=jr.key(0))
+    model = ConditionalDenoiser(net, 0.5, 2.0, 8, 3)
+    y, psf = jnp.ones((1, 8, 8)), jnp.ones((1, 3, 3)) / 9
+    x = jr.normal(jr.key(1), (1, 8, 8))
+    with pytest.raises(ValueError, match="noise_sigma"):
+        model.bind(y, psf, consistency=WienerDataConsistency())
+    with pytest.raises(ValueError, match="noise_sigma"):
+        model.bind(y, psf, -1.0, WienerDataConsistency())
+    with pytest.raises(ValueError, match="consistency"):
+        model.bind(y, psf, 0.1, consistency="wiener")
+    # The network alone: the bound denoiser is the model's call on flux-scale units.
+    plain = model.bind(y, psf)
+    assert isinstance(plain.consistency, NoDataConsistency)
+    np.testing.assert_allclose(np.asarray(plain(x, 0.3)),
+                               np.asarray(model(x, 0.3, y / 2.0, pad_psf(psf, 8))), rtol=1e-6)
+    # Wiener: noise variance in flux-scale units, (0.1 / 2)^2.
+    bound = model.bind(y, psf, 0.1, WienerDataConsistency())
+    assert float(bound.noise_var) == pytest.approx(0.0025)
+
+
+def test_benchmark_mmps_operator_is_the_periodic_convolution():
+    # The conditional benchmark's MMPS observation: its operator on the wrapped frame, read
+    # on the data's pixels, is the pairs' periodic convolution (scipy on wrap padding).
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _amortised_conditional import _WrapEmbedding, periodic_observation
+
+    p = make_pairs(3, 1, 32, noise_sigma=0.003)
+    obs, pad = periodic_observation(p.observed[0], p.psf[0], 0.003)
+    assert pad == 7
+    x = p.truth[0]
+    got = np.asarray(obs(_WrapEmbedding(1.0, pad)(jnp.asarray(x))))[0, pad:-pad, pad:-pad]
+    want = scipy.signal.fftconvolve(np.pad(x[0], 7, mode="wrap").astype(np.float64),
+                                    p.psf[0, 0].astype(np.float64), mode="same")[7:-7, 7:-7]
+    np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())
+    # Only the data's pixels carry weight.
+    w = np.asarray(obs.weights)[0]
+    assert np.all(w[pad:-pad, pad:-pad] == pytest.approx(1 / 0.003**2)) and w.sum() == pytest.approx(
+        32 * 32 / 0.003**2)
 
 
 def test_pairs_of_mismatched_shapes_are_refused(tmp_path):
@@ -171,6 +264,11 @@ def test_conditional_diffusion_recovers_a_known_galaxy(tmp_path):
     s = np.asarray(sample_conditional(jr.key(0), model, p.observed[0], p.psf[0], 4))
     truth = p.truth[0]
     assert np.sqrt(np.mean((s - truth) ** 2)) < 0.05 * truth.max()
+    # With the data-consistency step the samples also fit the observation to its noise.
+    s = np.asarray(sample_conditional(jr.key(0), model, p.observed[0], p.psf[0], 4,
+                                      noise_sigma=float(p.noise_sigma[0])))
+    assert np.sqrt(np.mean((s - truth) ** 2)) < 0.05 * truth.max()
+    assert np.all(np.asarray(is_retained(s, p.observed[0], p.psf[0], p.noise_sigma[0])))
 
 
 # --- CVAE --------------------------------------------------------------------------------

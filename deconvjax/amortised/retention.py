@@ -17,8 +17,11 @@ Features (`image_features`), fixed and weight-free, per image (summed over bands
   ``(Q_yy, Q_xx, Q_xy)`` (unweighted, in pixels^2, normalised by the flux).
 
 The conditional variance of one observation is the total variance (trace of the covariance)
-of these features over its retained samples; `conditional_variance` averages it over the
-observations that retain at least two samples.
+of these features over its retained samples (`conditional_variances`, one value per
+observation); `conditional_variance` averages it over the observations that retain at least
+two samples. The mean can be driven by one observation whose samples disagree in a dominant
+feature (the flux, through the k = 0 power bin), so the median over observations is worth
+reporting beside it.
 """
 
 import jax.numpy as jnp
@@ -28,7 +31,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 from .convolution import convolve
 
 __all__ = ["DEFAULT_SLACK", "chi2_per_pixel", "is_retained", "image_features",
-           "conditional_variance"]
+           "conditional_variances", "conditional_variance"]
 
 #: Default slack of `is_retained`: chi2 per pixel at most ``1 + 0.25``.
 DEFAULT_SLACK = 0.25
@@ -97,21 +100,27 @@ def image_features(images: Float[ArrayLike, "n band y x"]) -> Float[np.ndarray, 
     return np.concatenate([spectrum, moments], axis=1)
 
 
-def conditional_variance(samples_per_obs: Float[ArrayLike, "n_obs n_samples band y x"],
-                         retained_mask: Bool[ArrayLike, "n_obs n_samples"]) -> float:
-    """Mean over observations of the total feature variance (`image_features`, sample
-    variance with ``ddof=1``) of each observation's retained samples. Observations with
-    fewer than two retained samples are left out; NaN when none has two."""
+def conditional_variances(samples_per_obs: Float[ArrayLike, "n_obs n_samples band y x"],
+                          retained_mask: Bool[ArrayLike, "n_obs n_samples"]) -> Float[np.ndarray, " n_obs"]:
+    """Per observation, the total feature variance (`image_features`, sample variance with
+    ``ddof=1``) of its retained samples; NaN where fewer than two are retained."""
     s = np.asarray(samples_per_obs, dtype=np.float64)
     mask = np.asarray(retained_mask, dtype=bool)
     if s.ndim != 5:
         raise ValueError(f"samples_per_obs: expected (n_obs, n_samples, band, y, x), got {s.shape}")
     if mask.shape != s.shape[:2]:
         raise ValueError(f"retained_mask: expected shape {s.shape[:2]}, got {mask.shape}")
-    values = []
-    for obs, keep in zip(s, mask, strict=True):
-        if keep.sum() < 2:
-            continue
-        f = image_features(obs[keep])
-        values.append(float(f.var(axis=0, ddof=1).sum()))
-    return float(np.mean(values)) if values else float("nan")
+    values = np.full(len(s), np.nan)
+    for i, (obs, keep) in enumerate(zip(s, mask, strict=True)):
+        if keep.sum() >= 2:
+            values[i] = float(image_features(obs[keep]).var(axis=0, ddof=1).sum())
+    return values
+
+
+def conditional_variance(samples_per_obs: Float[ArrayLike, "n_obs n_samples band y x"],
+                         retained_mask: Bool[ArrayLike, "n_obs n_samples"]) -> float:
+    """Mean over observations of `conditional_variances`. Observations with fewer than two
+    retained samples are left out; NaN when none has two."""
+    values = conditional_variances(samples_per_obs, retained_mask)
+    values = values[np.isfinite(values)]
+    return float(np.mean(values)) if len(values) else float("nan")

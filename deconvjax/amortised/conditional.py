@@ -11,6 +11,12 @@ preconditioned residual (``D = c_skip x_t + c_out F``, as `UNetDenoiser`). Image
 units of one global ``flux_scale`` (`deconvjax.diffusion.train.flux_scale_of` of the
 training truths).
 
+Sampling can add a data-consistency step with the observation's known forward model
+(`WienerDataConsistency`, the default of `sample_conditional` when the noise is given): a
+small network leaves errors in the modes the observation measures well that no local view
+reveals (a total flux off by several times its uncertainty), and samples then fail the
+re-convolution test of `deconvjax.amortised.retention`.
+
 `train_loop` is the generic loop (AdamW with warm-up cosine decay and clipping, EMA,
 ``fold_in(key, step)`` per step so that a resumed run continues exactly, atomic
 checkpoints, tqdm, loss log) that `train_conditional` and `deconvjax.amortised.cvae` share.

@@ -108,6 +108,7 @@ def run(quick: bool = True, seed: int = 0, workdir: str | None = None, slack: fl
     sec = (time.perf_counter() - t0) / (n * len(test))
     diffusion = _evaluate("conditional diffusion", s_cond, test, flux_scale, sec, t_cond, slack)
     # The same network without the data-consistency step, for the record (same keys).
+    sample_conditional(jr.key(0), cond, test.observed[0], test.psf[0], n, consistency=NoDataConsistency())
     t0 = time.perf_counter()
     s_net = np.stack([np.asarray(sample_conditional(jr.key(i + 1), cond, y, p, n, consistency=NoDataConsistency()))
                       for i, (y, p) in enumerate(zip(test.observed, test.psf, strict=True))])

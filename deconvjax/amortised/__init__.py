@@ -3,6 +3,9 @@ pass or a few (conditional diffusion, conditional VAE, Tikhonov + learned denois
 multi-survey deconvolution, and the metrics that compare them with posterior sampling."""
 
 from .conditional import (
+    AbstractDataConsistency as AbstractDataConsistency,
+)
+from .conditional import (
     BoundConditionalDenoiser as BoundConditionalDenoiser,
 )
 from .conditional import (
@@ -10,6 +13,12 @@ from .conditional import (
 )
 from .conditional import (
     ConditionalDenoiser as ConditionalDenoiser,
+)
+from .conditional import (
+    NoDataConsistency as NoDataConsistency,
+)
+from .conditional import (
+    WienerDataConsistency as WienerDataConsistency,
 )
 from .conditional import (
     load_conditional as load_conditional,
@@ -187,6 +196,9 @@ from .retention import (
 )
 from .retention import (
     conditional_variance as conditional_variance,
+)
+from .retention import (
+    conditional_variances as conditional_variances,
 )
 from .retention import (
     image_features as image_features,

@@ -226,6 +226,21 @@ def flux_errors(positions: np.ndarray, fluxes: np.ndarray, truth) -> float:
     return float(np.median(errors))
 
 
+def floor_seconds(repeats: int = 3) -> float:
+    """The least time of a fresh process that imports JAX and Equinox and runs one tiny
+    jitted function (median of ``repeats``): what any JAX/Equinox command pays before
+    doing anything, so the largest end-to-end speed-up a fresh process can have is
+    ``scarlet2 seconds / floor``."""
+    code = "import jax, equinox; jax.jit(lambda x: x + 1)(1.0).block_until_ready()"
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                       timeout=600)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 # ----------------------------------------------------------------------------------------
 # scarlet2 (in a fresh process: python benchmarks/real.py --scarlet2-worker DIR)
 # ----------------------------------------------------------------------------------------
@@ -308,6 +323,8 @@ def main(argv=None):
     if a.quick:
         a.n_cosmos, a.cases = 2, ["undersampled", "sky_nonoise"]
     report: dict = {"loadavg_start": list(os.getloadavg()), "cases": {}}
+    floor = floor_seconds()
+    print(f"floor (fresh process: import jax, equinox and one tiny jit): {floor:.2f} s")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cases = simulated_cases(tmp / "sim", a.seed, a.cases)
@@ -357,6 +374,9 @@ def main(argv=None):
         "defaults_in_window": bool(in_window),
         "speedup_end_to_end_first": _median([r.get("speedup_first") for r in rows]),
         "speedup_end_to_end_cached": _median([r.get("speedup_cached") for r in rows]),
+        "floor_seconds": floor,
+        # The most any fresh process built on JAX and Equinox could reach against scarlet2.
+        "speedup_ceiling_fresh_process": _median([r["scarlet2"]["seconds"] / floor for r in rows if "scarlet2" in r]),
         "sample_rescale_gap_db": None,
     }
     if not a.no_sample:

@@ -18,7 +18,6 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from astropy.visualization import make_lupton_rgb
 from matplotlib.figure import Figure
 
 __all__ = [
@@ -54,6 +53,10 @@ def lupton_rgb(cube, *, stretch: float | None = None, Q: float = 8.0, minimum: f
     """An asinh (Lupton et al. 2004) colour image ``(y, x, 3)`` uint8 of a
     ``(band, y, x)`` cube. ``stretch`` defaults to a robust fraction of the image's
     brightest pixels so that faint light shows."""
+    # Imported here: astropy.visualization pulls in astropy.modeling and .convolution, which
+    # single-band pictures (each `deconvjax fit` of one band writes one) do not need.
+    from astropy.visualization import make_lupton_rgb
+
     rgb = _three_channels(cube)
     if stretch is None:
         stretch = _auto_stretch(cube)

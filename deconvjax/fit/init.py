@@ -186,11 +186,13 @@ def solve_spectra(scene: Scene, observations, *, floor: float | None = None) -> 
     rhs = np.zeros((nb, n))
     noise = np.zeros(nb)
     for o in observations:
-        m, r = _normal_equations_jit(scene, o)
+        # On the host from here: indexing device arrays would compile a program per index.
+        m, r = (np.asarray(a, dtype=np.float64) for a in _normal_equations_jit(scene, o))
+        weights = np.asarray(o.weights)
         for j, b in enumerate(o.band_index):
-            mat[b] += np.asarray(m[j], dtype=np.float64)
-            rhs[b] += np.asarray(r[j], dtype=np.float64)
-            w = np.asarray(o.weights[j])
+            mat[b] += m[j]
+            rhs[b] += r[j]
+            w = weights[j]
             if np.any(w > 0):
                 noise[b] = max(noise[b], float(np.median(1 / np.sqrt(w[w > 0]))))
     return solve_normal_equations(mat, rhs, noise, floor)
@@ -332,6 +334,11 @@ def init_scene(
     return (scene, detection) if return_detection else scene
 
 
+# One compiled program for the basis: called eagerly, its handful of jnp operations would
+# each compile (and, with the persistent cache, each be looked up) on their own.
+_background_basis = eqx.filter_jit(lambda background, shape: background.basis(shape))
+
+
 def _less_initial_background(obs: Observation, n_iter: int = 5) -> Observation:
     """``obs`` with a first estimate of its background (`PlaneBackground`) subtracted
     from its data: weighted least squares of the plane per band over the pixels that
@@ -343,7 +350,7 @@ def _less_initial_background(obs: Observation, n_iter: int = 5) -> Observation:
 
     data = np.asarray(obs.data, dtype=np.float64)
     weights = np.asarray(obs.weights, dtype=np.float64)
-    basis = np.asarray(obs.background.basis(data.shape[-2:]), dtype=np.float64).reshape(-1, data[0].size)
+    basis = np.asarray(_background_basis(obs.background, data.shape[-2:]), dtype=np.float64).reshape(-1, data[0].size)
     sky = np.zeros_like(data)
     for b in range(data.shape[0]):
         use = weights[b] > 0

@@ -208,7 +208,8 @@ def write_results(
     for k, (o, wcs) in enumerate(zip(observations, observation_wcs)):
         if wcs is None and o.coords is None:
             wcs = frame.wcs  # on the model grid: the same pixels
-        res = np.asarray((o.data - o(jnp.asarray(model))) * (o.weights > 0), dtype=np.float32)
+        # numpy, not jax: eager jax arithmetic compiles a program per operation.
+        res = ((np.asarray(o.data) - np.asarray(o(jnp.asarray(model)))) * (np.asarray(o.weights) > 0)).astype(np.float32)
         hdus.append(fits.ImageHDU(res, header=image_header(wcs, bunit), name="RESIDUAL", ver=k + 1))
         hdus.append(fits.ImageHDU(np.asarray(deblend(scene, o), dtype=np.float32), header=image_header(wcs, bunit),
                                   name="DEBLEND", ver=k + 1))

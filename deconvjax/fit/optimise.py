@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 import equinox as eqx
-import jax.numpy as jnp
+import jax
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int
 
@@ -33,7 +33,6 @@ from .solver import (
     SolverState,
     count_parameters,
     group_step_sizes,
-    is_finite,
     run_steps,
 )
 
@@ -126,12 +125,19 @@ def check_run(solver, max_iter, chunk) -> AbstractFitSolver:
 
 
 def _masks_for(scene: Scene, source_mask) -> tuple[Array, ...]:
+    # numpy (jit takes it as a traced input): jnp.ones would compile a program of its own.
     if source_mask is None:
-        return tuple(jnp.ones(len(o)) for o in scene.order)
+        return tuple(np.ones(len(o), np.float32) for o in scene.order)
     m = np.asarray(source_mask)
     if m.shape != (scene.n_sources,):
         raise ValueError(f"source_mask must be ({scene.n_sources},) bool, got shape {m.shape}")
-    return tuple(jnp.asarray(m[np.asarray(o)], dtype=float) for o in scene.order)
+    return tuple(m[np.asarray(o)].astype(np.float32) for o in scene.order)
+
+
+def _all_finite(tree) -> bool:
+    """Whether every inexact array of ``tree`` is finite, checked on the host (`is_finite`
+    outside jit would compile a program per leaf shape)."""
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array)))
 
 
 def run_in_chunks(advance, state, max_iter: int, chunk: int, desc: str, progress: bool):
@@ -148,7 +154,7 @@ def run_in_chunks(advance, state, max_iter: int, chunk: int, desc: str, progress
         step = 0
         while True:
             until = min(step + int(chunk), int(max_iter))
-            state, outputs = advance(state, jnp.asarray(until, jnp.int32))
+            state, outputs = advance(state, np.int32(until))  # numpy: no conversion program
             new_step = int(np.max(np.asarray(state.step)))
             loss = float(np.mean(np.asarray(outputs[1])))
             bar.update(new_step - step)
@@ -219,7 +225,7 @@ def fit(
     if not fit_centers:
         solver = solver.without("center")
     objective = Objective(constraints, morphology_prior)
-    if not bool(is_finite(scene.groups)):
+    if not _all_finite(scene.groups):
         raise ValueError("scene has NaN or inf parameters")
     masks = _masks_for(scene, source_mask)
     steps = _steps_of(scene.groups, solver.steps, objective.constraints)
@@ -228,7 +234,8 @@ def fit(
     state, (groups, loss, chi2, n_valid), history = run_in_chunks(
         lambda st, until: _run(solver, st, problem, objective, until), state, max_iter, chunk, "fit", progress
     )
-    n_params = int(count_parameters(steps, masks))
+    # On the host: the same count with jax arrays compiles a handful of eager programs.
+    n_params = int(count_parameters(jax.tree.map(np.asarray, steps), [np.asarray(m) for m in masks]))
     failed = bool(state.failed)
     if failed:
         warnings.warn(

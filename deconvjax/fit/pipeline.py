@@ -57,7 +57,9 @@ def write_products(
     fitted_observations = as_observations(observations)
     skies = [None if o.background is None else np.asarray(o.background_model(model)) for o in fitted_observations]
     observations = tuple(
-        o if sky is None else eqx.tree_at(lambda t: (t.data, t.background), o, (o.data - sky, None))
+        # The subtraction on the host: eager jax arithmetic compiles a program of its own.
+        o if sky is None else eqx.tree_at(lambda t: (t.data, t.background), o,
+                                          (jnp.asarray(np.asarray(o.data) - sky), None))
         for o, sky in zip(fitted_observations, skies)
     )
     obs = observations[0]

@@ -104,7 +104,7 @@ def add_structure(
     if not on_grid:
         return scene, []
     obs = on_grid[0]
-    residual = obs.data - obs.predict(scene.render())
+    residual = np.asarray(obs.data) - np.asarray(obs.predict(scene.render()))  # host: no eager-op programs
     sig = residual_significance(obs, residual, smooth)
     labels, n = ndimage.label(np.abs(sig) > nsigma)
     if n == 0:

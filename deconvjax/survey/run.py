@@ -109,15 +109,22 @@ def run_shard(index: int, start: int, stop: int, manifest: str, out: str, task: 
     for bucket in task.buckets(cutouts):
         tables.append(task.run_bucket(bucket, seed))
     table = pa.concat_tables(tables)
-    # Manifest order within the shard: the same file whatever the bucketing.
+    # Manifest order within the shard: the same file whatever the bucketing (a stable
+    # sort: a cutout's rows keep the order its task gave them).
     order = {c.cutout_id: c.index for c in cutouts}
     keys = np.array([order[c] for c in table.column("cutout_id").to_pylist()], np.int64)
-    perm = np.lexsort((table.column("source").to_numpy(), keys))
+    second = (table.column("source").to_numpy() if "source" in table.column_names
+              else np.arange(table.num_rows))
+    perm = np.lexsort((second, keys))
     table = table.take(pa.array(perm))
+    # The task's other files first: the Parquet file, which marks the shard done, is
+    # written only once they are all in place.
+    table, products = task.write_products(table, Path(out), index)
     path = shard_file(out, index)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return {
         "status": "done", "file": str(path.relative_to(out)), "rows": table.num_rows, "cutouts": len(cutouts),
+        "products": {str(f): sha256(Path(out) / f) for f in products},
         "start": start, "stop": stop, "sha256": sha256(path), "seconds": time.perf_counter() - t0,
         "compile_seconds": _WORKER["compile_s"] - c0, "trace_seconds": _WORKER["trace_s"] - t0_trace,
         "cache_misses": _WORKER["misses"] - m0, "pid": os.getpid(),
@@ -159,7 +166,9 @@ def _done(record: dict | None, out: Path) -> bool:
     if not record or record.get("status") != "done":
         return False
     path = out / record["file"]
-    return path.exists() and sha256(path) == record.get("sha256")
+    if not (path.exists() and sha256(path) == record.get("sha256")):
+        return False
+    return all((out / f).exists() and sha256(out / f) == h for f, h in record.get("products", {}).items())
 
 
 def _cluster(workers: int, threads: int):

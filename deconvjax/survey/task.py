@@ -111,6 +111,13 @@ class AbstractSurveyTask(eqx.Module):
     def buckets(self, cutouts: Sequence[Cutout]) -> list[Bucket]:
         """``cutouts`` grouped into the buckets `run_bucket` takes."""
 
+    @abc.abstractmethod
+    def write_products(self, table, out: Path, index: int):
+        """Called once per shard with its rows (manifest order), before the shard's
+        Parquet file is written: write the shard's other files (atomically) and return
+        ``(table, files)``, the rows to write and those files' paths relative to
+        ``out`` (the shard counts as done only while they exist unchanged)."""
+
 
 def _measure_one(scene, observations):
     """Per source: flux per band, the flux of its unit-spectrum model (its morphology's
@@ -259,6 +266,9 @@ class FitTask(AbstractSurveyTask):
         for k in ("threads", "slots"):
             out.pop(k)
         return {"task": "fit", **out}
+
+    def write_products(self, table, out: Path, index: int):
+        return table, []  # the rows are the whole output
 
     def buckets(self, cutouts: Sequence[Cutout]) -> list[Bucket]:
         if self.model_psf_sigma is None:

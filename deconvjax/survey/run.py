@@ -88,7 +88,7 @@ def _setup_worker(cache_dir: str | None) -> None:
     jax.monitoring.register_event_listener(listen)
 
 
-def _read_groups(rows: list[dict]) -> list[list[tuple[int, dict]]]:
+def read_groups(rows: list[dict]) -> list[list[tuple[int, dict]]]:
     """Rows ``(k, row)`` grouped by what the manifest says of their buckets (shape,
     padded source count), groups in order of their first row. Every bucket of a task that
     buckets by these (as `FitTask` and `SampleTask` do) lies within one group."""
@@ -132,7 +132,7 @@ def run_shard(index: int, start: int, stop: int, manifest: str, out: str, task: 
     # spans two of them) while this thread runs the task on the groups already read
     # (XLA releases the GIL while it computes).
     with ThreadPoolExecutor(1, thread_name_prefix="survey-read") as pool:
-        futures = [pool.submit(read, g) for g in _read_groups(rows)]
+        futures = [pool.submit(read, g) for g in read_groups(rows)]
         try:
             for fut in futures:
                 group = fut.result()

@@ -210,3 +210,16 @@ def test_two_workers_give_the_rows_of_one_process(files, in_process, tmp_path):
     for name in ("flux_mean", "flux_std", "chi2_per_pixel"):
         np.testing.assert_allclose(np.asarray(b[name]), np.asarray(a[name]), rtol=1e-4, atol=1e-5, err_msg=name)
     np.testing.assert_allclose(read_images_of(out, b)[0], read_images_of(out3, a)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_command_follows_the_cli_conventions():
+    """What tests/test_cli_consistency.py checks of registered commands (sample-survey is
+    registered in deconvjax/cli.py separately)."""
+    import click
+
+    opts = [p for p in sample_survey.params if isinstance(p, click.Option) and not p.hidden]
+    assert all((p.help or "").strip() for p in opts)
+    names = {o for p in opts for o in (*p.opts, *p.secondary_opts)}
+    assert {"--progress", "--no-progress", "--sampler", "--sampler-steps", "--n-samples"} <= names
+    assert not [n for n in names if n.startswith("--model-psf")] and "--steps" not in names
+    assert sample_survey.get_short_help_str(limit=100).startswith("Posterior samples of every cutout")

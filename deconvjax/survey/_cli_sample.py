@@ -30,21 +30,20 @@ from ..diffusion.samplers.names import DEFAULT_SAMPLER_NAME, SAMPLER_NAMES
               help="The diffusion sampler (as `deconvjax sample --sampler`).")
 @click.option("--sampler-steps", type=click.IntRange(min=1), default=None,
               help="Steps of the fixed-step samplers (default: the sampler's own).")
-@click.option("--model-psf-sigma", type=click.FloatRange(min=0.0, min_open=True), default=0.5, show_default=True,
-              help="The model frame's Gaussian PSF, in pixels (the resolution of the output images).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Run key: cutout i (manifest row) is sampled with fold_in(key(seed), i).")
 @click.option("--cache-dir", default=None,
               help="Shared compilation cache folder (default: $DECONVJAX_CACHE_DIR or ~/.cache/deconvjax/jax; 'off').")
 @progress_option
 def sample_survey(cutouts, out_dir, workers, scheduler, shard_size, n_samples, prior_path, sampler, sampler_steps,
-                  model_psf_sigma, seed, cache_dir, progress):
+                  seed, cache_dir, progress):
     """Posterior samples of every cutout of CUTOUTS (a manifest, or a `deconvjax simulate`
     folder) with a diffusion prior, each through its own PSF and noise, on Dask.
 
     Writes one Parquet file per shard under OUT/catalog (one row per cutout and band:
     posterior-mean flux and its std, chi2 per pixel of the mean) and the posterior mean
-    and std images under OUT/images. Rerunning the same command skips the finished shards.
+    and std images under OUT/images, at the E-step's model resolution (a Gaussian PSF of
+    sigma 0.5 pixel of each cutout). Rerunning the same command skips the finished shards.
     """
     from ..diffusion.samplers.names import sampler_from_name
     from . import SurveyError, SurveyInputError, run_survey
@@ -52,8 +51,7 @@ def sample_survey(cutouts, out_dir, workers, scheduler, shard_size, n_samples, p
 
     try:
         task = SampleTask(prior=None if prior_path is None else str(prior_path),
-                          sampler=sampler_from_name(sampler, sampler_steps), n_samples=n_samples,
-                          model_psf_sigma=model_psf_sigma)
+                          sampler=sampler_from_name(sampler, sampler_steps), n_samples=n_samples)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     try:

@@ -19,23 +19,34 @@ N_CUT = 4
 SEED = 5
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Four simulated 40x40 one-band cutouts of two galaxies, and an untrained tiny 16x16
-    prior (the survey plumbing is under test, not the prior)."""
+def save_tiny_prior(path, seed=0):
     import jax.random as jr
 
-    from deconvjax.cli import main
     from deconvjax.diffusion import VESDE, ScorePrior, UNet, UNetDenoiser, save_prior
 
+    net = UNet(bands=1, channels=(8, 16), num_res_blocks=1, emb_dim=16, key=jr.key(seed))
+    save_prior(path, ScorePrior(UNetDenoiser(net, 0.5, 16), VESDE(1e-2, 20.0), 2.0))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+    """An untrained tiny 16x16 prior (the survey plumbing is under test, not the prior)."""
     root = tmp_path_factory.mktemp("sample_survey")
+    save_tiny_prior(root / "prior.eqx")
+    return root
+
+
+@pytest.fixture(scope="module")
+def files(prior_dir):
+    """Four simulated 40x40 one-band cutouts of two galaxies, beside the tiny prior."""
+    from deconvjax.cli import main
+
     res = CliRunner().invoke(main, ["simulate", "--n-fields", str(N_CUT), "--size", "40", "--n-sources", "2",
                                     "--bands", "r", "--star-fraction", "0", "--seed", "3", "--out",
-                                    str(root / "sims"), "--no-progress"])
+                                    str(prior_dir / "sims"), "--no-progress"])
     assert res.exit_code == 0, res.output
-    net = UNet(bands=1, channels=(8, 16), num_res_blocks=1, emb_dim=16, key=jr.key(0))
-    save_prior(root / "prior.eqx", ScorePrior(UNetDenoiser(net, 0.5, 16), VESDE(1e-2, 20.0), 2.0))
-    return root
+    return prior_dir
 
 
 def task_of(files, **kw):
@@ -54,7 +65,7 @@ def by_cutout(table):
 # ---------------------------------------------------------------------------------------
 
 
-def test_bad_settings_name_the_argument(files, tmp_path):
+def test_bad_settings_name_the_argument(tmp_path):
     from deconvjax.diffusion.samplers import DPMSolver2M
 
     with pytest.raises(ValueError, match="n_samples"):
@@ -70,8 +81,8 @@ def test_bad_settings_name_the_argument(files, tmp_path):
     assert SampleTask(sampler=DPMSolver2M(steps=3)).config()["sampler"] == repr(DPMSolver2M(steps=3))
 
 
-def test_cli_rejects_bad_options(files, tmp_path):
-    sims = str(files / "sims")
+def test_cli_rejects_bad_options(tmp_path):
+    sims = str(tmp_path)
     runner = CliRunner()
     res = runner.invoke(sample_survey, [sims, "--out", str(tmp_path / "o"), "--n-samples", "0"])
     assert res.exit_code == 2 and "n-samples" in res.output
@@ -82,29 +93,27 @@ def test_cli_rejects_bad_options(files, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_rerun_with_another_prior_is_refused(files, tmp_path):
+def test_rerun_with_another_prior_is_refused(tmp_path):
     """The run's settings record the prior's checksum: sampling into the folder of a run
-    with another prior would mix two posteriors in one catalog."""
-    import jax.random as jr
-
-    from deconvjax.diffusion import VESDE, ScorePrior, UNet, UNetDenoiser, save_prior
+    with another prior would mix two posteriors in one catalog (refused before reading
+    any cutout or loading the prior: neither file need be valid)."""
     from deconvjax.diffusion.samplers import DPMSolver2M
-    from deconvjax.survey import SurveyError, build_manifest
+    from deconvjax.survey import SurveyError, write_manifest
 
-    other = tmp_path / "other.eqx"
-    net = UNet(bands=1, channels=(8, 16), num_res_blocks=1, emb_dim=16, key=jr.key(1))
-    save_prior(other, ScorePrior(UNetDenoiser(net, 0.5, 16), VESDE(1e-2, 20.0), 2.0))
-    manifest = files / "sims" / "survey_manifest.parquet"
-    if not manifest.exists():
-        build_manifest(files / "sims")
+    first, other = tmp_path / "first.eqx", tmp_path / "other.eqx"
+    first.write_bytes(b"prior one")
+    other.write_bytes(b"prior two")
+    manifest = write_manifest(tmp_path / "m.parquet", {
+        "cutout_id": ["a", "b"], "file": ["a.fits", "b.fits"], "y": [[5.0], [6.0]], "x": [[5.0], [6.0]],
+        "ny": [40, 40], "nx": [40, 40]})
     out = tmp_path / "out"
     out.mkdir()
-    # The record a finished run with the fixture's prior leaves.
+    # The record a run with the first prior leaves.
     (out / "survey.json").write_text(json.dumps({
-        "manifest": str(manifest.resolve()), "n_cutouts": N_CUT, "shard_size": 2, "seed": SEED,
-        "task": task_of(files).config()}))
+        "manifest": str(manifest.resolve()), "n_cutouts": 2, "shard_size": 2, "seed": SEED,
+        "task": SampleTask(prior=str(first), sampler=DPMSolver2M(steps=2), n_samples=3).config()}))
     with pytest.raises(SurveyError, match="task"):
-        run_survey(files / "sims", out, SampleTask(prior=str(other), sampler=DPMSolver2M(steps=2), n_samples=3),
+        run_survey(manifest, out, SampleTask(prior=str(other), sampler=DPMSolver2M(steps=2), n_samples=3),
                    shard_size=2, seed=SEED, progress=False, cache_dir="off")
     assert not (out / "catalog").exists()
 

@@ -1,11 +1,13 @@
 """Running a task over a survey: shards, workers, the shard manifest and the catalog.
 
 The manifest's cutouts are cut into shards of ``shard_size`` consecutive rows. Each shard
-is one unit of work: a worker reads its rows (`read_manifest_rows`), its cutouts' files,
-groups them into buckets, runs the task on each and writes one Parquet file,
-``OUT/catalog/shard-NNNNNN.parquet``, atomically (a temporary name starting with ``.``
-that `pyarrow.dataset` skips, then a rename). The driver alone writes
-``OUT/shards.json`` (each shard's status, rows, SHA-256 and error), atomically after each
+is one unit of work: a worker reads its rows (`read_manifest_rows`), its cutouts' files
+(in a thread, group by group, while the task runs on the groups already read), groups
+them into buckets, runs the task on each, lets the task write its other files
+(`AbstractSurveyTask.write_products`: `SampleTask`'s images) and then writes one Parquet
+file, ``OUT/catalog/shard-NNNNNN.parquet``, atomically (a temporary name starting with
+``.`` that `pyarrow.dataset` skips, then a rename). The driver alone writes
+``OUT/shards.json`` (each shard's status, rows, SHA-256s of its files and error), atomically after each
 shard; ``OUT/survey.json`` records the run's settings. A rerun of the same command
 skips the shards that are done (file present, checksum matching) and runs the rest; a
 shard whose worker died is run again by Dask on another worker, and as its file appears

@@ -87,6 +87,9 @@ class KillFirstShard(AbstractSurveyTask):
     def buckets(self, cutouts):
         return self.inner.buckets(cutouts)
 
+    def write_products(self, table, out, index):
+        return self.inner.write_products(table, out, index)
+
     def run_bucket(self, bucket, seed):
         if not os.path.exists(self.marker):
             Path(self.marker).write_text(str(os.getpid()))
@@ -193,7 +196,17 @@ def cached_256(a, work, out):
         walls.append(time.perf_counter() - t)
         if r.returncode:
             raise SystemExit(r.stderr[-3000:])
-    from scarlet2.validation_utils import set_validation
+    rec = json.loads((work / "out256_1" / "shards.json").read_text())
+    phases = {k: round(sum(r.get(k, 0.0) for r in rec.values()), 2)
+              for k in ("seconds", "read_seconds", "compile_seconds", "trace_seconds")}
+    print(f"[256] fit-survey in a fresh process: cold cache {walls[0]:.1f} s, warm cache {walls[1]:.1f} s; "
+          f"warm run's shard phases (s): {phases}", flush=True)
+    out.update(time_256_fresh_process_cold=walls[0], time_256_fresh_process_warm=walls[1], phases_256_warm=phases)
+    try:
+        from scarlet2.validation_utils import set_validation
+    except ImportError:
+        print("[256] scarlet2 is not installed: no speedup_256_cutouts_cached figure")
+        return
 
     set_validation(False)
     vs.scarlet2_fit(vs.simulate(1, a.seed + 99, (64, 64), 2, 2)[0], 20)  # untimed warm-up, as vs_scarlet2.py

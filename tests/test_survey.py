@@ -110,6 +110,9 @@ class KillOnce(AbstractSurveyTask):
     def buckets(self, cutouts):
         return self.inner.buckets(cutouts)
 
+    def write_products(self, table, out, index):
+        return self.inner.write_products(table, out, index)
+
     def run_bucket(self, bucket, seed):
         if not os.path.exists(self.marker):
             Path(self.marker).write_text(str(os.getpid()))

@@ -2,8 +2,10 @@
 shard, on a Dask cluster or in one process, compiling each program once.
 
 `run_survey` cuts a manifest of cutouts (`deconvjax.survey.manifest`) into shards, runs a
-task (`FitTask`: the MAP fit) on each shard on a worker and writes one Parquet file per
-shard; `read_catalog` and `catalog_dataset` read them back as one table.
+task (`FitTask`: the MAP fit; `SampleTask`: posterior samples with a diffusion prior) on
+each shard on a worker and writes one Parquet file per shard (and the task's other files,
+e.g. `SampleTask`'s images); `read_catalog` and `catalog_dataset` read them back as one
+table, `read_images_of` the posterior images of `SampleTask` rows.
 """
 
 from .manifest import SurveyInputError as SurveyInputError
@@ -18,6 +20,8 @@ from .run import choose_model_psf as choose_model_psf
 from .run import read_catalog as read_catalog
 from .run import run_shard as run_shard
 from .run import run_survey as run_survey
+from .sample import SampleTask as SampleTask
+from .sample import read_images_of as read_images_of
 from .task import SOURCE_BUCKETS as SOURCE_BUCKETS
 from .task import AbstractSurveyTask as AbstractSurveyTask
 from .task import Bucket as Bucket

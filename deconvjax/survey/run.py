@@ -1,11 +1,13 @@
 """Running a task over a survey: shards, workers, the shard manifest and the catalog.
 
 The manifest's cutouts are cut into shards of ``shard_size`` consecutive rows. Each shard
-is one unit of work: a worker reads its rows (`read_manifest_rows`), its cutouts' files,
-groups them into buckets, runs the task on each and writes one Parquet file,
-``OUT/catalog/shard-NNNNNN.parquet``, atomically (a temporary name starting with ``.``
-that `pyarrow.dataset` skips, then a rename). The driver alone writes
-``OUT/shards.json`` (each shard's status, rows, SHA-256 and error), atomically after each
+is one unit of work: a worker reads its rows (`read_manifest_rows`), its cutouts' files
+(in a thread, group by group, while the task runs on the groups already read), groups
+them into buckets, runs the task on each, lets the task write its other files
+(`AbstractSurveyTask.write_products`: `SampleTask`'s images) and then writes one Parquet
+file, ``OUT/catalog/shard-NNNNNN.parquet``, atomically (a temporary name starting with
+``.`` that `pyarrow.dataset` skips, then a rename). The driver alone writes
+``OUT/shards.json`` (each shard's status, rows, SHA-256s of its files and error), atomically after each
 shard; ``OUT/survey.json`` records the run's settings. A rerun of the same command
 skips the shards that are done (file present, checksum matching) and runs the rest; a
 shard whose worker died is run again by Dask on another worker, and as its file appears
@@ -18,13 +20,14 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from .._atomic import atomic_write, atomic_write_bytes
 from .manifest import SurveyInputError, load_cutout, manifest_length, manifest_path, read_manifest_rows
-from .task import AbstractSurveyTask, Cutout, FitTask, default_threads
+from .task import AbstractSurveyTask, Cutout, FitTask, default_threads, padded_count
 
 CATALOG_DIR = "catalog"
 SHARDS_FILE = "shards.json"
@@ -87,6 +90,20 @@ def _setup_worker(cache_dir: str | None) -> None:
     jax.monitoring.register_event_listener(listen)
 
 
+def read_groups(rows: list[dict]) -> list[list[tuple[int, dict]]]:
+    """Rows ``(k, row)`` grouped by what the manifest says of their buckets (shape,
+    padded source count), groups in order of their first row. Every bucket of a task that
+    buckets by these (as `FitTask` and `SampleTask` do) lies within one group."""
+    groups: dict = {}
+    for k, row in enumerate(rows):
+        try:
+            n = padded_count(len(row.get("y") or ()))
+        except ValueError:
+            n = None  # too many sources: the task says so when it buckets them
+        groups.setdefault((row.get("ny"), row.get("nx"), n), []).append((k, row))
+    return list(groups.values())
+
+
 def run_shard(index: int, start: int, stop: int, manifest: str, out: str, task: AbstractSurveyTask, seed: int,
               cache_dir: str | None) -> dict:
     """Run ``task`` on manifest rows ``start`` to ``stop`` (shard ``index``) and write
@@ -101,24 +118,51 @@ def run_shard(index: int, start: int, stop: int, manifest: str, out: str, task: 
     c0, t0_trace, m0 = _WORKER["compile_s"], _WORKER["trace_s"], _WORKER["misses"]
     root = Path(manifest).parent
     rows = read_manifest_rows(manifest, start, stop)
-    cutouts = []
-    for k, row in enumerate(rows):
-        data, positions = load_cutout(row, root)
-        cutouts.append(Cutout(str(row["cutout_id"]), start + k, data, positions))
-    tables = []
-    for bucket in task.buckets(cutouts):
-        tables.append(task.run_bucket(bucket, seed))
+    cutouts, tables, read_s = [], [], [0.0]
+
+    def read(group):
+        t = time.perf_counter()
+        out = []
+        for k, row in group:
+            data, positions = load_cutout(row, root)
+            out.append(Cutout(str(row["cutout_id"]), start + k, data, positions))
+        read_s[0] += time.perf_counter() - t
+        return out
+
+    # Reading overlaps fitting: a thread reads the cutouts group by group (groups that
+    # the manifest alone tells apart: shape and padded source count, so that no bucket
+    # spans two of them) while this thread runs the task on the groups already read
+    # (XLA releases the GIL while it computes).
+    with ThreadPoolExecutor(1, thread_name_prefix="survey-read") as pool:
+        futures = [pool.submit(read, g) for g in read_groups(rows)]
+        try:
+            for fut in futures:
+                group = fut.result()
+                cutouts += group
+                for bucket in task.buckets(group):
+                    tables.append(task.run_bucket(bucket, seed))
+        finally:
+            for fut in futures:
+                fut.cancel()
     table = pa.concat_tables(tables)
-    # Manifest order within the shard: the same file whatever the bucketing.
+    # Manifest order within the shard: the same file whatever the bucketing (a stable
+    # sort: a cutout's rows keep the order its task gave them).
     order = {c.cutout_id: c.index for c in cutouts}
     keys = np.array([order[c] for c in table.column("cutout_id").to_pylist()], np.int64)
-    perm = np.lexsort((table.column("source").to_numpy(), keys))
+    second = (table.column("source").to_numpy() if "source" in table.column_names
+              else np.arange(table.num_rows))
+    perm = np.lexsort((second, keys))
     table = table.take(pa.array(perm))
+    # The task's other files first: the Parquet file, which marks the shard done, is
+    # written only once they are all in place.
+    table, products = task.write_products(table, Path(out), index)
     path = shard_file(out, index)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return {
         "status": "done", "file": str(path.relative_to(out)), "rows": table.num_rows, "cutouts": len(cutouts),
+        "products": {str(f): sha256(Path(out) / f) for f in products},
         "start": start, "stop": stop, "sha256": sha256(path), "seconds": time.perf_counter() - t0,
+        "read_seconds": read_s[0],
         "compile_seconds": _WORKER["compile_s"] - c0, "trace_seconds": _WORKER["trace_s"] - t0_trace,
         "cache_misses": _WORKER["misses"] - m0, "pid": os.getpid(),
     }
@@ -159,7 +203,9 @@ def _done(record: dict | None, out: Path) -> bool:
     if not record or record.get("status") != "done":
         return False
     path = out / record["file"]
-    return path.exists() and sha256(path) == record.get("sha256")
+    if not (path.exists() and sha256(path) == record.get("sha256")):
+        return False
+    return all((out / f).exists() and sha256(out / f) == h for f, h in record.get("products", {}).items())
 
 
 def _cluster(workers: int, threads: int):

@@ -54,6 +54,21 @@ def padded_count(n: int, buckets: Sequence[int] = SOURCE_BUCKETS) -> int:
     raise ValueError(f"a cutout has {n} sources, more than the largest source bucket {max(buckets)}")
 
 
+def padded_batch(n: int, batch: int, min_batch: int) -> int:
+    """The call size of a batch of ``n <= batch`` cutouts: the least of ``batch``,
+    ``ceil(batch / 2)``, ``ceil(batch / 4)``, ... that is >= ``n``, stopping at the first
+    below ``min_batch`` (so at most ``log2(batch / min_batch) + 1`` sizes)."""
+    if not 1 <= n <= batch:
+        raise ValueError(f"n must be in 1..batch={batch}, got {n}")
+    size = batch
+    while size > min_batch:
+        half = -(-size // 2)
+        if half < n or half < min_batch:
+            break
+        size = half
+    return size
+
+
 @functools.cache
 def code_version() -> str:
     """deconvjax's version, plus the git commit when the package runs from a checkout."""
@@ -110,6 +125,13 @@ class AbstractSurveyTask(eqx.Module):
     @abc.abstractmethod
     def buckets(self, cutouts: Sequence[Cutout]) -> list[Bucket]:
         """``cutouts`` grouped into the buckets `run_bucket` takes."""
+
+    @abc.abstractmethod
+    def write_products(self, table, out: Path, index: int):
+        """Called once per shard with its rows (manifest order), before the shard's
+        Parquet file is written: write the shard's other files (atomically) and return
+        ``(table, files)``, the rows to write and those files' paths relative to
+        ``out`` (the shard counts as done only while they exist unchanged)."""
 
 
 def _measure_one(scene, observations):
@@ -226,6 +248,11 @@ class FitTask(AbstractSurveyTask):
       repeating a cutout, whose rows are dropped) so that every call has one shape.
     - `slots`, `threads`: `fit_batch`'s ``slots`` and ``workers`` (host threads; ``None``:
       one per core this process may use).
+    - `min_batch`: a bucket's last, partial batch is padded to the least of ``batch``,
+      ``ceil(batch / 2)``, ``ceil(batch / 4)``, ... (not below ``min_batch``) that holds
+      it, not to ``batch``: a survey's buckets compile at most a few batch sizes each,
+      and a shard of a few hundred cutouts in three buckets does not fit three full
+      batches of padding. ``min_batch >= batch``: always pad to ``batch``.
     - `shard`: spread each batch's cutouts over all of the process's devices
       (`fit_batch`'s ``shard``: a `NamedSharding` on a one-axis mesh); ``batch`` is then
       rounded up to a multiple of the device count.
@@ -242,6 +269,7 @@ class FitTask(AbstractSurveyTask):
     batch: int = 64
     slots: int | None = 8
     threads: int | None = None
+    min_batch: int = 8
     shard: bool = False
     model_psf_sigma: float | None = None
     bands: tuple[str, ...] | None = None
@@ -249,16 +277,21 @@ class FitTask(AbstractSurveyTask):
     def __check_init__(self):
         if int(self.batch) < 1:
             raise ValueError(f"batch must be a positive int, got {self.batch}")
+        if int(self.min_batch) < 1:
+            raise ValueError(f"min_batch must be a positive int, got {self.min_batch}")
         if int(self.stamp_size) < 3 or int(self.stamp_size) % 2 == 0:
             raise ValueError(f"stamp_size must be an odd int >= 3, got {self.stamp_size}")
 
     def config(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["bands"] = None if self.bands is None else list(self.bands)
-        # Execution settings that do not change the rows.
-        for k in ("threads", "slots"):
+        # Execution settings that do not change the rows (beyond float rounding).
+        for k in ("threads", "slots", "min_batch"):
             out.pop(k)
         return {"task": "fit", **out}
+
+    def write_products(self, table, out: Path, index: int):
+        return table, []  # the rows are the whole output
 
     def buckets(self, cutouts: Sequence[Cutout]) -> list[Bucket]:
         if self.model_psf_sigma is None:
@@ -280,7 +313,8 @@ class FitTask(AbstractSurveyTask):
         for start in range(0, len(bucket.cutouts), batch):
             idx = list(range(start, min(start + batch, len(bucket.cutouts))))
             n_real = len(idx)
-            idx += [idx[-1]] * (batch - n_real)  # pad: the same shapes every call
+            size = batch if self.shard else padded_batch(n_real, batch, int(self.min_batch))
+            idx += [idx[-1]] * (size - n_real)  # pad: one of a few shapes every call
             sub = Bucket(bucket.frame, bucket.n_max, [bucket.cutouts[i] for i in idx],
                          [bucket.observations[i] for i in idx])
             scenes, mask = init_batch(bucket.frame, sub.observations, [c.positions for c in sub.cutouts],

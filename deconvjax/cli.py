@@ -22,6 +22,8 @@ _COMMANDS = {
            "Learn a galaxy prior from CUTOUTS alone by expectation-maximisation."),
     "fit-survey": ("deconvjax.survey._cli:fit_survey",
                    "Fit every cutout of CUTOUTS (a manifest, or a `deconvjax simulate` folder) on Dask."),
+    "sample-survey": ("deconvjax.survey._cli_sample:sample_survey",
+                      "Posterior samples of every cutout of CUTOUTS (a manifest, or a `deconvjax simulate` folder) with..."),
     "sample": ("deconvjax.posterior._cli:sample",
                "Posterior samples of a galaxy from one or several IMAGES (FITS) of any size, pixel scale and flux..."),
     "data": ("deconvjax.data._cli:data",

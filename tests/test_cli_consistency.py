@@ -24,6 +24,7 @@ COMMON = ("--progress", "--no-progress", "--mask", "--hdu", "--weights", "--vari
 OTHER_READERS = {
     "fit-survey": "each cutout's image, PSF, noise (variance / weight / rms), mask and HDU are columns of its "
                   "manifest, not options (test_survey_manifest_takes_noise_kinds_mask_and_hdu)",
+    "sample-survey": "each cutout's files are columns of its manifest, as for fit-survey",
     "train-prior": "reads training stamps, which have no PSF, noise or mask",
 }
 #: Spellings replaced by one name across commands (old -> new); the old ones may only

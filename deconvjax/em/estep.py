@@ -321,6 +321,7 @@ def estep(
     n_spectrum_iters: int = 1,
     model_psf_sigma: float = 0.5,
     fft_shape: tuple[int, int] | None = None,
+    keys: PRNGKeyArray | None = None,
     progress: bool = True,
 ) -> EStepResult:
     """Posterior samples for every cutout of a batch, each under its own forward model.
@@ -345,6 +346,12 @@ def estep(
     - `fft_shape`: the least FFT period of the forward models (`fft_shape_of` of the whole
       batch, when the batch is sampled in several calls: every call then has the same
       shapes and compiles nothing new).
+    - `keys`: one key per cutout, ``(N,)``, instead of keys from chunk positions: cutout
+      ``i``'s starting points are then drawn from ``keys[i]`` exactly as a call with
+      ``key=keys[i]`` on that cutout alone draws them, so with a deterministic sampler
+      (the default, and every ODE sampler) a cutout's samples depend on its key only, not
+      on the batch or chunk it is sampled in (up to float rounding). The sampler's own
+      noise (stochastic samplers) still comes from ``fold_in(key, c)``.
     - `progress`: a progress bar over chunks.
 
     **Returns:**
@@ -365,6 +372,9 @@ def estep(
     n = len(cutouts)
     chunk = min(chunk, n)
     nb = cutouts.shape[0]
+    if keys is not None and (not hasattr(keys, "shape") or len(keys) != n):
+        raise ValueError(f"keys: expected one PRNG key per cutout ({n}), got "
+                         f"{getattr(keys, 'shape', type(keys).__name__)}")
 
     # Forward models for all cutouts (host), at one FFT size (at least ``fft_shape``).
     fft = fft_shape_of(cutouts, model_psf_sigma=model_psf_sigma) if fft_shape is None else tuple(fft_shape)
@@ -392,10 +402,11 @@ def estep(
         batched = BatchedPosterior.stack(posts[0].prior, posts)
         x_shape = batched.posts.x_shape
         chunk_key = jr.fold_in(key, c)
-        # Starting points drawn per cutout as `deconvolve` draws them with its key.
-        x_init = jnp.stack([
-            prior_std * jr.normal(jr.split(jr.fold_in(chunk_key, j))[0], (n_samples, *x_shape))
-            for j in range(chunk)], axis=1)
+        # Starting points drawn per cutout as `deconvolve` draws them with its key; with
+        # `keys`, as this function draws them for a cutout alone (chunk 0, position 0).
+        starts = ([jr.fold_in(chunk_key, j) for j in range(chunk)] if keys is None
+                  else [jr.fold_in(jr.fold_in(keys[int(i)], 0), 0) for i in idx])
+        x_init = jnp.stack([prior_std * jr.normal(jr.split(s)[0], (n_samples, *x_shape)) for s in starts], axis=1)
         t_build += time.perf_counter() - tb
         ts = time.perf_counter()
         if setup.fit_spectra:

@@ -22,6 +22,8 @@ from ..diffusion.samplers.names import DEFAULT_SAMPLER_NAME, SAMPLER_NAMES
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler (tcp://host:8786).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Cutouts per shard (a rerun into the same --out must keep it).")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Cutouts sampled together in one batched solve (larger on a GPU).")
 @click.option("--n-samples", type=click.IntRange(min=1), default=16, show_default=True,
               help="Posterior samples per cutout.")
 @click.option("--prior", "prior_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -35,7 +37,7 @@ from ..diffusion.samplers.names import DEFAULT_SAMPLER_NAME, SAMPLER_NAMES
 @click.option("--cache-dir", default=None,
               help="Shared compilation cache folder (default: $DECONVJAX_CACHE_DIR or ~/.cache/deconvjax/jax; 'off').")
 @progress_option
-def sample_survey(cutouts, out_dir, workers, scheduler, shard_size, n_samples, prior_path, sampler, sampler_steps,
+def sample_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, n_samples, prior_path, sampler, sampler_steps,
                   seed, cache_dir, progress):
     """Posterior samples of every cutout of CUTOUTS (a manifest, or a `deconvjax simulate`
     folder) with a diffusion prior, each through its own PSF and noise, on Dask.
@@ -51,7 +53,8 @@ def sample_survey(cutouts, out_dir, workers, scheduler, shard_size, n_samples, p
 
     try:
         task = SampleTask(prior=None if prior_path is None else str(prior_path),
-                          sampler=sampler_from_name(sampler, sampler_steps), n_samples=n_samples)
+                          sampler=sampler_from_name(sampler, sampler_steps), n_samples=n_samples,
+                          chunk=batch)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     try:

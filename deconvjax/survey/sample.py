@@ -6,10 +6,10 @@ EM's E-step (`deconvjax.em.estep`, which builds the posterior exactly as
 a per-source spectrum for a one-band prior of multi-band data).
 
 Keys: cutout ``i`` of the manifest (its row, whatever the shard) is sampled with
-``fold_in(key(seed), i)``, so a cutout's samples do not depend on the shard size, the
-bucketing or the number of workers. For that, `estep` is called on one cutout at a time
-(its keys follow its chunks); every call of a bucket has the same shapes, so the sampler
-compiles once per bucket shape and worker.
+``fold_in(key(seed), i)`` (`estep`'s per-cutout ``keys``), so with a deterministic
+sampler a cutout's samples do not depend on the shard size, the bucketing or the number
+of workers (up to float rounding). A bucket is sampled in chunks of ``chunk`` cutouts,
+one compiled sampler per bucket shape, chunk size and worker.
 
 Output per shard: one row per cutout and band (posterior-mean flux and its posterior
 standard deviation, chi2 per pixel of the posterior mean, ...) and one ``.npz`` file,
@@ -90,6 +90,8 @@ class SampleTask(AbstractSurveyTask):
       prior's images and of the output images).
     - `n_spectrum_iters`: refinements of the per-source spectra (one-band prior,
       multi-band cutouts; each one more sampler solve).
+    - `chunk`: cutouts sampled together in one batched solve (the network evaluated on
+      ``chunk x n_samples`` images at once; larger on a GPU).
     """
 
     prior: str | None = None
@@ -97,6 +99,7 @@ class SampleTask(AbstractSurveyTask):
     n_samples: int = 16
     model_psf_sigma: float = 0.5
     n_spectrum_iters: int = 1
+    chunk: int = 8
 
     def __check_init__(self):
         from ..diffusion.samplers import AbstractSampler
@@ -107,6 +110,8 @@ class SampleTask(AbstractSurveyTask):
             raise ValueError(f"n_samples: expected a positive int, got {self.n_samples}")
         if not float(self.model_psf_sigma) > 0:
             raise ValueError(f"model_psf_sigma: expected a positive number of pixels, got {self.model_psf_sigma}")
+        if int(self.chunk) < 1:
+            raise ValueError(f"chunk: expected a positive int, got {self.chunk}")
         if int(self.n_spectrum_iters) < 0:
             raise ValueError(f"n_spectrum_iters: expected an int >= 0, got {self.n_spectrum_iters}")
         if self.prior is not None and not Path(self.prior).is_file():
@@ -140,6 +145,7 @@ class SampleTask(AbstractSurveyTask):
 
     def run_bucket(self, bucket: Bucket, seed: int):
         import jax
+        import jax.numpy as jnp
         import jax.random as jr
         import pyarrow as pa
 
@@ -152,16 +158,18 @@ class SampleTask(AbstractSurveyTask):
         rows: dict = {k: [] for k in ("cutout_id", "band", "flux_mean", "flux_std", "flux_unit", "chi2_per_pixel",
                                       "ny", "nx", _MEAN, _STD)}
         n = int(self.n_samples)
-        for c in bucket.cutouts:
-            cut = Cutouts.from_observations([c.data], centers=[c.positions]).with_slots(bucket.n_max)
-            # The cutout's manifest row, not its place in the shard or bucket: the same
-            # samples however the survey is cut and spread.
-            res = estep(jr.fold_in(run_key, c.index), prior, cut, sampler=sampler, n_samples=n, chunk=1,
-                        n_spectrum_iters=int(self.n_spectrum_iters), model_psf_sigma=float(self.model_psf_sigma),
-                        progress=False)
-            nb, h, w = cut.shape
-            embed = SourcePlacement(res.spectra[0], res.corners[0], (h, w), float(prior.flux_scale))
-            images = np.asarray(jax.device_get(_place_all_jit(embed, res.samples[0])), np.float64)  # (s, band, h, w)
+        cuts = Cutouts.from_observations([c.data for c in bucket.cutouts],
+                                         centers=[c.positions for c in bucket.cutouts]).with_slots(bucket.n_max)
+        # Each cutout's key from its manifest row, not its place in the shard or bucket:
+        # the same samples however the survey is cut and spread.
+        keys = jnp.stack([jr.fold_in(run_key, c.index) for c in bucket.cutouts])
+        res = estep(run_key, prior, cuts, sampler=sampler, n_samples=n, chunk=int(self.chunk), keys=keys,
+                    n_spectrum_iters=int(self.n_spectrum_iters), model_psf_sigma=float(self.model_psf_sigma),
+                    progress=False)
+        nb, h, w = cuts.shape
+        for k, c in enumerate(bucket.cutouts):
+            embed = SourcePlacement(res.spectra[k], res.corners[k], (h, w), float(prior.flux_scale))
+            images = np.asarray(jax.device_get(_place_all_jit(embed, res.samples[k])), np.float64)  # (s, band, h, w)
             flux = images.sum(axis=(-2, -1))  # (sample, band)
             mean_img, flux_mean = images.mean(0), flux.mean(0)
             # Sample standard deviations (n - 1): undefined (NaN) for one sample.
@@ -169,8 +177,8 @@ class SampleTask(AbstractSurveyTask):
                 std_img = np.sqrt(((images - mean_img) ** 2).sum(0) / (n - 1)) if n > 1 else np.full_like(mean_img,
                                                                                                           np.nan)
                 flux_std = flux.std(0, ddof=1) if n > 1 else np.full(nb, np.nan)
-            chi2 = float(np.asarray(res.chi2_mean)[0])
-            for b, band in enumerate(cut.bands or tuple(str(k) for k in range(nb))):
+            chi2 = float(np.asarray(res.chi2_mean)[k])
+            for b, band in enumerate(cuts.bands or tuple(str(j) for j in range(nb))):
                 rows["cutout_id"].append(c.cutout_id)
                 rows["band"].append(str(band))
                 rows["flux_mean"].append(float(flux_mean[b]))

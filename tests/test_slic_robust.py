@@ -116,7 +116,8 @@ def test_fisher_power_of_gaussian_noise_is_its_power():
     periodogram), and P_F -> P as the cutouts grow in number."""
     power = _power(1.0)
     nm = GaussianNoiseModel(power, N)
-    rng = np.random.default_rng(0)
+    # Not seed 0: fisher_power_spectrum draws its perturbation with seed 0.
+    rng = np.random.default_rng(7)
     white = rng.normal(size=(2000, 1, N, N))
     cut = np.fft.irfft2(np.fft.rfft2(white) * np.sqrt(power), s=(N, N))
     pf = fisher_power_spectrum(nm, cut)
@@ -126,6 +127,10 @@ def test_fisher_power_of_gaussian_noise_is_its_power():
     # on the real-valued bins).
     assert np.max(np.abs(pf / power - 1)) < 0.15
     assert abs(np.mean(pf / power) - 1) < 0.01
+    # At a perturbation sigma: the score of n + sigma eps, minus sigma^2, is P again.
+    pf = fisher_power_spectrum(nm, cut, sigma=0.1)
+    assert np.max(np.abs(pf / power - 1)) < 0.2
+    assert abs(np.mean(pf / power) - 1) < 0.02
 
 
 def test_fisher_power_of_outlier_mixture_is_its_core():

@@ -18,11 +18,16 @@ of the median blurred peak, of three kinds:
 
 Likelihoods: ``white`` (MMPS with the noise's pixel variance), ``correlated`` (GaussianFitMMPS
 with a `GaussianNoiseModel` of the power spectrum: the exact one on (a), estimated from the
-training cutouts on (b) and (c)), ``learned`` (a `LearnedNoiseModel` trained on the training
-cutouts, ``--noise-model-dir`` or trained here; GaussianFitMMPS with its Gaussian fit for the
-posterior, its full score for the MAP) and ``learned_score`` (the same model through
-NoiseScoreGuidance, SLIC's convolved-likelihood form). Absent the learned module, their
-figures are null. The headline ``slic_*`` keys use ``learned``.
+training cutouts on (b) and (c), their means kept: see `empirical_power`), ``learned`` (a
+`LearnedNoiseModel` trained on the training cutouts, ``--noise-model-dir`` or trained here,
+through `ScoreWhitenedMMPS`: MMPS whose data term is the learned score, whitened by the
+model's Fisher fit `fisher_power_spectrum`; its full score for the MAP), ``learned_fit``
+(the same model through GaussianFitMMPS with its second-moment Gaussian fit, the previous
+``learned``) and ``learned_score`` (the same model through NoiseScoreGuidance, SLIC's
+convolved-likelihood form). ``correlated_score`` (only when named in ``--likelihoods``):
+NoiseScoreGuidance with the correlated Gaussian's analytic score, to tell its divergence
+from the learned score's. Absent the learned module, their figures are null. The headline
+``slic_*`` keys use ``learned``.
 
 Reported per case and likelihood: PSNR of the posterior mean and of the MAP (preconditioned
 gradient descent on ``-log p_noise(y - A x) + lam/2 |grad x|^2``, the noise score at zero

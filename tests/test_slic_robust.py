@@ -201,3 +201,20 @@ def test_score_whitened_mmps_bad_inputs():
         fisher_power_spectrum(nm, np.zeros((2, 1, N, N)), batch=0)
     with pytest.raises(ValueError, match="cutouts"):
         fisher_power_spectrum(nm, np.zeros((2, 1, N + 2, N + 2)))
+
+
+@pytest.mark.slow  # compiles a U-Net and its training step: ~50 s of CPU
+def test_train_noise_model_progress_bar_and_min_sigma(tmp_path, capsys):
+    """The noise training's progress bar is labelled as such (not "train-prior"), and a
+    learned model's min_sigma is its floor in data units (floor x the cutouts' std)."""
+    from deconvjax.likelihood.learned import noise_train_config, train_noise_model
+
+    rng = np.random.default_rng(0)
+    cut = rng.normal(0, 2.5, (16, 1, N, N)).astype(np.float32)
+    config = noise_train_config(N, channels=(4, 8), emb_dim=8, steps=2, steps_per_call=1,
+                                batch_size=4, warmup_steps=1, checkpoint_every=2)
+    model = train_noise_model(cut, tmp_path / "n.eqx", config=config, sigma_floor=0.3)
+    err = capsys.readouterr().err
+    assert "train-noise" in err and "train-prior" not in err
+    assert model.min_sigma == pytest.approx(0.3 * float(np.std(cut)), rel=1e-6)
+    assert GaussianNoiseModel.white(1.0, (1, N, N)).min_sigma == 0.0

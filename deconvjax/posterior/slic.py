@@ -90,7 +90,13 @@ class NoiseScoreGuidance(AbstractGuidance):
     An approximation (the convolved likelihood with an isotropic kernel; see the module
     docstring): biased even for Gaussian noise and a Gaussian prior, where
     `GaussianFitMMPS` is exact. Its one merit is that it uses the noise's full non-Gaussian
-    score at every noise level.
+    score at every noise level. The isotropic kernel's variance is the *mean* of
+    ``sigma^2 |H_k|^2``, so at the frequencies the PSF passes (``|H_k|^2`` far above its
+    mean) the step ``sigma^2 |H_k|^2 / (P_k + sigma_eff^2)`` is many times the exact one,
+    and with a learned prior the sampler can run away (benchmarks/noise.py). For a noise
+    model's full score in a stable posterior use `ScoreWhitenedMMPS`, which evaluates the
+    score on the residual of the denoiser's prediction inside MMPS's covariance-aware
+    update.
 
     **Arguments:**
 

@@ -92,8 +92,10 @@ class NoiseScoreGuidance(AbstractGuidance):
     `GaussianFitMMPS` is exact. Its one merit is that it uses the noise's full non-Gaussian
     score at every noise level. The isotropic kernel's variance is the *mean* of
     ``sigma^2 |H_k|^2``, so at the frequencies the PSF passes (``|H_k|^2`` far above its
-    mean) the step ``sigma^2 |H_k|^2 / (P_k + sigma_eff^2)`` is many times the exact one,
-    and with a learned prior the sampler can run away (benchmarks/noise.py). For a noise
+    mean) the step ``sigma^2 |H_k|^2 / (P_k + sigma_eff^2)`` is up to ``|H_k|^2 / mean|H|^2``
+    times the flat-prior exact one, a likely reason why, with a learned prior and a learned
+    noise score, the sampler ran away in benchmarks/noise.py (not separated there from the
+    learned score's own errors on residuals unlike its training noise). For a noise
     model's full score in a stable posterior use `ScoreWhitenedMMPS`, which evaluates the
     score on the residual of the denoiser's prediction inside MMPS's covariance-aware
     update.

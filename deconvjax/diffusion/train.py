@@ -210,6 +210,7 @@ def train_prior(
     max_seconds: float | None = None,
     init: ScorePrior | None = None,
     record_time: bool = True,
+    desc: str = "train-prior",
 ) -> ScorePrior:
     """Train a `ScorePrior` on ``images`` (physical units) and checkpoint it to ``out``.
 
@@ -229,6 +230,8 @@ def train_prior(
     - `record_time`: write the training time into the prior's header (``False``: the prior
       file then depends on nothing but the data and settings, so a resumed run writes the
       same bytes as an uninterrupted one; EM logs its times itself).
+    - `desc`: the progress bar's label (callers training other things than galaxy priors,
+      e.g. noise models, name them).
 
     **Raises:**
 
@@ -316,7 +319,7 @@ def train_prior(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train-prior",
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=desc,
                unit="step")
     t_start = time.perf_counter() - elapsed
     last_saved = step

@@ -32,7 +32,7 @@ from .noise_model import AbstractNoiseModel
 
 __all__ = ["LearnedNoiseModel", "NoiseModelLikelihood", "noise_train_config",
            "train_noise_model", "save_noise_model", "load_noise_model",
-           "empirical_power_spectrum"]
+           "empirical_power_spectrum", "fisher_power_spectrum"]
 
 # Marks a score-prior checkpoint as a noise model (load_noise_model refuses galaxy priors).
 _KIND = "slic_noise_model"
@@ -58,6 +58,44 @@ def empirical_power_spectrum(cutouts: Float[np.ndarray, "n band y x"]) -> np.nda
     p = np.mean(np.abs(np.fft.rfft2(c)) ** 2, axis=0) / npix
     # Floor at a small fraction of the mean so the Gaussian fit stays invertible.
     return np.maximum(p, 1e-6 * p.mean())
+
+
+def fisher_power_spectrum(noise_model: AbstractNoiseModel, cutouts: Float[np.ndarray, "n band y x"], *,
+                          sigma: float | None = None, seed: int = 0, batch: int = 64) -> np.ndarray:
+    """The power spectrum ``P_F`` of the Gaussian with the noise's Fisher information,
+    ``(band, y, x // 2 + 1)`` in data units, from noise ``cutouts``: with ``m = n + sigma
+    eps`` (the cutouts perturbed as the score `noise_model.score(., sigma)` assumes),
+    ``P_F = 1 / (E|rfft2(s(m))|^2 / N) - sigma^2``.
+
+    For Gaussian noise of power ``P`` the score is ``-(C + sigma^2)^{-1} m`` and ``P_F = P``
+    (exactly so for ``sigma = 0``: ``P^2 / P_hat``, ``P_hat`` the cutouts' periodogram).
+    For heavy-tailed noise (cosmic rays, hot pixels) the score saturates on the outliers,
+    so ``P_F`` describes the noise's core while the second moments
+    (`empirical_power_spectrum`) are inflated by the outliers: ``P_F`` is the covariance to
+    whiten a score with (`deconvjax.posterior.slic.ScoreWhitenedMMPS`).
+
+    ``sigma``: default the model's `min_sigma` (a learned model's floor, where its score
+    is evaluated at smaller ``sigma`` anyway); ``seed`` draws ``eps``; ``batch`` cutouts
+    per score evaluation."""
+    c = check_noise_cutouts(cutouts)
+    noise_model.check_shape(c.shape[1:], name="cutouts")
+    if not int(batch) >= 1:
+        raise ValueError(f"batch: expected a positive integer, got {batch}")
+    sig = float(noise_model.min_sigma if sigma is None else sigma)
+    if not sig >= 0:
+        raise ValueError(f"sigma: expected a non-negative float or None, got {sigma}")
+    m = c + sig * np.random.default_rng(seed).normal(size=c.shape).astype(np.float32)
+    score = eqx.filter_jit(jax.vmap(lambda n: noise_model.score(n, sig)))
+    npix = c.shape[-1] * c.shape[-2]
+    total = 0.0
+    for i in range(0, len(m), int(batch)):
+        s = np.asarray(score(jnp.asarray(m[i:i + int(batch)])), dtype=np.float64)
+        total = total + np.sum(np.abs(np.fft.rfft2(s)) ** 2, axis=0)
+    info = total / (len(m) * npix)
+    # A frequency the score never moves gets a large (not infinite) variance; the
+    # subtraction of sigma^2 is kept positive, at the floor of empirical_power_spectrum.
+    p = 1.0 / np.maximum(info, 1e-6 * info.mean()) - sig**2
+    return np.maximum(p, 1e-6 * np.abs(p).mean())
 
 
 class LearnedNoiseModel(AbstractNoiseModel):
@@ -96,6 +134,11 @@ class LearnedNoiseModel(AbstractNoiseModel):
     @property
     def shape(self):
         return tuple(self.prior.shape)
+
+    @property
+    def min_sigma(self) -> float:
+        """The score's floor in data units, ``sigma_floor * scale``."""
+        return float(self.sigma_floor) * self.scale
 
     def score(self, noise, sigma=0.0):
         s = self.scale
@@ -180,7 +223,8 @@ def train_noise_model(
     power = empirical_power_spectrum(c)
     extra = _extra((bands, size, size), scale, power, sigma_floor)
     prior = train_prior(c, out, config, resume=resume, flux_scale=scale, progress=progress,
-                        extra_info=extra, max_seconds=max_seconds, record_time=False)
+                        extra_info=extra, max_seconds=max_seconds, record_time=False,
+                        desc="train-noise")
     prior = ScorePrior(prior.denoiser, prior.sde, prior.flux_scale, ())
     return LearnedNoiseModel(prior, jnp.asarray(power), float(sigma_floor))
 

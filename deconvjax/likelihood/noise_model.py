@@ -40,6 +40,13 @@ class AbstractNoiseModel(eqx.Module):
     def gaussian_fit(self) -> CorrelatedGaussianLikelihood:
         """The stationary Gaussian with the noise's power spectrum (its second moments)."""
 
+    @property
+    def min_sigma(self) -> float:
+        """The smallest perturbation (data units) at which `score` is what it says: below
+        it, a model may evaluate its score at this floor instead (a learned model's
+        Tweedie score needs ``sigma > 0``). 0 for analytic models."""
+        return 0.0
+
     def check_shape(self, shape: tuple[int, ...], name: str = "data") -> None:
         """Raise a clear error when images of `shape` are not the ones this model is for."""
         if tuple(shape) != tuple(self.shape):

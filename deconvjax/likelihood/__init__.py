@@ -14,8 +14,8 @@ from .noise_model import GaussianNoiseModel as GaussianNoiseModel
 
 # The learned noise model needs the diffusion package (U-Net, training); it is imported on
 # first use so that `import deconvjax` stays as fast as it was.
-_LEARNED = ("LearnedNoiseModel", "NoiseModelLikelihood", "load_noise_model", "noise_train_config",
-            "save_noise_model", "train_noise_model")
+_LEARNED = ("LearnedNoiseModel", "NoiseModelLikelihood", "fisher_power_spectrum", "load_noise_model",
+            "noise_train_config", "save_noise_model", "train_noise_model")
 
 
 def __getattr__(name):

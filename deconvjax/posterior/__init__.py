@@ -27,6 +27,7 @@ from .products import write_posterior as write_posterior
 from .sampling import sample_posterior as sample_posterior
 from .slic import GaussianFitMMPS as GaussianFitMMPS
 from .slic import NoiseScoreGuidance as NoiseScoreGuidance
+from .slic import ScoreWhitenedMMPS as ScoreWhitenedMMPS
 from .slic import effective_sigma as effective_sigma
 from .tarp import tarp_coverage as tarp_coverage
 from .tarp import tarp_max_deviation as tarp_max_deviation

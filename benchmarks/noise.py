@@ -46,6 +46,7 @@ Run: JAX_PLATFORMS=cpu python benchmarks/noise.py [--quick]; the last line is a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -215,6 +216,45 @@ def whiteness(residual, noise_power):
     ratio = np.log10(pr / noise_power)[..., :, :].ravel()[1:]
     return float(np.sqrt(np.mean(ratio**2)))
 
+
+
+@dataclasses.dataclass
+class TarpProblem:
+    """The TARP case of (a): truths drawn from a stationary Gaussian prior fitted to COSMOS
+    stamps, observed through a Moffat PSF with correlated ACS noise."""
+
+    scale: float
+    mean: np.ndarray
+    power: np.ndarray  # the noise's power spectrum
+    prior_power: np.ndarray
+    prior: StationaryGaussianDenoiser
+    truths: np.ndarray
+    frame: Frame
+    psf: MoffatPSF
+    blank: Observation
+    data: np.ndarray
+    rms: float
+
+
+def tarp_problem(cosmos, size: int, sims: int, prior_size: int, snr: float) -> TarpProblem:
+    """`TarpProblem` of ``sims`` simulations of ``size`` x ``size`` pixels (shared by this
+    benchmark and benchmarks/noise_tarp.py)."""
+    tr = cosmos_stamps(cosmos, size=size, indices=np.arange(60)).astype(np.float64)
+    tscale = float(tr.std())
+    gmean = (tr / tscale).mean(0)
+    gpower = np.mean(np.abs(np.fft.fft2(tr / tscale - gmean, norm="ortho")) ** 2, axis=0)
+    trng = np.random.default_rng(1)
+    z = trng.normal(size=(sims, 1, size, size))
+    tt = gmean + np.fft.ifft2(np.sqrt(gpower) * np.fft.fft2(z, norm="ortho"), norm="ortho").real
+    tframe = Frame(["i"], (size, size), psf=GaussianPSF(0.3))
+    tpsf = MoffatPSF(4.0 * size / prior_size, 3.5)
+    tblank = Observation(np.zeros((1, size, size)), frame=tframe, psf=tpsf, rms=1.0)
+    tclean = np.asarray(jax.vmap(tblank)(jnp.asarray(tt * tscale, jnp.float32)), np.float64)
+    trms = float(np.median(tclean.max(axis=(1, 2, 3)))) / snr
+    tp = acs_power(cosmos, size, trms**2)
+    tdata = tclean + draw_stationary(trng, tp, sims, size)
+    return TarpProblem(tscale, gmean, tp, gpower, StationaryGaussianDenoiser(gmean, gpower), tt, tframe, tpsf,
+                       tblank, tdata, trms)
 
 def main():
     ap = argparse.ArgumentParser()
@@ -396,21 +436,9 @@ def main():
     if not args.no_tarp:
         # TARP on (a): simulated truths from a stationary Gaussian prior fitted to COSMOS stamps.
         ts_ = args.tarp_size
-        tr = cosmos_stamps(cosmos, size=ts_, indices=np.arange(60)).astype(np.float64)
-        tscale = float(tr.std())
-        gmean = (tr / tscale).mean(0)
-        gpower = np.mean(np.abs(np.fft.fft2(tr / tscale - gmean, norm="ortho")) ** 2, axis=0)
-        gprior = StationaryGaussianDenoiser(gmean, gpower)
-        trng = np.random.default_rng(1)
-        z = trng.normal(size=(tarp_sims, 1, ts_, ts_))
-        tt = gmean + np.fft.ifft2(np.sqrt(gpower) * np.fft.fft2(z, norm="ortho"), norm="ortho").real
-        tframe = Frame(["i"], (ts_, ts_), psf=GaussianPSF(0.3))
-        tpsf = MoffatPSF(4.0 * ts_ / size, 3.5)
-        tblank = Observation(np.zeros((1, ts_, ts_)), frame=tframe, psf=tpsf, rms=1.0)
-        tclean = np.asarray(jax.vmap(tblank)(jnp.asarray(tt * tscale, jnp.float32)), np.float64)
-        trms = float(np.median(tclean.max(axis=(1, 2, 3)))) / args.snr
-        tp = acs_power(cosmos, ts_, trms**2)
-        tdata = tclean + draw_stationary(trng, tp, tarp_sims, ts_)
+        tp_ = tarp_problem(cosmos, ts_, tarp_sims, size, args.snr)
+        tscale, gprior, tt, tframe, tpsf = tp_.scale, tp_.prior, tp_.truths, tp_.frame, tp_.psf
+        tp, tdata, trms = tp_.power, tp_.data, tp_.rms
         for name, method in (("correlated", GaussianFitMMPS(GaussianNoiseModel(tp, ts_), cg=ConvergedCG(1e-3, 50))),
                              ("white", MMPS(cg=ConvergedCG(1e-3, 50)))):
             ttemp = PosteriorDenoiser(gprior, Observation(tdata[0], frame=tframe, psf=tpsf, rms=trms),

@@ -29,21 +29,18 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from deconvjax.diffusion import VESDE, StationaryGaussianDenoiser, sample  # noqa: E402
-from deconvjax.diffusion.data import cosmos_stamps  # noqa: E402
+from deconvjax.diffusion import VESDE, sample  # noqa: E402
 from deconvjax.diffusion.samplers import DPMSolver2M  # noqa: E402
-from deconvjax.frame import Frame  # noqa: E402
 from deconvjax.likelihood.noise_model import GaussianNoiseModel  # noqa: E402
 from deconvjax.observation import Observation  # noqa: E402
 from deconvjax.posterior.base import ConvergedCG, PosteriorDenoiser, ScaledIdentity  # noqa: E402
 from deconvjax.posterior.batch import StackedPosterior  # noqa: E402
 from deconvjax.posterior.slic import GaussianFitMMPS  # noqa: E402
 from deconvjax.posterior.tarp import tarp_coverage, tarp_max_deviation  # noqa: E402
-from deconvjax.psf import GaussianPSF, MoffatPSF  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cosmos_path import add_cosmos_argument, default_cosmos, require_sample  # noqa: E402
-from noise import acs_power, draw_stationary  # noqa: E402
+from noise import tarp_problem  # noqa: E402
 
 
 def dense_circulant(power_full: np.ndarray) -> np.ndarray:
@@ -69,22 +66,10 @@ def main():
     cosmos = require_sample(args.cosmos_dir or default_cosmos())
     ts_ = args.size
     n = ts_ * ts_
-    # The benchmark's TARP problem, line for line (benchmarks/noise.py).
-    tr = cosmos_stamps(cosmos, size=ts_, indices=np.arange(60)).astype(np.float64)
-    tscale = float(tr.std())
-    gmean = (tr / tscale).mean(0)
-    gpower = np.mean(np.abs(np.fft.fft2(tr / tscale - gmean, norm="ortho")) ** 2, axis=0)
-    gprior = StationaryGaussianDenoiser(gmean, gpower)
-    trng = np.random.default_rng(1)
-    z = trng.normal(size=(sims, 1, ts_, ts_))
-    tt = gmean + np.fft.ifft2(np.sqrt(gpower) * np.fft.fft2(z, norm="ortho"), norm="ortho").real
-    tframe = Frame(["i"], (ts_, ts_), psf=GaussianPSF(0.3))
-    tpsf = MoffatPSF(4.0 * ts_ / args.prior_size, 3.5)
-    tblank = Observation(np.zeros((1, ts_, ts_)), frame=tframe, psf=tpsf, rms=1.0)
-    tclean = np.asarray(jax.vmap(tblank)(jnp.asarray(tt * tscale, jnp.float32)), np.float64)
-    trms = float(np.median(tclean.max(axis=(1, 2, 3)))) / args.snr
-    tp = acs_power(cosmos, ts_, trms**2)
-    tdata = tclean + draw_stationary(trng, tp, sims, ts_)
+    # The benchmark's TARP problem (benchmarks/noise.py).
+    prob = tarp_problem(cosmos, ts_, sims, args.prior_size, args.snr)
+    tscale, gmean, gpower, gprior, tt = prob.scale, prob.mean, prob.prior_power, prob.prior, prob.truths
+    tframe, tpsf, tblank, tp, tdata, trms = prob.frame, prob.psf, prob.blank, prob.power, prob.data, prob.rms
 
     # Exact posterior (prior variable u = x / tscale, y = A tscale u + n), dense float64.
     eye = jnp.eye(n, dtype=jnp.float32).reshape(n, 1, ts_, ts_)

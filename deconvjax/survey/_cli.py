@@ -41,7 +41,7 @@ def fit_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, max_iter
     the finished shards.
     """
     from .._cli_common import alias_value
-    from . import FitTask, SurveyError, SurveyInputError, run_survey
+    from . import FitTask
 
     model_psf_fwhm = alias_value(model_psf_fwhm, "model_psf_fwhm")
     model_psf_sigma = None if model_psf_fwhm is None else model_psf_fwhm / FWHM_PER_SIGMA
@@ -50,12 +50,22 @@ def fit_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, max_iter
                        model_psf_sigma=model_psf_sigma)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
+    run_and_report(cutouts, out_dir, task, workers=workers, scheduler=scheduler, shard_size=shard_size,
+                   seed=seed, cache_dir=cache_dir, progress=progress)
+
+
+def run_and_report(cutouts, out_dir, task, **run_options) -> dict:
+    """`run_survey` for a command: input errors name CUTOUTS, run errors end the command
+    with their message, and a one-line summary is printed (shared by `fit-survey` and
+    `sample-survey`)."""
+    from . import SurveyError, SurveyInputError, run_survey
+
     try:
-        result = run_survey(cutouts, out_dir, task, workers=workers, scheduler=scheduler, shard_size=shard_size,
-                            seed=seed, cache_dir=cache_dir, progress=progress)
+        result = run_survey(cutouts, out_dir, task, **run_options)
     except SurveyInputError as err:
         raise click.BadParameter(str(err), param_hint="CUTOUTS") from None
     except (SurveyError, OSError) as err:
         raise click.ClickException(str(err)) from None
     n_rows = sum(r.get("rows", 0) for r in result["shards"].values())
     click.echo(f"{result['ran']} shard(s) run, {len(result['shards'])} done; {n_rows} rows in {out_dir / 'catalog'}")
+    return result

@@ -48,7 +48,7 @@ def sample_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, n_sam
     sigma 0.5 pixel of each cutout). Rerunning the same command skips the finished shards.
     """
     from ..diffusion.samplers.names import sampler_from_name
-    from . import SurveyError, SurveyInputError, run_survey
+    from ._cli import run_and_report
     from .sample import SampleTask
 
     try:
@@ -57,12 +57,5 @@ def sample_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, n_sam
                           chunk=batch)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    try:
-        result = run_survey(cutouts, out_dir, task, workers=workers, scheduler=scheduler, shard_size=shard_size,
-                            seed=seed, cache_dir=cache_dir, progress=progress)
-    except SurveyInputError as err:
-        raise click.BadParameter(str(err), param_hint="CUTOUTS") from None
-    except (SurveyError, OSError) as err:
-        raise click.ClickException(str(err)) from None
-    n_rows = sum(r.get("rows", 0) for r in result["shards"].values())
-    click.echo(f"{result['ran']} shard(s) run, {len(result['shards'])} done; {n_rows} rows in {out_dir / 'catalog'}")
+    run_and_report(cutouts, out_dir, task, workers=workers, scheduler=scheduler, shard_size=shard_size,
+                   seed=seed, cache_dir=cache_dir, progress=progress)

@@ -5,6 +5,7 @@ the shard size or the number of workers; reruns skip finished shards; bad input 
 The sampling tests compile the E-step's sampler (tens of seconds on a loaded 2-core
 machine): they are marked slow; the input checks run in the default suite."""
 
+import dataclasses
 import io
 import json
 
@@ -156,6 +157,11 @@ def test_rows_are_each_cutouts_estep_with_its_own_key(files, in_process):
         assert cat["cutout_id"][i] == row["cutout_id"]  # manifest order
         data = read_arrays(files / "sims" / row["file"])
         cut = Cutouts.from_observations([data], centers=[np.stack([row["y"], row["x"]], 1)])
+        # The cutout brought to the prior's typical brightness: its flux per source over the
+        # shipped training reference's median flux (5.43 prior units).
+        f = float(np.where(cut.mask, 0.0, cut.data).sum() / len(row["y"]) / (5.43 * prior.flux_scale))
+        np.testing.assert_allclose(cat["flux_factor"][i], f, rtol=1e-6)
+        cut = dataclasses.replace(cut, data=cut.data / f, weights=cut.weights * f**2)
         r = estep(jr.fold_in(jr.key(SEED), i), prior, cut, sampler=DPMSolver2M(steps=2), n_samples=3, chunk=1,
                   progress=False)
         x = np.asarray(r.samples[0], np.float64)  # (sample, source, 1, 16, 16)
@@ -164,10 +170,12 @@ def test_rows_are_each_cutouts_estep_with_its_own_key(files, in_process):
             for k, (y0, x0) in enumerate(np.asarray(r.corners[0])):
                 ys, xs = np.arange(y0, y0 + 16), np.arange(x0, x0 + 16)
                 iy, ix = (ys >= 0) & (ys < 40), (xs >= 0) & (xs < 40)
-                frames[s][np.ix_(ys[iy], xs[ix])] += prior.flux_scale * x[s, k, 0][np.ix_(iy, ix)]
+                frames[s][np.ix_(ys[iy], xs[ix])] += f * prior.flux_scale * x[s, k, 0][np.ix_(iy, ix)]
         flux = frames.sum(axis=(1, 2))
-        np.testing.assert_allclose(mean_img[i], frames.mean(0), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(std_img[i], frames.std(0, ddof=1), rtol=1e-3, atol=1e-5)
+        # Float32 rounding of samples in data units (the factor is ~1e4 here), batch against alone.
+        tol = 1e-4 * np.abs(frames).max()
+        np.testing.assert_allclose(mean_img[i], frames.mean(0), rtol=1e-3, atol=tol)
+        np.testing.assert_allclose(std_img[i], frames.std(0, ddof=1), rtol=1e-3, atol=tol)
         np.testing.assert_allclose(cat["flux_mean"][i], flux.mean(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(cat["flux_std"][i], flux.std(ddof=1), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(cat["chi2_per_pixel"][i], float(r.chi2_mean[0]), rtol=1e-4)
@@ -184,8 +192,10 @@ def test_other_shard_size_same_rows_and_rerun_skips(files, in_process):
     for name in ("cutout_id", "band"):
         assert list(a[name]) == list(b[name])
     for name in ("flux_mean", "flux_std", "chi2_per_pixel"):
-        np.testing.assert_allclose(np.asarray(b[name]), np.asarray(a[name]), rtol=1e-5, atol=1e-6, err_msg=name)
-    np.testing.assert_allclose(read_images_of(out2, b)[0], read_images_of(out3, a)[0], rtol=1e-5, atol=1e-6)
+        # Other chunks (shard sizes 2 and 3): float rounding of the batched solves only.
+        np.testing.assert_allclose(np.asarray(b[name]), np.asarray(a[name]), rtol=1e-4, atol=1e-6, err_msg=name)
+    img2, img3 = read_images_of(out2, b)[0], read_images_of(out3, a)[0]
+    np.testing.assert_allclose(img2, img3, rtol=1e-3, atol=1e-4 * np.abs(img3).max())
 
     # A rerun does nothing; a shard whose images file is gone is run again, alone.
     again = run_survey(files / "sims", out2, task_of(files), shard_size=2, seed=SEED, progress=False,
@@ -218,7 +228,8 @@ def test_two_workers_give_the_rows_of_one_process(files, in_process, tmp_path):
     assert list(a["cutout_id"]) == list(b["cutout_id"])
     for name in ("flux_mean", "flux_std", "chi2_per_pixel"):
         np.testing.assert_allclose(np.asarray(b[name]), np.asarray(a[name]), rtol=1e-4, atol=1e-5, err_msg=name)
-    np.testing.assert_allclose(read_images_of(out, b)[0], read_images_of(out3, a)[0], rtol=1e-4, atol=1e-5)
+    img, img3 = read_images_of(out, b)[0], read_images_of(out3, a)[0]
+    np.testing.assert_allclose(img, img3, rtol=1e-3, atol=1e-4 * np.abs(img3).max())
 
 
 def test_command_follows_the_cli_conventions():

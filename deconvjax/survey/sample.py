@@ -19,6 +19,7 @@ images at the model frame's resolution, referenced from the rows (`read_images_o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Sequence
@@ -155,11 +156,19 @@ class SampleTask(AbstractSurveyTask):
         prior = _load_prior(None if self.prior is None else str(self.prior))
         sampler = self.sampler_or_default()
         run_key = jr.key(int(seed))
-        rows: dict = {k: [] for k in ("cutout_id", "band", "flux_mean", "flux_std", "flux_unit", "chi2_per_pixel",
+        rows: dict = {k: [] for k in ("cutout_id", "band", "flux_mean", "flux_std", "flux_unit", "flux_factor",
+                                      "chi2_per_pixel",
                                       "ny", "nx", _MEAN, _STD)}
         n = int(self.n_samples)
         cuts = Cutouts.from_observations([c.data for c in bucket.cutouts],
                                          centers=[c.positions for c in bucket.cutouts]).with_slots(bucket.n_max)
+        # The prior knows galaxies at its training brightness only (a galaxy in electrons
+        # sampled as it comes gets a prior-bright blob and a wrong flux): each cutout is
+        # brought to that brightness by a measured factor, undone on output (as
+        # `deconvjax sample` does for one galaxy).
+        factors = flux_factors(cuts, prior)
+        cuts = dataclasses.replace(cuts, data=cuts.data / factors[:, None, None, None],
+                                   weights=cuts.weights * factors[:, None, None, None] ** 2)
         # Each cutout's key from its manifest row, not its place in the shard or bucket:
         # the same samples however the survey is cut and spread.
         keys = jnp.stack([jr.fold_in(run_key, c.index) for c in bucket.cutouts])
@@ -169,7 +178,8 @@ class SampleTask(AbstractSurveyTask):
         nb, h, w = cuts.shape
         for k, c in enumerate(bucket.cutouts):
             embed = SourcePlacement(res.spectra[k], res.corners[k], (h, w), float(prior.flux_scale))
-            images = np.asarray(jax.device_get(_place_all_jit(embed, res.samples[k])), np.float64)  # (s, band, h, w)
+            images = factors[k] * np.asarray(jax.device_get(_place_all_jit(embed, res.samples[k])),
+                                             np.float64)  # (s, band, h, w), data units
             flux = images.sum(axis=(-2, -1))  # (sample, band)
             mean_img, flux_mean = images.mean(0), flux.mean(0)
             # Sample standard deviations (n - 1): undefined (NaN) for one sample.
@@ -184,6 +194,7 @@ class SampleTask(AbstractSurveyTask):
                 rows["flux_mean"].append(float(flux_mean[b]))
                 rows["flux_std"].append(float(flux_std[b]))
                 rows["flux_unit"].append(c.data.bunit or "")
+                rows["flux_factor"].append(float(factors[k]))
                 rows["chi2_per_pixel"].append(chi2)
                 rows["ny"].append(h)
                 rows["nx"].append(w)
@@ -196,13 +207,15 @@ class SampleTask(AbstractSurveyTask):
             pa.field("flux_mean", pa.float64(), metadata={"unit": unit, "doc": "posterior mean of the band's flux"}),
             pa.field("flux_std", pa.float64(), metadata={"unit": unit, "doc": "posterior std of the band's flux"}),
             pa.field("flux_unit", pa.string()),
+            pa.field("flux_factor", pa.float64(), metadata={"doc": "data units per unit of the prior's flux "
+                                                                   "(the cutout was sampled divided by it)"}),
             pa.field("chi2_per_pixel", pa.float64(), metadata={"doc": "chi2 of the posterior mean / valid pixels"}),
             pa.field("ny", pa.int32()), pa.field("nx", pa.int32()),
             pa.field(_MEAN, pa.list_(pa.float32())), pa.field(_STD, pa.list_(pa.float32())),
             pa.field("n_samples", pa.int32()), pa.field("sampler", pa.string()),
             pa.field("code_version", pa.string()), pa.field("seed", pa.int64()),
         ]
-        arrays = [pa.array(rows[f.name], f.type) for f in fields[:10]]
+        arrays = [pa.array(rows[f.name], f.type) for f in fields[:11]]
         arrays += [pa.array([n] * m, pa.int32()), pa.array([repr(sampler)] * m, pa.string()),
                    pa.array([code_version()] * m, pa.string()), pa.array([int(seed)] * m, pa.int64())]
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
@@ -240,6 +253,20 @@ class SampleTask(AbstractSurveyTask):
         table = table.append_column("image_key", pa.array(key_col.tolist(), pa.string()))
         table = table.append_column("image_index", pa.array(idx_col, pa.int32()))
         return table, [rel]
+
+
+def flux_factors(cutouts, prior) -> np.ndarray:
+    """``(N,)`` data units per unit of the prior's flux, one per cutout: the cutout's mean
+    flux per band and per source (the sum of its valid pixels) over the prior's typical
+    training galaxy flux (`deconvjax.posterior.adapt.reference_for`), so that dividing
+    the cutout (and its noise) by it puts its galaxies at the prior's brightness. At
+    least 1e-6 of the typical flux (blank or negative cutouts)."""
+    from ..posterior.adapt import reference_for
+
+    typical = float(reference_for(prior).flux[0]) * float(prior.flux_scale)
+    total = np.where(cutouts.mask, 0.0, cutouts.data).sum(axis=(-2, -1)).mean(axis=-1)  # (N,)
+    per_source = total / np.maximum(cutouts.source_mask.sum(axis=1), 1)
+    return np.maximum(per_source / typical, 1e-6)
 
 
 def read_images_of(out, rows) -> tuple[np.ndarray, np.ndarray]:

@@ -269,3 +269,45 @@ def test_second_process_with_warm_cache_compiles_nothing(survey):
     # The entries sit in this node type's subfolder of the shared folder.
     (sub,) = list(cache.iterdir())
     assert sub.name.startswith("cpu-") and any(sub.iterdir())
+
+
+def test_catalog_quality_lists_untrustworthy_cutouts(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deconvjax.survey import catalog_quality
+
+    (tmp_path / "catalog").mkdir()
+    # Two rows per cutout (two sources): a cutout is listed once.
+    pq.write_table(pa.table({"cutout_id": ["a", "a", "b", "b", "c", "d"],
+                             "chi2_per_pixel": [1.05, 1.05, 25.0, 25.0, float("nan"), 1.9],
+                             "failed": [False, False, False, False, True, False],
+                             "converged": [True, True, True, True, False, False]}),
+                   tmp_path / "catalog" / "shard-000000.parquet")
+    q = catalog_quality(tmp_path)
+    assert q["n_cutouts"] == 4 and q["high_chi2"] == ["b", "c"]
+    assert q["failed"] == ["c"] and q["not_converged"] == ["c", "d"]
+    assert catalog_quality(tmp_path, chi2_limit=1.5)["high_chi2"] == ["b", "c", "d"]
+    with pytest.raises(ValueError, match="chi2_limit"):
+        catalog_quality(tmp_path, chi2_limit=0.0)
+    with pytest.raises(ValueError, match="survey output"):
+        catalog_quality(tmp_path / "nothing")
+
+
+def test_command_report_warns_about_high_chi2_cutouts(survey, tmp_path, capsys):
+    from deconvjax.survey._cli import run_and_report
+
+    out = tmp_path / "q"
+    run_survey(survey["one_bucket"], out, survey["task"], shard_size=2, cache_dir="off", progress=False)
+    cat = read_catalog(out)
+    chi2 = {i: c for i, c in zip(cat["cutout_id"], cat["chi2_per_pixel"])}
+    limit = float(np.median(list(chi2.values())))
+    capsys.readouterr()
+    run_and_report(survey["one_bucket"], out, survey["task"], chi2_warn=limit, shard_size=2, cache_dir="off",
+                   progress=False)  # a rerun: no work, only the report
+    captured = capsys.readouterr()
+    above = sorted(i for i, c in chi2.items() if c > limit)
+    assert "0 shard(s) run" in captured.out
+    assert above and f"{len(above)} of {len(chi2)} cutouts: chi2 per pixel above" in captured.err
+    assert all(i in captured.err for i in above)
+    assert not any(i in captured.err.split("chi2 per pixel above")[1].split("\n")[0] for i in chi2 if i not in above)

@@ -5,7 +5,9 @@ shard, on a Dask cluster or in one process, compiling each program once.
 task (`FitTask`: the MAP fit; `SampleTask`: posterior samples with a diffusion prior) on
 each shard on a worker and writes one Parquet file per shard (and the task's other files,
 e.g. `SampleTask`'s images); `read_catalog` and `catalog_dataset` read them back as one
-table, `read_images_of` the posterior images of `SampleTask` rows.
+table, `catalog_quality` lists the cutouts not to be trusted as they stand (chi2 far above
+the noise, failed or unconverged fits), `read_images_of` the posterior images of
+`SampleTask` rows.
 """
 
 from .manifest import SurveyInputError as SurveyInputError
@@ -16,6 +18,7 @@ from .manifest import read_manifest_rows as read_manifest_rows
 from .manifest import write_manifest as write_manifest
 from .run import SurveyError as SurveyError
 from .run import catalog_dataset as catalog_dataset
+from .run import catalog_quality as catalog_quality
 from .run import choose_model_psf as choose_model_psf
 from .run import read_catalog as read_catalog
 from .run import run_shard as run_shard

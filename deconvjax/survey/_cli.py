@@ -9,6 +9,17 @@ import click
 from .._cli_common import FWHM_PER_SIGMA, deprecated_alias, model_psf_fwhm_option, progress_option
 
 
+def chi2_warn_option(f):
+    return click.option(
+        "--chi2-warn", type=click.FloatRange(min=1.0, min_open=True), default=2.0, show_default=True,
+        help="Warn about cutouts whose chi2 per pixel exceeds this (their model does not describe the data).",
+    )(f)
+
+
+#: Cutout ids named in a warning; the rest are counted.
+_IDS_SHOWN = 10
+
+
 @click.command("fit-survey")
 @click.argument("cutouts", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -31,9 +42,10 @@ from .._cli_common import FWHM_PER_SIGMA, deprecated_alias, model_psf_fwhm_optio
 @click.option("--seed", type=int, default=0, show_default=True, help="Recorded in every row.")
 @click.option("--cache-dir", default=None,
               help="Shared compilation cache folder (default: $DECONVJAX_CACHE_DIR or ~/.cache/deconvjax/jax; 'off').")
+@chi2_warn_option
 @progress_option
 def fit_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, max_iter, rtol, stamp_size, model_psf_fwhm,
-               devices, seed, cache_dir, progress):
+               devices, seed, cache_dir, chi2_warn, progress):
     """Fit every cutout of CUTOUTS (a manifest, or a `deconvjax simulate` folder) on Dask.
 
     Writes one Parquet file per shard under OUT/catalog (read them as one table with
@@ -50,15 +62,16 @@ def fit_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, max_iter
                        model_psf_sigma=model_psf_sigma)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    run_and_report(cutouts, out_dir, task, workers=workers, scheduler=scheduler, shard_size=shard_size,
-                   seed=seed, cache_dir=cache_dir, progress=progress)
+    run_and_report(cutouts, out_dir, task, chi2_warn=chi2_warn, workers=workers, scheduler=scheduler,
+                   shard_size=shard_size, seed=seed, cache_dir=cache_dir, progress=progress)
 
 
-def run_and_report(cutouts, out_dir, task, **run_options) -> dict:
+def run_and_report(cutouts, out_dir, task, *, chi2_warn: float = 2.0, **run_options) -> dict:
     """`run_survey` for a command: input errors name CUTOUTS, run errors end the command
-    with their message, and a one-line summary is printed (shared by `fit-survey` and
-    `sample-survey`)."""
-    from . import SurveyError, SurveyInputError, run_survey
+    with their message, a one-line summary is printed, and a warning on stderr names the
+    cutouts whose rows should not be trusted as they stand (`catalog_quality`). Shared by
+    `fit-survey` and `sample-survey`."""
+    from . import SurveyError, SurveyInputError, catalog_quality, run_survey
 
     try:
         result = run_survey(cutouts, out_dir, task, **run_options)
@@ -68,4 +81,17 @@ def run_and_report(cutouts, out_dir, task, **run_options) -> dict:
         raise click.ClickException(str(err)) from None
     n_rows = sum(r.get("rows", 0) for r in result["shards"].values())
     click.echo(f"{result['ran']} shard(s) run, {len(result['shards'])} done; {n_rows} rows in {out_dir / 'catalog'}")
+    if n_rows:
+        quality = catalog_quality(out_dir, chi2_limit=chi2_warn)
+        problems = (("high_chi2", f"chi2 per pixel above {chi2_warn:g} (the model does not describe the data: "
+                                  "a star, an artefact, a missing source or a wrong noise level)"),
+                    ("failed", "failed fits"), ("not_converged", "fits that did not converge"))
+        for key, what in problems:
+            ids = quality[key]
+            if ids:
+                shown = ", ".join(ids[:_IDS_SHOWN]) + (f" and {len(ids) - _IDS_SHOWN} more" if len(ids) > _IDS_SHOWN
+                                                       else "")
+                click.secho(f"Warning: {len(ids)} of {quality['n_cutouts']} cutouts: {what}: {shown}. "
+                            "Their rows are in the catalog; do not use their fluxes as measurements.",
+                            fg="yellow", err=True)
     return result

@@ -10,6 +10,7 @@ import click
 
 from .._cli_common import progress_option
 from ..diffusion.samplers.names import DEFAULT_SAMPLER_NAME, SAMPLER_NAMES
+from ._cli import chi2_warn_option
 
 
 @click.command("sample-survey")
@@ -36,9 +37,10 @@ from ..diffusion.samplers.names import DEFAULT_SAMPLER_NAME, SAMPLER_NAMES
               help="Run key: cutout i (manifest row) is sampled with fold_in(key(seed), i).")
 @click.option("--cache-dir", default=None,
               help="Shared compilation cache folder (default: $DECONVJAX_CACHE_DIR or ~/.cache/deconvjax/jax; 'off').")
+@chi2_warn_option
 @progress_option
 def sample_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, n_samples, prior_path, sampler, sampler_steps,
-                  seed, cache_dir, progress):
+                  seed, cache_dir, chi2_warn, progress):
     """Posterior samples of every cutout of CUTOUTS (a manifest, or a `deconvjax simulate`
     folder) with a diffusion prior, each through its own PSF and noise, on Dask.
 
@@ -57,5 +59,5 @@ def sample_survey(cutouts, out_dir, workers, scheduler, shard_size, batch, n_sam
                           chunk=batch)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    run_and_report(cutouts, out_dir, task, workers=workers, scheduler=scheduler, shard_size=shard_size,
-                   seed=seed, cache_dir=cache_dir, progress=progress)
+    run_and_report(cutouts, out_dir, task, chi2_warn=chi2_warn, workers=workers, scheduler=scheduler,
+                   shard_size=shard_size, seed=seed, cache_dir=cache_dir, progress=progress)

@@ -454,3 +454,43 @@ def read_catalog(out):
             except ValueError:
                 pass  # a unit astropy does not know: leave the column bare
     return t
+
+
+def catalog_quality(out, chi2_limit: float = 2.0) -> dict:
+    """The cutouts of a survey's catalog whose answer should not be trusted as it stands.
+
+    A posterior or a fit whose residuals are far above the noise (chi2 per pixel well
+    above 1) describes data its model cannot: a star under a galaxy prior, an artefact, a
+    blend missing a source, a noise level that is wrong. Such rows are written like the
+    others; this lists them so that nobody reads their fluxes as measurements.
+
+    **Arguments:**
+
+    - `out`: the survey's output folder.
+    - `chi2_limit`: a cutout is listed when its ``chi2_per_pixel`` exceeds it (a
+      residual variance of ``chi2_limit - 1`` times the noise's beyond the noise itself).
+
+    **Returns:** a dict with ``n_cutouts`` (distinct cutout ids in the catalog) and the sorted
+    cutout ids of each problem: ``high_chi2`` (``chi2_per_pixel > chi2_limit`` or not
+    finite), ``failed`` and ``not_converged`` (fits only; empty lists for tasks without
+    those columns).
+    """
+    if not (np.isfinite(chi2_limit) and chi2_limit > 0):
+        raise ValueError(f"chi2_limit: expected a positive number, got {chi2_limit!r}")
+    table = catalog_dataset(out).to_table()
+    names = set(table.column_names)
+    if "cutout_id" not in names or "chi2_per_pixel" not in names:
+        raise ValueError(f"out: the catalog of {out} has no cutout_id/chi2_per_pixel columns; is it a survey output?")
+    ids = np.asarray(table.column("cutout_id").to_pylist(), dtype=object)
+    chi2 = table.column("chi2_per_pixel").to_numpy(zero_copy_only=False).astype(np.float64)
+
+    def ids_where(flag) -> list[str]:
+        return sorted({str(i) for i in ids[np.asarray(flag, bool)]})
+
+    report = {"n_cutouts": len(set(ids.tolist())), "chi2_limit": float(chi2_limit),
+              "high_chi2": ids_where(~(chi2 <= chi2_limit)), "failed": [], "not_converged": []}
+    if "failed" in names:
+        report["failed"] = ids_where(table.column("failed").to_numpy(zero_copy_only=False))
+    if "converged" in names:
+        report["not_converged"] = ids_where(~table.column("converged").to_numpy(zero_copy_only=False).astype(bool))
+    return report

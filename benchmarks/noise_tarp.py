@@ -50,6 +50,35 @@ def dense_circulant(power_full: np.ndarray) -> np.ndarray:
     return np.stack([np.fft.ifft2(power_full * np.fft.fft2(b)).real.ravel() for b in basis], 1)
 
 
+def learned_method(args, power, size: int, res: dict):
+    """``ScoreWhitenedMMPS`` with a `LearnedNoiseModel` trained on ``--learned-train`` draws
+    of the problem's own stationary noise (``power``), whitened by its Fisher fit, as
+    benchmarks/noise.py's ``learned`` likelihood; its training and fit figures go in ``res``."""
+    import tempfile
+
+    from noise import draw_stationary
+
+    from deconvjax.likelihood import CorrelatedGaussianLikelihood, learned
+    from deconvjax.posterior.slic import ScoreWhitenedMMPS
+
+    folder = args.learned_dir or Path(tempfile.mkdtemp(prefix="noise_tarp_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    train = draw_stationary(np.random.default_rng(7), power, args.learned_train, size).astype(np.float32)
+    t0 = time.perf_counter()
+    config = learned.noise_train_config(size, steps=args.learned_steps)
+    model = learned.train_noise_model(train, folder / "noise.eqx", config=config, seed=0, progress=False)
+    fisher = learned.fisher_power_spectrum(model, train)
+    var = float(np.var(train))
+    res["learned_train_seconds"] = time.perf_counter() - t0
+    res["learned_fisher_variance_over_var"] = float(np.fft.irfft2(fisher, s=(size, size))[0, 0, 0] / var)
+    print(f"learned noise model: {args.learned_train} cutouts, {args.learned_steps} steps, "
+          f"Fisher variance / variance {res['learned_fisher_variance_over_var']:.3f}, "
+          f"{res['learned_train_seconds']:.0f} s")
+    return ScoreWhitenedMMPS(model, fits=CorrelatedGaussianLikelihood(fisher),
+                             max_sigma=0.5 * float(model.prior.sde.sigma(1.0)) * model.scale,
+                             cg=ConvergedCG(1e-3, args.cg_max))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -60,6 +89,13 @@ def main():
     ap.add_argument("--prior-size", type=int, default=32, help="the benchmark prior's image size (PSF scale)")
     ap.add_argument("--snr", type=float, default=10.0)
     ap.add_argument("--cg-max", type=int, default=50)
+    ap.add_argument("--learned", action="store_true",
+                    help="also the learned likelihood: a noise score trained here on draws of the same noise, "
+                         "through ScoreWhitenedMMPS with its Fisher fit (benchmarks/noise.py's 'learned')")
+    ap.add_argument("--learned-train", type=int, default=512, help="noise cutouts the learned model trains on")
+    ap.add_argument("--learned-steps", type=int, default=800, help="its training steps")
+    ap.add_argument("--learned-dir", type=Path, default=None,
+                    help="folder of its checkpoint (rerunning reuses it; default: a temporary folder)")
     add_cosmos_argument(ap)
     args = ap.parse_args()
     sims = args.sims or (48 if args.quick else 300)
@@ -92,8 +128,11 @@ def main():
     res["tarp_exact"] = float(tarp_max_deviation(alpha, ecp))
     print(f"exact posterior samples: TARP max deviation {res['tarp_exact']:.3f} ({sims} sims x {args.samples})")
     tr_cov = np.trace(post_cov)
-    for steps in [int(k) for k in args.steps.split(",")]:
-        method = GaussianFitMMPS(GaussianNoiseModel(tp, ts_), cg=ConvergedCG(1e-3, args.cg_max))
+    methods = {"GaussianFitMMPS": GaussianFitMMPS(GaussianNoiseModel(tp, ts_), cg=ConvergedCG(1e-3, args.cg_max))}
+    if args.learned:
+        methods["learned"] = learned_method(args, tp, ts_, res)
+    for name, steps in [(m, int(k)) for m in methods for k in args.steps.split(",")]:
+        method = methods[name]
         ttemp = PosteriorDenoiser(gprior, Observation(tdata[0], frame=tframe, psf=tpsf, rms=trms),
                                   method=method, embed=ScaledIdentity(tscale))
         stk = StackedPosterior(ttemp, [tdata])
@@ -111,9 +150,9 @@ def main():
         # The same ratio in the whitened metric: E (x-mu)^T Sigma^-1 (x-mu) / n.
         w = np.linalg.solve(chol, (xs - mu[:, None]).reshape(-1, n).T)
         maha = float(np.mean(np.sum(w**2, 0)) / n)
-        res[f"steps{steps}"] = {"tarp": dev, "mean_err_in_sd": mean_err, "var_ratio": var_ratio,
+        res[f"steps{steps}" if name == "GaussianFitMMPS" else f"{name}_steps{steps}"] = {"tarp": dev, "mean_err_in_sd": mean_err, "var_ratio": var_ratio,
                                 "mahalanobis_ratio": maha, "seconds": dt}
-        print(f"DPMSolver2M({steps}) GaussianFitMMPS: TARP {dev:.3f}; mean error {mean_err:.3f} posterior sd "
+        print(f"DPMSolver2M({steps}) {name}: TARP {dev:.3f}; mean error {mean_err:.3f} posterior sd "
               f"(sampling alone: {1 / np.sqrt(args.samples):.3f}); E|x-mu|^2/tr {var_ratio:.3f}; "
               f"Mahalanobis/n {maha:.3f} (exact: 1); {dt:.0f} s")
     print(json.dumps(res))

@@ -70,11 +70,13 @@ def learned_method(args, power, size: int, res: dict):
     fisher = learned.fisher_power_spectrum(model, train)
     var = float(np.var(train))
     res["learned_train_seconds"] = time.perf_counter() - t0
+    res["learned_fit"] = args.learned_fit
     res["learned_fisher_variance_over_var"] = float(np.fft.irfft2(fisher, s=(size, size))[0, 0, 0] / var)
     print(f"learned noise model: {args.learned_train} cutouts, {args.learned_steps} steps, "
           f"Fisher variance / variance {res['learned_fisher_variance_over_var']:.3f}, "
           f"{res['learned_train_seconds']:.0f} s")
-    return ScoreWhitenedMMPS(model, fits=CorrelatedGaussianLikelihood(fisher),
+    fits = CorrelatedGaussianLikelihood(fisher) if args.learned_fit == "fisher" else None  # None: gaussian_fit()
+    return ScoreWhitenedMMPS(model, fits=fits,
                              max_sigma=0.5 * float(model.prior.sde.sigma(1.0)) * model.scale,
                              cg=ConvergedCG(1e-3, args.cg_max))
 
@@ -94,6 +96,9 @@ def main():
                          "through ScoreWhitenedMMPS with its Fisher fit (benchmarks/noise.py's 'learned')")
     ap.add_argument("--learned-train", type=int, default=512, help="noise cutouts the learned model trains on")
     ap.add_argument("--learned-steps", type=int, default=800, help="its training steps")
+    ap.add_argument("--learned-fit", choices=("fisher", "moments"), default="fisher",
+                    help="the Gaussian whitening the learned score: its Fisher fit (noise.py's choice, robust to "
+                         "outliers) or the cutouts' second moments (the model's gaussian_fit)")
     ap.add_argument("--learned-dir", type=Path, default=None,
                     help="folder of its checkpoint (rerunning reuses it; default: a temporary folder)")
     add_cosmos_argument(ap)

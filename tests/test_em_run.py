@@ -53,6 +53,9 @@ def test_laps_resume_byte_for_byte(tmp_path):
     assert 0.3 < rec["estep_chi2_per_pixel"] < 3.0  # exact posterior samples of the Gaussian start
     assert (tmp_path / "a" / "lap_001" / "prior_samples.png").exists()
     assert (tmp_path / "a" / "diagnostics.png").exists()
+    # The M-step's fidelity to its training samples is logged, with a warning when off.
+    assert np.isfinite(rec["mstep_flux_ratio"]) and np.isfinite(rec["mstep_statistics_distance"])
+    assert ("mstep_warning" in rec) == (not 1 / 1.5 <= rec["mstep_flux_ratio"] <= 1.5)
     log = [json.loads(line) for line in (tmp_path / "a" / "em.log.jsonl").read_text().splitlines()]
     assert [r["lap"] for r in log] == [1]
     # Grow the same run to two laps (the second warm-started from the first network)...
@@ -176,3 +179,24 @@ def test_training_shape_must_match_the_prior(tmp_path):
         run_em(make_cutouts(), tmp_path / "bad", bad, progress=False)
     with pytest.raises(TypeError, match="cutouts"):
         run_em("cutouts", tmp_path / "bad2", CONFIG, progress=False)
+
+
+def test_mstep_fidelity_flags_a_network_off_its_training_images():
+    """Samples 4x brighter than the training images (what an undertrained M-step gave in
+    the EM benchmark) are flagged; the training images themselves are not."""
+    from deconvjax.em.diagnostics import morphology_statistics, mstep_fidelity
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    images = np.stack([f * np.exp(-0.5 * (yy**2 + xx**2) / s**2)[None]
+                       for f, s in zip(rng.lognormal(3, 0.5, 64), rng.uniform(1.5, 3.0, 64))])
+    train = morphology_statistics(images)
+    same = mstep_fidelity(morphology_statistics(images), train)
+    assert same["mstep_flux_ratio"] == pytest.approx(1.0) and same["mstep_statistics_distance"] < 1e-9
+    assert "mstep_warning" not in same
+    bright = mstep_fidelity(morphology_statistics(4.0 * images), train)
+    assert bright["mstep_flux_ratio"] == pytest.approx(4.0)
+    assert bright["mstep_statistics_distance"] > 0.5 and "4.00 times" in bright["mstep_warning"]
+    assert "mstep_warning" in mstep_fidelity(morphology_statistics(0.5 * images), train)
+    with pytest.raises(ValueError, match="tolerance"):
+        mstep_fidelity(train, train, tolerance=1.0)

@@ -38,7 +38,7 @@ import numpy as np
 from .._atomic import atomic_write, atomic_write_bytes
 from ..diffusion.prior import ScorePrior, load_prior
 from ..diffusion.train import TrainConfig, train_prior
-from .diagnostics import morphology_statistics, save_montage, summarise_statistics
+from .diagnostics import morphology_statistics, mstep_fidelity, save_montage, summarise_statistics
 from .gaussian import data_moments, initial_moments
 
 __all__ = ["EMConfig", "run_em", "EMRun", "source_buckets"]
@@ -228,7 +228,7 @@ def run_em(
                     **{k: str(v) for k, v in (prior_info or {}).items()}}
             prior = _mstep(samples, prior, config, prior_path, info, progress)
             t_m = time.perf_counter() - t0
-            record = _diagnose(jr.fold_in(lap_key, 1 << 20), prior, config, lap, lap_dir, history)
+            record = _diagnose(jr.fold_in(lap_key, 1 << 20), prior, config, lap, lap_dir, history, samples)
             record.update({"lap": lap, "estep_seconds": round(t_e, 2), "mstep_seconds": round(t_m, 2),
                            "estep_chi2_per_pixel": float(np.nanmean(chi2)),
                            "n_training_images": int(len(samples))})
@@ -335,15 +335,26 @@ def _mstep(images: np.ndarray, prior, config: EMConfig, prior_path: Path, info: 
                        progress=progress, extra_info=info, record_time=False)
 
 
-def _diagnose(key, prior: ScorePrior, config: EMConfig, lap: int, lap_dir: Path, history: list[dict]) -> dict:
-    """The new prior's sample statistics, their change since the last lap, a montage."""
+def _diagnose(key, prior: ScorePrior, config: EMConfig, lap: int, lap_dir: Path, history: list[dict],
+              training_images: np.ndarray) -> dict:
+    """The new prior's sample statistics, their change since the last lap, how well they
+    reproduce the images the M-step trained on (a warning when not), a montage."""
+    import warnings
+
     from ..diffusion.samplers import DPMSolver2M, sample
 
     x, _ = sample(key, prior.denoiser, DPMSolver2M(steps=config.sampler_steps), sde=prior.sde,
                   shape=prior.shape, n_samples=config.n_prior_samples)
     images = np.asarray(prior.denormalise(x))
-    summary = summarise_statistics(morphology_statistics(images))
+    stats = morphology_statistics(images)
+    summary = summarise_statistics(stats)
     record = {"prior_" + k: v for k, v in summary.items()}
+    # M-step fidelity: a network that does not reproduce its training images (too few
+    # steps, too small) hands its error to the next E-step, and the laps compound it.
+    fidelity = mstep_fidelity(stats, morphology_statistics(np.asarray(training_images)))
+    record.update(fidelity)
+    if "mstep_warning" in fidelity:
+        warnings.warn(f"EM lap {lap}: {fidelity['mstep_warning']}", RuntimeWarning, stacklevel=3)
     if history:
         last = history[-1]
         for k in ("flux", "hlr", "ellipticity", "asymmetry"):

@@ -236,6 +236,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gaussian-init", choices=("data", "isotropic"), default="data",
                     help="the Gaussian start's initial covariance (EMConfig.gaussian_init)")
+    ap.add_argument("--sigma-center", type=float, default=None,
+                    help="M-step and oracle noise levels around this factor of sigma_data (TrainConfig.sigma_center; "
+                         "default: the Beta(3, 3) spread over the whole range)")
+    ap.add_argument("--sigma-spread", type=float, default=1.2, help="TrainConfig.sigma_spread (with --sigma-center)")
     ap.add_argument("--cosmos", action="store_true",
                     help="the COSMOS real-galaxy part (benchmarks/em_cosmos.py; its own options follow)")
     if "--cosmos" in sys.argv[1:]:
@@ -251,7 +255,9 @@ def main():
             setattr(args, k, v)
     channels = tuple(int(c) for c in args.channels.split(","))
     settings = {k: getattr(args, k) for k in FULL} | {"seed": args.seed, "quick": bool(args.quick),
-                                                      "gaussian_init": args.gaussian_init}
+                                                      "gaussian_init": args.gaussian_init,
+                                                      "sigma_center": args.sigma_center,
+                                                      "sigma_spread": args.sigma_spread}
     out = args.out or Path(tempfile.mkdtemp(prefix="deconvjax-em-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -280,7 +286,8 @@ def main():
 
     # -- EM --------------------------------------------------------------------------------
     train_cfg = TrainConfig(image_size=SIZE, bands=1, channels=channels, steps=args.steps_per_lap,
-                            checkpoint_every=max(100, args.steps_per_lap // 4), seed=args.seed)
+                            checkpoint_every=max(100, args.steps_per_lap // 4), seed=args.seed,
+                            sigma_center=args.sigma_center, sigma_spread=args.sigma_spread)
     config = EMConfig(laps=args.laps, chunk=args.chunk, n_samples=1, train=train_cfg,
                       sampler_steps=args.sampler_steps, gaussian_laps=args.gaussian_laps,
                       gaussian_init=args.gaussian_init, model_psf_sigma=MODEL_PSF_SIGMA,

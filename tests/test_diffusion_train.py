@@ -237,3 +237,22 @@ def test_cli_train_prior(tmp_path):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert load_prior(out).shape == (1, 4, 4)
+
+
+def test_sigma_around_the_data_scale():
+    """`TrainConfig.sigma_center`: log sigma normal around centre * sigma_data with the
+    given spread (moments of 20000 draws), clipped to the SDE's range; bad values named."""
+    from deconvjax.diffusion.train import TrainConfig, sample_sigma_around
+
+    s = np.asarray(sample_sigma_around(jr.key(0), 20000, 1e-6, 1e6, 0.05, 1.2))
+    assert abs(np.mean(np.log(s)) - np.log(0.05)) < 0.03 and abs(np.std(np.log(s)) - 1.2) < 0.03
+    c = np.asarray(sample_sigma_around(jr.key(1), 2000, 0.01, 0.1, 0.05, 3.0))
+    assert c.min() == pytest.approx(0.01) and c.max() == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="sigma_center"):
+        TrainConfig(sigma_center=0.0)
+    with pytest.raises(ValueError, match="sigma_spread"):
+        TrainConfig(sigma_spread=-1.0)
+    # Saved configurations without the fields read back as the Beta(3, 3) default.
+    d = TrainConfig().to_json()
+    d.pop("sigma_center"), d.pop("sigma_spread")
+    assert TrainConfig.from_json(d) == TrainConfig()

@@ -48,6 +48,7 @@ GAUSSIAN_INITS = {"data": data_moments, "isotropic": initial_moments}
 # Settings added after runs were first written, with the value those runs used: a saved
 # run without them resumes only under that value.
 _LEGACY_IDENTITY = {"gaussian_init": "isotropic", "model_psf_sigma": 0.5}
+_LEGACY_TRAIN_IDENTITY = {"sigma_center": None, "sigma_spread": 1.2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +189,8 @@ def run_em(
         saved = state.get("identity")
         if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
             saved["config"] = {**_LEGACY_IDENTITY, **saved["config"]}
+            if isinstance(saved["config"].get("train"), dict):
+                saved["config"]["train"] = {**_LEGACY_TRAIN_IDENTITY, **saved["config"]["train"]}
         if state.get("format") != FORMAT or saved != identity:
             raise ValueError(
                 f"out: {out} holds an EM run with other settings or cutouts "

@@ -477,10 +477,13 @@ def catalog_quality(out, chi2_limit: float = 2.0) -> dict:
     """
     if not (np.isfinite(chi2_limit) and chi2_limit > 0):
         raise ValueError(f"chi2_limit: expected a positive number, got {chi2_limit!r}")
-    table = catalog_dataset(out).to_table()
-    names = set(table.column_names)
+    dataset = catalog_dataset(out)
+    names = set(dataset.schema.names)
     if "cutout_id" not in names or "chi2_per_pixel" not in names:
         raise ValueError(f"out: the catalog of {out} has no cutout_id/chi2_per_pixel columns; is it a survey output?")
+    # Only the columns judged: a sample-survey catalog also holds every cutout's images.
+    table = dataset.to_table(columns=[c for c in ("cutout_id", "chi2_per_pixel", "failed", "converged")
+                                      if c in names])
     ids = np.asarray(table.column("cutout_id").to_pylist(), dtype=object)
     chi2 = table.column("chi2_per_pixel").to_numpy(zero_copy_only=False).astype(np.float64)
 

@@ -240,6 +240,9 @@ def main():
                     help="M-step and oracle noise levels around this factor of sigma_data (TrainConfig.sigma_center; "
                          "default: the Beta(3, 3) spread over the whole range)")
     ap.add_argument("--sigma-spread", type=float, default=1.2, help="TrainConfig.sigma_spread (with --sigma-center)")
+    ap.add_argument("--mstep-rounds", type=int, default=EMConfig.mstep_rounds,
+                    help="EMConfig.mstep_rounds: M-step trainings per lap at most, until its samples reproduce "
+                         "its training images")
     ap.add_argument("--cosmos", action="store_true",
                     help="the COSMOS real-galaxy part (benchmarks/em_cosmos.py; its own options follow)")
     if "--cosmos" in sys.argv[1:]:
@@ -257,7 +260,8 @@ def main():
     settings = {k: getattr(args, k) for k in FULL} | {"seed": args.seed, "quick": bool(args.quick),
                                                       "gaussian_init": args.gaussian_init,
                                                       "sigma_center": args.sigma_center,
-                                                      "sigma_spread": args.sigma_spread}
+                                                      "sigma_spread": args.sigma_spread,
+                                                      "mstep_rounds": args.mstep_rounds}
     out = args.out or Path(tempfile.mkdtemp(prefix="deconvjax-em-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -291,10 +295,12 @@ def main():
     config = EMConfig(laps=args.laps, chunk=args.chunk, n_samples=1, train=train_cfg,
                       sampler_steps=args.sampler_steps, gaussian_laps=args.gaussian_laps,
                       gaussian_init=args.gaussian_init, model_psf_sigma=MODEL_PSF_SIGMA,
-                      n_prior_samples=min(64, args.prior_samples), seed=args.seed)
+                      n_prior_samples=min(64, args.prior_samples), mstep_rounds=args.mstep_rounds,
+                      seed=args.seed)
     t0 = time.perf_counter()
-    # One EM folder per EM settings: run_em refuses a folder of other settings.
-    em_tag = hashlib.sha256(json.dumps([tag, config.to_json()]).encode()).hexdigest()[:10]
+    # One EM folder per EM settings: run_em refuses a folder of other settings. The number of
+    # laps is not part of them, so that a rerun with a larger --laps continues the same run.
+    em_tag = hashlib.sha256(json.dumps([tag, config.identity()]).encode()).hexdigest()[:10]
     em_dir = out / f"em_{em_tag}"
     run = run_em(cut_train, em_dir, config, start="gaussian", progress=True)
     t_em = time.perf_counter() - t0
@@ -322,7 +328,9 @@ def main():
     ev_tag = hashlib.sha256(json.dumps([em_tag, args.eval_samples, args.prior_samples, args.sampler_steps,
                                         args.chunk]).encode()).hexdigest()[:10]
     for name, get in tqdm(priors, desc="evaluate", leave=False):
-        evals[name] = _cached(out / f"eval_{name}_{ev_tag}.json",
+        # The oracle's step budget follows --laps, so its evaluation is cached per budget.
+        cache_name = f"oracle{oracle_cfg.steps}" if name == "oracle" else name
+        evals[name] = _cached(out / f"eval_{cache_name}_{ev_tag}.json",
                               lambda get=get, name=name: evaluate(get(), name, cut_held, held["truths"], ref_stats,
                                                                   args, key))
 
@@ -377,6 +385,8 @@ def main():
         "heldout_chi2_per_pixel_oracle": evals["oracle"]["heldout_chi2_per_pixel"],
         "estep_chi2_per_pixel_per_lap": [r["estep_chi2_per_pixel"] for r in history],
         "estep_seconds_per_lap": e_s, "mstep_seconds_per_lap": m_s,
+        "mstep_rounds_per_lap": [r.get("mstep_rounds", 1) for r in history],
+        "mstep_flux_ratio_per_lap": [r.get("mstep_flux_ratio") for r in history],
         "seconds_per_lap_measured": float(np.mean([e + m for e, m in zip(e_s, m_s)])),
         "seconds_per_lap_per_1000_cutouts": per_lap_1000,
         "estep_speedup": {k: v for k, v in sp.items() if k != "shape"},

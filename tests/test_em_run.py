@@ -24,8 +24,9 @@ from deconvjax.em.start import is_gaussian_prior, load_gaussian_prior
 N, SIZE = 12, 8
 TRAIN = TrainConfig(image_size=SIZE, bands=1, channels=(8,), emb_dim=8, batch_size=8, steps=6,
                     steps_per_call=3, checkpoint_every=3, warmup_steps=2)
+# One M-step round: these tests check other things; test_mstep_rounds_until_faithful the rounds.
 CONFIG = EMConfig(laps=1, chunk=8, n_samples=1, train=TRAIN, sampler_steps=4, gaussian_laps=4,
-                  n_prior_samples=4, seed=3)
+                  n_prior_samples=4, mstep_rounds=1, seed=3)
 
 
 def make_cutouts(seed: int = 0) -> Cutouts:
@@ -110,7 +111,7 @@ def test_cli_runs_and_resumes_on_fits_cutouts(tmp_path):
         write_observation(p, images=cut.data[i], psf_images=cut.psf[i], bands=("i",), variance=1.0 / cut.weights[i])
         paths.append(str(p))
     args = ["em", *paths, "--out", str(tmp_path / "run"), "--laps", "1", "--steps-per-lap", "4",
-            "--chunk", "8", "--sampler-steps", "4", "--channels", "8", "--no-progress"]
+            "--chunk", "8", "--sampler-steps", "4", "--channels", "8", "--mstep-rounds", "1", "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "E-step chi2/pixel" in result.output
@@ -200,3 +201,29 @@ def test_mstep_fidelity_flags_a_network_off_its_training_images():
     assert "mstep_warning" in mstep_fidelity(morphology_statistics(0.5 * images), train)
     with pytest.raises(ValueError, match="tolerance"):
         mstep_fidelity(train, train, tolerance=1.0)
+
+
+def test_mstep_rounds_until_faithful(tmp_path):
+    """A 6-step network does not reproduce its training images: the lap trains further
+    rounds, each warm-started from the last, up to ``mstep_rounds``; the lap's prior is the
+    last round's; a rerun replays the same rounds to the same bytes; the warning, still
+    due, names the rounds."""
+    from deconvjax.diffusion import load_prior
+
+    config = EMConfig(**{**CONFIG.__dict__, "mstep_rounds": 2})
+    with pytest.warns(RuntimeWarning, match="after 2 M-step rounds"):
+        run = run_em(make_cutouts(), tmp_path / "a", config, progress=False)
+    rec = run.history[0]
+    assert rec["mstep_rounds"] == 2 and "mstep_warning" in rec
+    lap = tmp_path / "a" / "lap_001"
+    assert (lap / "prior.eqx").read_bytes() == (lap / "prior_round1.eqx").read_bytes()
+    assert dict(load_prior(lap / "prior.eqx").info)["mstep_round"] == "1"
+    # A lap interrupted after its M-step replays the same decisions: forget the lap's end
+    # and rerun.
+    state = json.loads((tmp_path / "a" / "em_state.json").read_text())
+    state.update({"laps_done": 0, "chunks_done": 1, "history": []})
+    (tmp_path / "a" / "em_state.json").write_text(json.dumps(state))
+    final = (lap / "prior.eqx").read_bytes()
+    with pytest.warns(RuntimeWarning):
+        again = run_em(make_cutouts(), tmp_path / "a", config, progress=False)
+    assert again.history[0]["mstep_rounds"] == 2 and (lap / "prior.eqx").read_bytes() == final

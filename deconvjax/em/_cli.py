@@ -126,10 +126,13 @@ def _read_cutouts(paths, psf, noise: dict, masks, hdu, catalog, blends: bool, ma
 @click.option("--max-cutouts", type=click.IntRange(min=1), help="Use at most this many cutouts.")
 @click.option("--channels", default="16,32,64", show_default=True,
               help="U-Net channels per level of the first network after a Gaussian start.")
+@click.option("--mstep-rounds", default=3, show_default=True, type=click.IntRange(min=1),
+              help="At most this many M-step trainings of --steps-per-lap per lap, until the network's samples "
+                   "reproduce its training images (1: one, with a warning when they do not).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the E-step samples and of training.")
 @progress_option
 def em(cutouts, out_dir, start, laps, steps_per_lap, chunk, n_samples, sampler_steps, psf, weights, variance, rms,
-       masks, hdu, catalog, isolated, max_cutouts, channels, seed, progress):
+       masks, hdu, catalog, isolated, max_cutouts, channels, mstep_rounds, seed, progress):
     """Learn a galaxy prior from CUTOUTS alone by expectation-maximisation."""
     import dataclasses
 
@@ -167,7 +170,7 @@ def em(cutouts, out_dir, start, laps, steps_per_lap, chunk, n_samples, sampler_s
                             num_res_blocks=net.num_res_blocks, emb_dim=net.emb_dim, steps=steps_per_lap,
                             sigma_min=float(prior.sde.sigma_min_), sigma_max=float(prior.sde.sigma_max_))
     config = EMConfig(laps=laps, chunk=chunk, n_samples=n_samples, train=train, sampler_steps=sampler_steps,
-                      seed=seed)
+                      mstep_rounds=mstep_rounds, seed=seed)
     click.echo(f"EM on {len(batch)} cutouts of {bands}x{h}x{w} ({'blends' if batch.is_blend else 'isolated'}), "
                f"{laps} laps, out {out_dir}")
     try:

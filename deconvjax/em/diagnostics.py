@@ -135,7 +135,8 @@ def mstep_fidelity(samples: dict[str, np.ndarray], training: dict[str, np.ndarra
         out["mstep_warning"] = (
             f"the M-step's network does not reproduce the posterior samples it was trained on (median flux "
             f"of its samples {ratio:.2f} times theirs); later laps build on this error and degrade the prior. "
-            "Train longer (EMConfig.train.steps; `deconvjax em --steps-per-lap`) or a larger network (--channels)."
+            "Train longer (EMConfig.train.steps and mstep_rounds; `deconvjax em --steps-per-lap`, "
+            "--mstep-rounds) or a larger network (--channels)."
         )
     return out
 

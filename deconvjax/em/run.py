@@ -8,7 +8,11 @@ Each lap ``k = 1 .. laps``:
    ``fold_in(fold_in(key, k), chunk)``;
 2. M-step: denoising score matching on all the lap's samples (`train_prior`), warm-started
    from the previous network with a fresh optimiser and EMA; the flux scale of the prior
-   variable stays the first lap's; training checkpoints itself and resumes exactly;
+   variable stays the first lap's; training checkpoints itself and resumes exactly. When
+   the new network's samples do not reproduce the images it trained on
+   (`deconvjax.em.diagnostics.mstep_fidelity`), it trains another round of the same
+   length, warm-started from itself, up to ``mstep_rounds`` rounds: an unfaithful M-step
+   hands its error to the next E-step and the laps compound it;
 3. diagnostics: E-step chi2 per pixel, the new prior's sample statistics and their change,
    a montage of its samples, wall times, appended to ``em.log.jsonl`` and drawn as PNGs.
 
@@ -47,7 +51,7 @@ FORMAT = "deconvjax-em/1"
 GAUSSIAN_INITS = {"data": data_moments, "isotropic": initial_moments}
 # Settings added after runs were first written, with the value those runs used: a saved
 # run without them resumes only under that value.
-_LEGACY_IDENTITY = {"gaussian_init": "isotropic", "model_psf_sigma": 0.5}
+_LEGACY_IDENTITY = {"gaussian_init": "isotropic", "model_psf_sigma": 0.5, "mstep_rounds": 1}
 _LEGACY_TRAIN_IDENTITY = {"sigma_center": None, "sigma_spread": 1.2}
 
 
@@ -72,7 +76,13 @@ class EMConfig:
     - `model_psf_sigma`: the E-step's model PSF (a Gaussian, in cutout pixels): the
       resolution of the prior's images. It must be narrower than every cutout's PSF
       (the E-step's matching kernels are checked).
-    - `n_prior_samples`: prior samples drawn per lap for the diagnostics.
+    - `n_prior_samples`: prior samples drawn per lap for the diagnostics (and the
+      M-step's fidelity check).
+    - `mstep_rounds`: at most this many M-step trainings per lap (each ``train.steps``
+      long, the next warm-started from the last with a fresh optimiser and EMA), until
+      the network's samples reproduce the lap's training images within
+      `deconvjax.em.diagnostics.MSTEP_FLUX_TOLERANCE`; ``1``: one training, whatever
+      its fidelity (the lap then warns).
     - `seed`: the run's key.
     """
 
@@ -86,10 +96,11 @@ class EMConfig:
     gaussian_init: str = "data"
     model_psf_sigma: float = 0.5
     n_prior_samples: int = 64
+    mstep_rounds: int = 3
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("laps", "chunk", "n_samples", "sampler_steps", "n_prior_samples"):
+        for name in ("laps", "chunk", "n_samples", "sampler_steps", "n_prior_samples", "mstep_rounds"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
         if int(self.gaussian_laps) < 0 or int(self.gaussian_rank) < 0:
@@ -229,10 +240,12 @@ def run_em(
             t0 = time.perf_counter()
             info = {"em_lap": lap, **{f"start_{k}": v for k, v in start_info},
                     **{k: str(v) for k, v in (prior_info or {}).items()}}
-            prior = _mstep(samples, prior, config, prior_path, info, progress)
+            prior, images, stats, fidelity, rounds = _mstep(jr.fold_in(lap_key, 1 << 20), samples, prior,
+                                                            config, lap_dir, info, progress)
             t_m = time.perf_counter() - t0
-            record = _diagnose(jr.fold_in(lap_key, 1 << 20), prior, config, lap, lap_dir, history, samples)
+            record = _diagnose(prior, images, stats, fidelity, lap, lap_dir, history, rounds)
             record.update({"lap": lap, "estep_seconds": round(t_e, 2), "mstep_seconds": round(t_m, 2),
+                           "mstep_rounds": rounds,
                            "estep_chi2_per_pixel": float(np.nanmean(chi2)),
                            "n_training_images": int(len(samples))})
             history.append(record)
@@ -327,37 +340,59 @@ def _estep_lap(key, prior, cutouts, config: EMConfig, lap_dir: Path, state: dict
     return np.concatenate(all_images), np.concatenate(chi2)
 
 
-def _mstep(images: np.ndarray, prior, config: EMConfig, prior_path: Path, info: dict, progress: bool) -> ScorePrior:
+def _mstep(key, images: np.ndarray, prior, config: EMConfig, lap_dir: Path, info: dict, progress: bool):
     """Denoising score matching on the lap's samples, warm-started from the previous
-    network (none after a Gaussian start), in the previous prior's flux units."""
+    network (none after a Gaussian start), in the previous prior's flux units; then, while
+    the network's samples do not reproduce ``images`` (`mstep_fidelity`) and rounds remain,
+    another round warm-started from the last. Round ``r`` trains into
+    ``prior_round{r}.eqx`` (round 0 into ``prior.eqx``), its fidelity samples drawn with
+    ``fold_in(key, r)``, so a resumed lap replays the same decisions; the last round's prior
+    is written to ``prior.eqx``. Returns the prior, its samples (physical units) and their
+    statistics, the fidelity record and the number of rounds."""
     from .start import is_gaussian_prior
 
+    training_stats = morphology_statistics(np.asarray(images))
     init = None if is_gaussian_prior(prior) else prior
-    train = dataclasses.replace(config.train, seed=config.train.seed + int(info["em_lap"]))
-    return train_prior(images, prior_path, train, resume=True, flux_scale=float(prior.flux_scale), init=init,
-                       progress=progress, extra_info=info, record_time=False)
+    lap = int(info["em_lap"])
+    for r in range(int(config.mstep_rounds)):
+        path = lap_dir / ("prior.eqx" if r == 0 else f"prior_round{r}.eqx")
+        # Every round has the same TrainConfig but its seed: one optimiser object, one
+        # compiled training step for every round of every lap.
+        train = dataclasses.replace(config.train, seed=config.train.seed + lap + (r << 16))
+        prior = train_prior(images, path, train, resume=True, flux_scale=float(prior.flux_scale), init=init,
+                            progress=progress, extra_info={**info, "mstep_round": str(r)}, record_time=False)
+        init = prior
+        samples, stats = _prior_samples(jr.fold_in(key, r) if r else key, prior, config)
+        fidelity = mstep_fidelity(stats, training_stats)
+        if "mstep_warning" not in fidelity:
+            break
+    if r:
+        atomic_write_bytes(lap_dir / "prior.eqx", path.read_bytes())
+    return prior, samples, stats, fidelity, r + 1
 
 
-def _diagnose(key, prior: ScorePrior, config: EMConfig, lap: int, lap_dir: Path, history: list[dict],
-              training_images: np.ndarray) -> dict:
-    """The new prior's sample statistics, their change since the last lap, how well they
-    reproduce the images the M-step trained on (a warning when not), a montage."""
-    import warnings
-
+def _prior_samples(key, prior: ScorePrior, config: EMConfig):
+    """``n_prior_samples`` samples of ``prior`` (physical units) and their statistics."""
     from ..diffusion.samplers import DPMSolver2M, sample
 
     x, _ = sample(key, prior.denoiser, DPMSolver2M(steps=config.sampler_steps), sde=prior.sde,
                   shape=prior.shape, n_samples=config.n_prior_samples)
     images = np.asarray(prior.denormalise(x))
-    stats = morphology_statistics(images)
+    return images, morphology_statistics(images)
+
+
+def _diagnose(prior: ScorePrior, images: np.ndarray, stats: dict, fidelity: dict, lap: int, lap_dir: Path,
+              history: list[dict], rounds: int) -> dict:
+    """The new prior's sample statistics, their change since the last lap, how well they
+    reproduce the images the M-step trained on (a warning when not), a montage."""
+    import warnings
+
     summary = summarise_statistics(stats)
     record = {"prior_" + k: v for k, v in summary.items()}
-    # M-step fidelity: a network that does not reproduce its training images (too few
-    # steps, too small) hands its error to the next E-step, and the laps compound it.
-    fidelity = mstep_fidelity(stats, morphology_statistics(np.asarray(training_images)))
     record.update(fidelity)
     if "mstep_warning" in fidelity:
-        warnings.warn(f"EM lap {lap}: {fidelity['mstep_warning']}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"EM lap {lap} (after {rounds} M-step round{'s' * (rounds > 1)}): {fidelity['mstep_warning']}",
+                      RuntimeWarning, stacklevel=3)
     if history:
         last = history[-1]
         for k in ("flux", "hlr", "ellipticity", "asymmetry"):

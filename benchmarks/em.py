@@ -107,7 +107,7 @@ from deconvjax.diffusion.evaluate import psnr  # noqa: E402
 from deconvjax.diffusion.prior import load_prior  # noqa: E402
 from deconvjax.diffusion.samplers import DPMSolver2M, sample  # noqa: E402
 from deconvjax.diffusion.train import TrainConfig, train_prior  # noqa: E402
-from deconvjax.em import Cutouts, EMConfig, estep, run_em  # noqa: E402
+from deconvjax.em import EM_TRAIN_NOISE, Cutouts, EMConfig, estep, run_em  # noqa: E402
 from deconvjax.em.diagnostics import morphology_statistics, statistics_distance  # noqa: E402
 from deconvjax.em.estep import estep_speedup  # noqa: E402
 from deconvjax.em.start import load_gaussian_prior  # noqa: E402
@@ -236,10 +236,12 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gaussian-init", choices=("data", "isotropic"), default="data",
                     help="the Gaussian start's initial covariance (EMConfig.gaussian_init)")
-    ap.add_argument("--sigma-center", type=float, default=None,
+    ap.add_argument("--sigma-center", type=lambda v: None if v.lower() == "none" else float(v),
+                    default=EM_TRAIN_NOISE["sigma_center"],
                     help="M-step and oracle noise levels around this factor of sigma_data (TrainConfig.sigma_center; "
-                         "default: the Beta(3, 3) spread over the whole range)")
-    ap.add_argument("--sigma-spread", type=float, default=1.2, help="TrainConfig.sigma_spread (with --sigma-center)")
+                         "default: EM's, deconvjax.em.EM_TRAIN_NOISE; none: the Beta(3, 3) spread over the whole range)")
+    ap.add_argument("--sigma-spread", type=float, default=EM_TRAIN_NOISE["sigma_spread"],
+                    help="TrainConfig.sigma_spread (with --sigma-center)")
     ap.add_argument("--mstep-rounds", type=int, default=EMConfig.mstep_rounds,
                     help="EMConfig.mstep_rounds: M-step trainings per lap at most, until its samples reproduce "
                          "its training images")

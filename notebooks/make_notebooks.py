@@ -821,18 +821,23 @@ EM_SURVEY = [
      '\n'
      '`EMConfig`: 2 laps after the Gaussian start (2 laps of closed-form Gaussian EM), one posterior\n'
      'sample per cutout per lap with 8 sampler steps, and an M-step of 300 training steps per lap of a\n'
-     "tiny U-Net (one level of 8 channels), warm-started from the last lap. The run's folder holds every lap's\n"
+     "tiny U-Net (one level of 8 channels), warm-started from the last lap. The M-step trains at noise\n"
+     "levels around the images' own scale (`sigma_center`), and when the new network's samples do not\n"
+     "reproduce the images it trained on (`mstep_flux_ratio` outside 1/1.5-1.5) it trains another round,\n"
+     "up to `mstep_rounds` (3), and warns if still off. The run's folder holds every lap's\n"
      'prior, samples and diagnostics; rerunning the same call resumes it. The seed fixes every key.'),
     ("code", "out = Path(tempfile.mkdtemp()) / 'em'\n"
      'config = EMConfig(laps=2, chunk=64, n_samples=1, sampler_steps=8, gaussian_laps=2, n_prior_samples=16, seed=0,\n'
      '                  train=TrainConfig(image_size=SIZE, bands=1, channels=(8,), emb_dim=8, batch_size=16, steps=300,\n'
-     '                                    steps_per_call=100, checkpoint_every=300, warmup_steps=20))\n'
+     '                                    steps_per_call=100, checkpoint_every=300, warmup_steps=20,\n'
+     '                                    sigma_center=1.0, sigma_spread=1.5))\n'
      't = time.perf_counter()\n'
      'run = run_em(train, out, config, progress=False)\n'
      "print(f'EM: {time.perf_counter() - t:.0f} s')\n"
      'for rec in run.history:\n'
      '    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()\n'
-     "           if k in ('lap', 'estep_chi2_per_pixel', 'estep_seconds', 'mstep_seconds')})"),
+     "           if k in ('lap', 'estep_chi2_per_pixel', 'estep_seconds', 'mstep_seconds', 'mstep_rounds',\n"
+     "                    'mstep_flux_ratio')})"),
     ("markdown", "The run's own diagnostics (`diagnostics.png`: per-lap E-step chi2, the prior's sample\n"
      "statistics, wall times) and the last lap's prior samples:"),
     ("code", "display(Image(filename=str(out / 'diagnostics.png'), width=700))\n"

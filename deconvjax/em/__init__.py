@@ -16,6 +16,7 @@ from .estep import EStepResult as EStepResult
 from .estep import estep as estep
 from .gaussian import GaussianCutouts as GaussianCutouts
 from .gaussian import gaussian_em as gaussian_em
+from .run import EM_TRAIN_NOISE as EM_TRAIN_NOISE
 from .run import EMConfig as EMConfig
 from .run import EMRun as EMRun
 from .run import run_em as run_em

@@ -138,7 +138,7 @@ def em(cutouts, out_dir, start, laps, steps_per_lap, chunk, n_samples, sampler_s
 
     from ..diffusion.prior import load_prior
     from ..diffusion.train import TrainConfig
-    from .run import EMConfig, run_em
+    from .run import EM_TRAIN_NOISE, EMConfig, run_em
 
     given = [(n, v) for n, v in (("weight", weights), ("variance", variance), ("rms", rms)) if v]
     if len(given) > 1:
@@ -162,7 +162,10 @@ def em(cutouts, out_dir, start, laps, steps_per_lap, chunk, n_samples, sampler_s
             levels = tuple(int(c) for c in channels.split(","))
         except ValueError:
             raise click.BadParameter(f"expected comma-separated ints, got {channels!r}", param_hint="--channels") from None
-        train = TrainConfig(image_size=h, bands=bands, channels=levels, steps=steps_per_lap)
+        # Noise levels around the images' own scale (EDM): measured in benchmarks/RESULTS.md,
+        # the default spread over the whole range left EM's M-step networks brighter than
+        # their training samples, and the laps lost to their start.
+        train = TrainConfig(image_size=h, bands=bands, channels=levels, steps=steps_per_lap, **EM_TRAIN_NOISE)
     else:
         prior = load_prior(None if start == "shipped" else start)
         net = prior.denoiser.net

@@ -45,7 +45,7 @@ from ..diffusion.train import TrainConfig, train_prior
 from .diagnostics import morphology_statistics, mstep_fidelity, save_montage, summarise_statistics
 from .gaussian import data_moments, initial_moments
 
-__all__ = ["EMConfig", "run_em", "EMRun", "source_buckets"]
+__all__ = ["EMConfig", "run_em", "EMRun", "source_buckets", "EM_TRAIN_NOISE"]
 
 FORMAT = "deconvjax-em/1"
 GAUSSIAN_INITS = {"data": data_moments, "isotropic": initial_moments}
@@ -53,6 +53,12 @@ GAUSSIAN_INITS = {"data": data_moments, "isotropic": initial_moments}
 # run without them resumes only under that value.
 _LEGACY_IDENTITY = {"gaussian_init": "isotropic", "model_psf_sigma": 0.5, "mstep_rounds": 1}
 _LEGACY_TRAIN_IDENTITY = {"sigma_center": None, "sigma_spread": 1.2}
+#: The M-step's denoising-score-matching noise levels for a network EM trains from scratch:
+#: log-normal around the images' own scale (`TrainConfig.sigma_center`), not the default
+#: spread over the whole SDE range, which trains faint galaxies mostly at noise far above
+#: their signal; measured in benchmarks/RESULTS.md (ninth session): half the per-lap PSNR
+#: loss of the quick EM benchmark and a network closer to its training images' flux.
+EM_TRAIN_NOISE = {"sigma_center": 1.0, "sigma_spread": 1.5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +71,8 @@ class EMConfig:
     - `laps`: EM laps after the starting prior.
     - `chunk`: cutouts per E-step chunk (one compiled program serves every chunk).
     - `n_samples`: posterior samples per cutout per lap.
-    - `train`: the M-step's `TrainConfig` (``steps`` per lap).
+    - `train`: the M-step's `TrainConfig` (``steps`` per lap; by default with the noise
+      levels of `EM_TRAIN_NOISE`).
     - `sampler_steps`: steps of the E-step's sampler (`DPMSolver2M`).
     - `gaussian_laps`: laps of the closed-form Gaussian EM of a Gaussian start.
     - `gaussian_rank`: rank of the Gaussian start's low-rank-plus-diagonal covariance
@@ -89,7 +96,7 @@ class EMConfig:
     laps: int = 4
     chunk: int = 64
     n_samples: int = 1
-    train: TrainConfig = TrainConfig(steps=2000)
+    train: TrainConfig = TrainConfig(steps=2000, **EM_TRAIN_NOISE)
     sampler_steps: int = 32
     gaussian_laps: int = 16
     gaussian_rank: int = 0

@@ -55,6 +55,13 @@ from .solver import (
 )
 
 
+def _device(x: np.ndarray) -> Array:
+    """A host array on the default device. `jax.device_put`, not `jnp.asarray`: the latter
+    compiles a small program for every new shape and dtype it is given (JAX 0.10), which a
+    survey worker would compile, and look up in the persistent cache, per bucket."""
+    return jax.device_put(np.asarray(x))
+
+
 def stack(trees: Sequence):
     """Stack pytrees of one structure (scenes, observations) on a new leading axis."""
     trees = list(trees)
@@ -65,7 +72,7 @@ def stack(trees: Sequence):
         if all(isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer) for x in xs):
             # Concrete arrays are stacked on the host and moved once: an eager jnp.stack
             # of hundreds of device arrays costs more than the copy.
-            return jnp.asarray(np.stack([np.asarray(x) for x in xs]))
+            return _device(np.stack([np.asarray(x) for x in xs]))
         return jnp.stack(xs)
 
     try:
@@ -143,7 +150,7 @@ def init_batch(
     template = Source(np.ones(nb), cls.from_parameters(fields[0][0], (size, size)), pos[0, 0])
     f32 = np.dtype(jnp.result_type(float))
     # Broadcasts and casts on the host: each eager device op of a new shape compiles.
-    host = lambda x, n: jnp.asarray(np.broadcast_to(np.asarray(x, dtype=f32), (n, *np.shape(x))))  # noqa: E731
+    host = lambda x, n: _device(np.broadcast_to(np.asarray(x, dtype=f32), (n, *np.shape(x))))  # noqa: E731
     scene = Scene(frame, [jax.tree.map(lambda x: host(x, n_max), template)], batched=True)
     stacked = jax.tree.map(lambda x: host(x, n_cut), scene)
     names = tuple(leaves)
@@ -151,9 +158,9 @@ def init_batch(
         lambda sc: (sc.groups[0].spectrum, sc.groups[0].center, *(getattr(sc.groups[0].morphology, k) for k in names)),
         stacked,
         (
-            jnp.asarray(np.ones((n_cut, n_max, nb), f32)),
-            jnp.asarray(pos.astype(f32)),
-            *(jnp.asarray(leaves[k].astype(f32)) for k in names),
+            _device(np.ones((n_cut, n_max, nb), f32)),
+            _device(pos.astype(f32)),
+            *(_device(leaves[k].astype(f32)) for k in names),
         ),
     )
 
@@ -184,7 +191,7 @@ def init_batch(
         spectra[c][keep] = sub
         spectra[c][~keep] = sub.min(axis=0)
     # One kind and one stamp size: a single group whose rows are the sources in order.
-    stacked = eqx.tree_at(lambda s: s.groups[0].spectrum, stacked, jnp.asarray(spectra.astype(f32)))
+    stacked = eqx.tree_at(lambda s: s.groups[0].spectrum, stacked, _device(spectra.astype(f32)))
     return stacked, masks
 
 
@@ -392,7 +399,7 @@ def _merge_queues(initial: SolverState, pools: Sequence[_Pool], n_queues: Sequen
         for o, x in zip(out, jax.tree.leaves(pool.state)):
             if isinstance(o, np.ndarray):
                 o[idx] = np.asarray(x)[:nq]
-    return jax.tree.unflatten(treedef, [jnp.asarray(x) if isinstance(x, np.ndarray) else x for x in out])
+    return jax.tree.unflatten(treedef, [_device(x) if isinstance(x, np.ndarray) else x for x in out])
 
 
 _pool_init = eqx.filter_jit(_pool_init_impl)
@@ -417,10 +424,10 @@ def _fit_pools(problem, solver, objective, source_mask, n_slots, workers, max_it
     padded = [np.concatenate([q, np.full(size - len(q), q[-1], np.int32)]) for q in queues]
     initial = _init_b(problem, solver, objective)
     pools = [
-        _pool_init(initial, jnp.asarray(p), jnp.asarray(len(q), jnp.int32), n_slots) for p, q in zip(padded, queues)
+        _pool_init(initial, _device(p), _device(np.int32(len(q))), n_slots) for p, q in zip(padded, queues)
     ]
     args = (
-        jnp.asarray(int(max_iter), jnp.int32), jnp.asarray(int(chunk), jnp.int32), jnp.asarray(int(refill), jnp.int32)
+        _device(np.int32(max_iter)), _device(np.int32(chunk)), _device(np.int32(refill))
     )
     with ThreadPoolExecutor(max_workers=max(workers, 2)) as ex:
         # The two programs still to compile, at once (XLA compiles outside the GIL).
@@ -535,7 +542,7 @@ def fit_batch(
     if source_mask.shape != (n, scenes.n_sources):
         raise ValueError(f"source_mask must be ({n}, {scenes.n_sources}) bool, got {source_mask.shape}")
     f32 = np.dtype(jnp.result_type(float))
-    masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)].astype(f32)) for o in scenes.order)
+    masks = tuple(_device(source_mask[:, np.asarray(o)].astype(f32)) for o in scenes.order)
     step_tree = _steps_b(scenes.groups, solver.steps, objective.constraints)
     problem = FitProblem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
     if shard:

@@ -55,7 +55,7 @@ class _Compiles(logging.Handler):
                 self.stacks[m.group(1)] = "".join(traceback.format_list(frames[-4:]))
 
 
-def count_programs(manifest, task, shard_size: int, index: int = 0, where: tuple[str, ...] = ()):
+def count_programs(manifest, task, shard_size: int, index: int = 0, where: tuple[str, ...] = (), out=None):
     """Run shard ``index`` of ``manifest`` in this process and return ``(record, compiles,
     events)``: the shard's record, the (name, shapes) of every program compiled, and the
     number of XLA compilations JAX reported."""
@@ -79,7 +79,7 @@ def count_programs(manifest, task, shard_size: int, index: int = 0, where: tuple
     jax.config.update("jax_log_compiles", True)
     n = manifest_length(manifest)
     start, stop = index * shard_size, min((index + 1) * shard_size, n)
-    out = Path(tempfile.mkdtemp(prefix="survey_programs_out_"))
+    out = Path(out or tempfile.mkdtemp(prefix="survey_programs_out_"))
     try:
         record = run_shard(index, start, stop, str(manifest), str(out), task, 0, None)
     finally:
@@ -105,6 +105,7 @@ def main(argv=None):
     p.add_argument("--shard-index", type=int, default=0, help="which shard of shard size --n-cutouts / 2 ... "
                    "(0: the first); the manifest then holds twice --n-cutouts")
     p.add_argument("--work", default=None)
+    p.add_argument("--out", default=None, help="folder for the shard's catalog (default: a temporary one)")
     p.add_argument("--where", default="", help="comma-separated program names whose first call site to print")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -117,7 +118,7 @@ def main(argv=None):
                    model_psf_sigma=sigma, bands=tuple(vs.BANDS))
     t = time.perf_counter()
     record, compiles, events, stacks, durations = count_programs(manifest, task, a.n_cutouts, a.shard_index,
-                                                      tuple(w for w in a.where.split(",") if w))
+                                                      tuple(w for w in a.where.split(",") if w), a.out)
     wall = time.perf_counter() - t
     by_name = collections.Counter(name for name, _ in compiles)
     seconds = collections.Counter()

@@ -114,9 +114,13 @@ def staggered_groups(rows: list[dict], index: int) -> list[list[tuple[int, dict]
     each then starts on a different bucket shape, so that one compiles its programs
     while the other compiles another's, and each finds the other's in the shared
     persistent cache when it gets there (in one order, both would compile the same
-    programs at the same moment). The order does not change the rows: each bucket's
-    cutouts and batches are the same, and the shard's rows are written in manifest
-    order."""
+    programs at the same moment). The rotation goes backwards (shard 1 starts on the
+    last group, then the first): two workers on groups ``a, b, c`` then run
+    ``a, b, c`` and ``c, a, b``, so the second reaches each of ``a`` and ``b`` after
+    the first has compiled it, and the first reaches ``c`` after the second has (a
+    forward rotation, ``b, c, a``, would have both reach ``c`` together). The order does
+    not change the rows: each bucket's cutouts and batches are the same, and the
+    shard's rows are written in manifest order."""
     groups = read_groups(rows)
 
     def sort_key(group):
@@ -124,7 +128,7 @@ def staggered_groups(rows: list[dict], index: int) -> list[list[tuple[int, dict]
         return tuple((v is None, v if v is not None else 0) for v in _group_key(group[0][1]))
 
     groups.sort(key=sort_key)
-    r = int(index) % len(groups) if groups else 0
+    r = -int(index) % len(groups) if groups else 0
     return groups[r:] + groups[:r]
 
 

@@ -155,7 +155,22 @@ def _measure_one(scene, observations):
     return flux, unit, m
 
 
-_measure_b = eqx.filter_jit(eqx.filter_vmap(_measure_one))
+def _measure_impl(scenes, observations):
+    return eqx.filter_vmap(_measure_one)(scenes, observations)
+
+
+_measure_b = None  # built on first use (importing deconvjax.fit.batch loads JAX)
+
+
+def measure_batch(scenes, observations):
+    """`_measure_one` over a batch of fitted scenes, in one program compiled as
+    `fit_batch`'s are (`deconvjax.fit.batch.LightJit`)."""
+    global _measure_b
+    if _measure_b is None:
+        from ..fit.batch import LightJit
+
+        _measure_b = LightJit(_measure_impl)
+    return _measure_b(scenes, observations)
 
 
 def flux_errors(flux, unit, mats, mask):
@@ -325,8 +340,9 @@ class FitTask(AbstractSurveyTask):
                 progress=False, chunk=int(self.max_iter) or 1,
                 constraints=Constraints(monotonic=self.monotonic, symmetric=self.symmetric),
                 shard=bool(self.shard), slots=self.slots, workers=self.threads,
+                fit_mask=np.arange(size) < n_real,  # the padding is never fitted, only shaped
             )
-            flux, unit, mats = _measure_b(fitted, (obs,))
+            flux, unit, mats = measure_batch(fitted, (obs,))
             flux = np.asarray(flux, np.float64)
             err = flux_errors(flux, np.asarray(unit), np.asarray(mats), mask)
             band_idx = [list(bucket.frame.bands).index(b) for b in bands]

@@ -243,9 +243,9 @@ _normal_equations_b = eqx.filter_jit(eqx.filter_vmap(normal_equations))
 
 
 #: XLA options of `fit_batch`'s programs on CPU: LLVM at optimisation level 2 rather than
-#: 3. On the survey's fits the programs then compile in ~70% of the time (a survey
-#: worker compiles a handful per bucket shape) and run as fast; the results agree to
-#: float32 rounding (the iteration counts are the same).
+#: XLA's default 3. The survey's fit programs then compile markedly faster (a survey
+#: worker compiles a handful per bucket shape, benchmarks/survey_programs.py) and run
+#: as fast; on the survey benchmark's cutouts they gave the same rows to the bit.
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 
 

@@ -2,7 +2,9 @@
 
 The manifest's cutouts are cut into shards of ``shard_size`` consecutive rows. Each shard
 is one unit of work: a worker reads its rows (`read_manifest_rows`), its cutouts' files
-(in a thread, group by group, while the task runs on the groups already read), groups
+(in a thread, group by group, while the task runs on the groups already read; the
+groups in an order rotated by the shard index, `staggered_groups`, so that concurrent
+workers compile different programs and share them through the persistent cache), groups
 them into buckets, runs the task on each, lets the task write its other files
 (`AbstractSurveyTask.write_products`: `SampleTask`'s images) and then writes one Parquet
 file, ``OUT/catalog/shard-NNNNNN.parquet``, atomically (a temporary name starting with

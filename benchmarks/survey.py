@@ -24,6 +24,11 @@ Figures (the last line printed is a JSON object with them):
   worker kills itself mid-shard once: rows missing or written twice, against the
   manifest.
 
+Each run's ``compile_stats_*`` hold the seconds in XLA's compiler and tracing and the
+persistent-cache misses, summed over shards, and the misses of each worker process
+(``cache_misses_by_worker``: a program compiled by one worker is loaded by the other).
+``survey_programs.py`` lists the programs one worker compiles for a shard.
+
 Run ``--quick`` for a few-minute version (128 cutouts for the worker figures, the 256
 cutouts in full; the figures' keys are kept).
 """
@@ -102,6 +107,12 @@ def timed_run(manifest, out, task, workers, shard_size, cache):
     work = res["wall_seconds"] - res["startup_seconds"]
     shards = res["shards"].values()
     stats = {k: sum(r.get(k, 0) for r in shards) for k in ("compile_seconds", "trace_seconds", "cache_misses")}
+    # Per worker process: with a shared cache, each program should be compiled by one
+    # worker only (the other loads it), so the misses split rather than double.
+    by_pid: dict = {}
+    for r in shards:
+        by_pid[r.get("pid")] = by_pid.get(r.get("pid"), 0) + r.get("cache_misses", 0)
+    stats["cache_misses_by_worker"] = sorted(by_pid.values(), reverse=True)
     return work, res["startup_seconds"], stats, res["settings"]["task"]
 
 

@@ -55,6 +55,13 @@ from .solver import (
 )
 
 
+def _device(x: np.ndarray) -> Array:
+    """A host array on the default device. `jax.device_put`, not `jnp.asarray`: the latter
+    compiles a small program for every new shape and dtype it is given (JAX 0.10), which a
+    survey worker would compile, and look up in the persistent cache, per bucket."""
+    return jax.device_put(np.asarray(x))
+
+
 def stack(trees: Sequence):
     """Stack pytrees of one structure (scenes, observations) on a new leading axis."""
     trees = list(trees)
@@ -65,7 +72,7 @@ def stack(trees: Sequence):
         if all(isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer) for x in xs):
             # Concrete arrays are stacked on the host and moved once: an eager jnp.stack
             # of hundreds of device arrays costs more than the copy.
-            return jnp.asarray(np.stack([np.asarray(x) for x in xs]))
+            return _device(np.stack([np.asarray(x) for x in xs]))
         return jnp.stack(xs)
 
     try:
@@ -143,7 +150,7 @@ def init_batch(
     template = Source(np.ones(nb), cls.from_parameters(fields[0][0], (size, size)), pos[0, 0])
     f32 = np.dtype(jnp.result_type(float))
     # Broadcasts and casts on the host: each eager device op of a new shape compiles.
-    host = lambda x, n: jnp.asarray(np.broadcast_to(np.asarray(x, dtype=f32), (n, *np.shape(x))))  # noqa: E731
+    host = lambda x, n: _device(np.broadcast_to(np.asarray(x, dtype=f32), (n, *np.shape(x))))  # noqa: E731
     scene = Scene(frame, [jax.tree.map(lambda x: host(x, n_max), template)], batched=True)
     stacked = jax.tree.map(lambda x: host(x, n_cut), scene)
     names = tuple(leaves)
@@ -151,9 +158,9 @@ def init_batch(
         lambda sc: (sc.groups[0].spectrum, sc.groups[0].center, *(getattr(sc.groups[0].morphology, k) for k in names)),
         stacked,
         (
-            jnp.asarray(np.ones((n_cut, n_max, nb), f32)),
-            jnp.asarray(pos.astype(f32)),
-            *(jnp.asarray(leaves[k].astype(f32)) for k in names),
+            _device(np.ones((n_cut, n_max, nb), f32)),
+            _device(pos.astype(f32)),
+            *(_device(leaves[k].astype(f32)) for k in names),
         ),
     )
 
@@ -184,7 +191,7 @@ def init_batch(
         spectra[c][keep] = sub
         spectra[c][~keep] = sub.min(axis=0)
     # One kind and one stamp size: a single group whose rows are the sources in order.
-    stacked = eqx.tree_at(lambda s: s.groups[0].spectrum, stacked, jnp.asarray(spectra.astype(f32)))
+    stacked = eqx.tree_at(lambda s: s.groups[0].spectrum, stacked, _device(spectra.astype(f32)))
     return stacked, masks
 
 
@@ -235,8 +242,42 @@ def _free_form_normal_equations(pixels: np.ndarray, centers: np.ndarray, obs: Ob
 _normal_equations_b = eqx.filter_jit(eqx.filter_vmap(normal_equations))
 
 
+#: XLA options of `fit_batch`'s programs on CPU: LLVM at optimisation level 2 rather than
+#: XLA's default 3. The survey's fit programs then compile markedly faster (a survey
+#: worker compiles a handful per bucket shape, benchmarks/survey_programs.py) and run
+#: as fast; on the survey benchmark's cutouts they gave the same rows to the bit.
+CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
+
+
+class LightJit:
+    """`eqx.filter_jit` of ``fn`` whose programs are compiled with
+    `CPU_COMPILER_OPTIONS` on a CPU backend and with XLA's defaults on others (chosen at
+    the first call, by `jax.default_backend`). Callable, with ``lower`` as a jitted
+    function has, and ``cache_size()``: the programs compiled in this process."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._jits: dict = {}
+
+    def _jit(self):
+        backend = jax.default_backend()
+        if backend not in self._jits:
+            opts = CPU_COMPILER_OPTIONS if backend == "cpu" else None
+            self._jits[backend] = eqx.filter_jit(self.fn, compiler_options=opts)
+        return self._jits[backend]
+
+    def __call__(self, *args, **kwargs):
+        return self._jit()(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self._jit().lower(*args, **kwargs)
+
+    def cache_size(self) -> int:
+        return sum(int(j._cached._cache_size()) for j in self._jits.values())
+
+
 def _batched(fn, in_axes):
-    return eqx.filter_jit(eqx.filter_vmap(fn, in_axes=in_axes))
+    return LightJit(eqx.filter_vmap(fn, in_axes=in_axes))
 
 
 def _init_one(problem: FitProblem, solver: AbstractFitSolver, objective: Objective) -> SolverState:
@@ -263,13 +304,9 @@ _steps_b = _batched(_steps_one, (0, None, None))
 
 
 def batch_compilation_count() -> int:
-    return (
-        int(_run_b._cached._cache_size())
-        + int(_init_b._cached._cache_size())
-        + int(_pool_run._cached._cache_size())
-        + int(_pool_init._cached._cache_size())
-        + int(_outputs_b._cached._cache_size())
-    )
+    """Programs `fit_batch` has compiled in this process (its jitted functions' cache
+    entries)."""
+    return sum(f.cache_size() for f in (_run_b, _init_b, _steps_b, _pool_run, _start_pools, _outputs_b))
 
 
 def _shard(tree, n: int):
@@ -315,11 +352,15 @@ def _put(tree, idx, values):
 def _pool_init_impl(state: SolverState, order, n_queue, n_slots: int) -> _Pool:
     queue = _take(state, order)
     slot_idx = jnp.arange(n_slots, dtype=jnp.int32)
+    # A queue shorter than the slots (cutouts left out by ``fit_mask``): the slots past
+    # its end start finished, and take nothing (their lanes step nobody).
+    slot_state = _take(queue, slot_idx)
+    slot_state = eqx.tree_at(lambda s: s.done, slot_state, slot_state.done | (slot_idx >= n_queue))
     return _Pool(
         state=queue,
         pending=jnp.arange(order.shape[0]) < n_queue,
         slot_idx=slot_idx,
-        slot_state=_take(queue, slot_idx),
+        slot_state=slot_state,
         next_ptr=jnp.asarray(n_slots, jnp.int32),
         order=order,
         n_queue=n_queue,
@@ -392,35 +433,62 @@ def _merge_queues(initial: SolverState, pools: Sequence[_Pool], n_queues: Sequen
         for o, x in zip(out, jax.tree.leaves(pool.state)):
             if isinstance(o, np.ndarray):
                 o[idx] = np.asarray(x)[:nq]
-    return jax.tree.unflatten(treedef, [jnp.asarray(x) if isinstance(x, np.ndarray) else x for x in out])
+    return jax.tree.unflatten(treedef, [_device(x) if isinstance(x, np.ndarray) else x for x in out])
 
 
-_pool_init = eqx.filter_jit(_pool_init_impl)
-_pool_run = eqx.filter_jit(_pool_run_impl)
+def _start_pools_impl(scenes: Scene, observations, masks, solver: AbstractFitSolver, objective: Objective,
+                      orders, n_queues, n_slots: int):
+    """`fit_batch`'s start in one program (one per bucket shape, not three): every
+    cutout's step sizes and initial state, and the pools of ``orders`` (one queue of
+    problem indices per pool) and ``n_queues`` (their lengths)."""
+    steps = eqx.filter_vmap(_steps_one, in_axes=(0, None, None))(scenes.groups, solver.steps, objective.constraints)
+    problem = FitProblem(scene=scenes, observations=observations, masks=masks, steps=steps)
+    initial = eqx.filter_vmap(_init_one, in_axes=(0, None, None))(problem, solver, objective)
+    pools = tuple(_pool_init_impl(initial, o, q, n_slots) for o, q in zip(orders, n_queues))
+    return steps, initial, pools
+
+
+_start_pools = LightJit(_start_pools_impl)
+_pool_run = LightJit(_pool_run_impl)
 _outputs_b = _batched(_outputs_one, (0, 0, None, None))
 
 
-def _fit_pools(problem, solver, objective, source_mask, n_slots, workers, max_iter, chunk, refill, progress):
-    """Fit every cutout with ``workers`` slot pools of ``n_slots`` slots, each driven by
-    its own host thread over its share of the cutouts; returns every cutout's final state
-    and the ``(clock, cutouts finished)`` log."""
-    from tqdm.auto import tqdm
-
+def _queues(source_mask, fit_mask, workers: int):
+    """The pools' queues (problem indices) and their common padded length: the cutouts
+    of ``fit_mask``, those with more sources first, dealt out in turn. The length
+    depends on the batch alone (``ceil(cutouts / workers)``), not on how many are
+    fitted, so that a batch padded with cutouts not to fit runs the same programs."""
     n = source_mask.shape[0]
     # Cutouts with more sources tend to need more steps: queue them first, so the last
     # slots to finish are not the slowest cutouts started last; deal them out in turn so
     # every pool gets a like mix.
     order = np.argsort(-source_mask.sum(axis=1), kind="stable").astype(np.int32)
+    order = order[fit_mask[order]]
     queues = [order[w::workers] for w in range(workers)]
-    size = max(len(q) for q in queues)
-    # Queues padded to one length (with their last cutout, never taken): one program.
-    padded = [np.concatenate([q, np.full(size - len(q), q[-1], np.int32)]) for q in queues]
-    initial = _init_b(problem, solver, objective)
-    pools = [
-        _pool_init(initial, jnp.asarray(p), jnp.asarray(len(q), jnp.int32), n_slots) for p, q in zip(padded, queues)
-    ]
+    size = -(-n // workers)
+    # Queues padded to one length (with a cutout never taken): one program.
+    padded = [np.concatenate([q, np.full(size - len(q), q[-1] if len(q) else 0, np.int32)]) for q in queues]
+    return queues, padded
+
+
+def _fit_pools(scenes, observations, masks, solver, objective, source_mask, fit_mask, n_slots, workers, max_iter,
+               chunk, refill, progress):
+    """Fit the cutouts of ``fit_mask`` with ``workers`` slot pools of ``n_slots`` slots,
+    each driven by its own host thread over its share of the cutouts; returns the
+    problem, every cutout's final state (the others' initial one) and the ``(clock,
+    cutouts finished)`` log."""
+    from tqdm.auto import tqdm
+
+    n = int(fit_mask.sum())
+    queues, padded = _queues(source_mask, fit_mask, workers)
+    step_tree, initial, pools = _start_pools(
+        scenes, observations, masks, solver, objective, tuple(_device(p) for p in padded),
+        tuple(_device(np.int32(len(q))) for q in queues), n_slots,
+    )
+    pools = list(pools)
+    problem = FitProblem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
     args = (
-        jnp.asarray(int(max_iter), jnp.int32), jnp.asarray(int(chunk), jnp.int32), jnp.asarray(int(refill), jnp.int32)
+        _device(np.int32(max_iter)), _device(np.int32(chunk)), _device(np.int32(refill))
     )
     with ThreadPoolExecutor(max_workers=max(workers, 2)) as ex:
         # The two programs still to compile, at once (XLA compiles outside the GIL).
@@ -451,7 +519,7 @@ def _fit_pools(problem, solver, objective, source_mask, n_slots, workers, max_it
                         return pool
 
             pools = list(ex.map(drive, range(workers)))
-    return _merge_queues(initial, pools, [len(q) for q in queues]), history
+    return problem, _merge_queues(initial, pools, [len(q) for q in queues]), history
 
 
 class _Weights:
@@ -478,6 +546,7 @@ def fit_batch(
     slots: int | None = 8,
     refill: int = 10,
     workers: int | None = None,
+    fit_mask: Bool[ArrayLike, " cutout"] | None = None,
 ) -> tuple[Scene, FitResult]:
     """Fit many cutouts at once: `fit` vmapped over a leading cutout axis.
 
@@ -505,6 +574,10 @@ def fit_batch(
       the cutouts (``None``: one per CPU core on a CPU backend, one on accelerators).
       XLA:CPU runs each pool's program mostly on one core, so on CPU this is the way to
       use them all.
+    - `fit_mask`: ``(cutout,)`` bool, the cutouts to fit (default: all). The others
+      take no fit steps and come back as initialised (``iterations`` 0, not
+      converged): the padding of a batch brought to a fixed size, so that batches of
+      any number of cutouts run one set of compiled programs at little cost.
     - `chunk`: the host is touched (progress bar, loss log) every ``chunk`` steps.
     - `solver`, `max_iter`, `constraints`, `fit_centers`, `morphology_prior`, `progress`:
       as `fit`.
@@ -534,12 +607,13 @@ def fit_batch(
     source_mask = np.asarray(source_mask, bool)
     if source_mask.shape != (n, scenes.n_sources):
         raise ValueError(f"source_mask must be ({n}, {scenes.n_sources}) bool, got {source_mask.shape}")
+    if fit_mask is None:
+        fit_mask = np.ones(n, bool)
+    fit_mask = np.asarray(fit_mask)
+    if fit_mask.shape != (n,) or fit_mask.dtype != bool:
+        raise ValueError(f"fit_mask must be ({n},) bool, got {fit_mask.dtype} {fit_mask.shape}")
     f32 = np.dtype(jnp.result_type(float))
-    masks = tuple(jnp.asarray(source_mask[:, np.asarray(o)].astype(f32)) for o in scenes.order)
-    step_tree = _steps_b(scenes.groups, solver.steps, objective.constraints)
-    problem = FitProblem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
-    if shard:
-        problem = _shard(problem, n)
+    masks = tuple(_device(source_mask[:, np.asarray(o)].astype(f32)) for o in scenes.order)
 
     if int(refill) < 1:
         raise ValueError(f"refill must be >= 1, got {refill}")
@@ -555,17 +629,28 @@ def fit_batch(
         workers = min(int(workers), n)
         n_slots = min(int(slots), n // workers)
     if workers == 1 and n_slots == n:
+        step_tree = _steps_b(scenes.groups, solver.steps, objective.constraints)
+        problem = FitProblem(scene=scenes, observations=observations, masks=masks, steps=step_tree)
+        if shard:
+            problem = _shard(problem, n)
         state = _init_b(problem, solver, objective)
+        if not fit_mask.all():
+            # Cutouts not to fit start done (on the host: no program for it).
+            state = eqx.tree_at(lambda s: s.done, state, _device(np.asarray(state.done) | ~fit_mask))
         state, (groups, loss, chi2, n_valid), history = run_in_chunks(
             lambda st, until: _run_b(st, problem, solver, objective, until), state, max_iter, chunk,
             f"fit {n} cutouts", progress,
         )
     else:
-        state, history = _fit_pools(
-            problem, solver, objective, source_mask, n_slots, workers, max_iter, chunk, refill, progress
+        problem, state, history = _fit_pools(
+            scenes, observations, masks, solver, objective, source_mask, fit_mask, n_slots, workers, max_iter,
+            chunk, refill, progress,
         )
+        step_tree = problem.steps
         groups, loss, chi2, n_valid = _outputs_b(state, problem, solver, objective)
-        history = [(c, float(np.mean(np.asarray(loss))) if k == n else float("nan")) for c, k in history]
+        n_fit = int(fit_mask.sum())
+        history = [(c, float(np.mean(np.asarray(loss)[fit_mask])) if k == n_fit else float("nan"))
+                   for c, k in history]
     # Free parameters per cutout: the moving entries of every leaf of the sources present
     # (on the host, in numpy: no program to compile for it).
     n_params = np.asarray(count_parameters(jax.tree.map(np.asarray, step_tree), [np.asarray(m) for m in masks]))
@@ -596,7 +681,7 @@ def fit_batch(
     per_pixel = chi2 / np.maximum(n_valid, 1)
     result = FitResult(
         iterations=np.asarray(state.step),
-        converged=np.asarray(state.done) & ~failed,
+        converged=np.asarray(state.done) & ~failed & fit_mask,
         failed=failed,
         loss=np.asarray(loss),
         chi2_per_dof=chi2 / np.maximum(n_valid - n_eff, 1),

@@ -2,7 +2,9 @@
 
 The manifest's cutouts are cut into shards of ``shard_size`` consecutive rows. Each shard
 is one unit of work: a worker reads its rows (`read_manifest_rows`), its cutouts' files
-(in a thread, group by group, while the task runs on the groups already read), groups
+(in a thread, group by group, while the task runs on the groups already read; the
+groups in an order rotated by the shard index, `staggered_groups`, so that concurrent
+workers compile different programs and share them through the persistent cache), groups
 them into buckets, runs the task on each, lets the task write its other files
 (`AbstractSurveyTask.write_products`: `SampleTask`'s images) and then writes one Parquet
 file, ``OUT/catalog/shard-NNNNNN.parquet``, atomically (a temporary name starting with
@@ -90,18 +92,46 @@ def _setup_worker(cache_dir: str | None) -> None:
     jax.monitoring.register_event_listener(listen)
 
 
+def _group_key(row: dict) -> tuple:
+    try:
+        n = padded_count(len(row.get("y") or ()))
+    except ValueError:
+        n = None  # too many sources: the task says so when it buckets them
+    return row.get("ny"), row.get("nx"), n
+
+
 def read_groups(rows: list[dict]) -> list[list[tuple[int, dict]]]:
     """Rows ``(k, row)`` grouped by what the manifest says of their buckets (shape,
     padded source count), groups in order of their first row. Every bucket of a task that
     buckets by these (as `FitTask` and `SampleTask` do) lies within one group."""
     groups: dict = {}
     for k, row in enumerate(rows):
-        try:
-            n = padded_count(len(row.get("y") or ()))
-        except ValueError:
-            n = None  # too many sources: the task says so when it buckets them
-        groups.setdefault((row.get("ny"), row.get("nx"), n), []).append((k, row))
+        groups.setdefault(_group_key(row), []).append((k, row))
     return list(groups.values())
+
+
+def staggered_groups(rows: list[dict], index: int) -> list[list[tuple[int, dict]]]:
+    """`read_groups` in the order shard ``index`` runs them: sorted by (shape, padded
+    source count), then rotated by ``index``. Workers run consecutive shards at once;
+    each then starts on a different bucket shape, so that one compiles its programs
+    while the other compiles another's, and each finds the other's in the shared
+    persistent cache when it gets there (in one order, both would compile the same
+    programs at the same moment). The rotation goes backwards (shard 1 starts on the
+    last group, then the first): two workers on groups ``a, b, c`` then run
+    ``a, b, c`` and ``c, a, b``, so the second reaches each of ``a`` and ``b`` after
+    the first has compiled it, and the first reaches ``c`` after the second has (a
+    forward rotation, ``b, c, a``, would have both reach ``c`` together). The order does
+    not change the rows: each bucket's cutouts and batches are the same, and the
+    shard's rows are written in manifest order."""
+    groups = read_groups(rows)
+
+    def sort_key(group):
+        # None (no shape in the manifest, too many sources) after every number.
+        return tuple((v is None, v if v is not None else 0) for v in _group_key(group[0][1]))
+
+    groups.sort(key=sort_key)
+    r = -int(index) % len(groups) if groups else 0
+    return groups[r:] + groups[:r]
 
 
 def run_shard(index: int, start: int, stop: int, manifest: str, out: str, task: AbstractSurveyTask, seed: int,
@@ -134,7 +164,7 @@ def run_shard(index: int, start: int, stop: int, manifest: str, out: str, task: 
     # spans two of them) while this thread runs the task on the groups already read
     # (XLA releases the GIL while it computes).
     with ThreadPoolExecutor(1, thread_name_prefix="survey-read") as pool:
-        futures = [pool.submit(read, g) for g in read_groups(rows)]
+        futures = [pool.submit(read, g) for g in staggered_groups(rows, index)]
         try:
             for fut in futures:
                 group = fut.result()

@@ -155,7 +155,22 @@ def _measure_one(scene, observations):
     return flux, unit, m
 
 
-_measure_b = eqx.filter_jit(eqx.filter_vmap(_measure_one))
+def _measure_impl(scenes, observations):
+    return eqx.filter_vmap(_measure_one)(scenes, observations)
+
+
+_measure_b = None  # built on first use (importing deconvjax.fit.batch loads JAX)
+
+
+def measure_batch(scenes, observations):
+    """`_measure_one` over a batch of fitted scenes, in one program compiled as
+    `fit_batch`'s are (`deconvjax.fit.batch.LightJit`)."""
+    global _measure_b
+    if _measure_b is None:
+        from ..fit.batch import LightJit
+
+        _measure_b = LightJit(_measure_impl)
+    return _measure_b(scenes, observations)
 
 
 def flux_errors(flux, unit, mats, mask):
@@ -245,14 +260,16 @@ class FitTask(AbstractSurveyTask):
     - `stamp_size`: odd side of every source's free-form stamp.
     - `monotonic`, `symmetric`: scarlet's constraints on free-form sources.
     - `batch`: cutouts per `fit_batch` call; a bucket's last batch is padded to it (by
-      repeating a cutout, whose rows are dropped) so that every call has one shape.
+      repeating a cutout, which is not fitted (`fit_batch`'s ``fit_mask``) and whose
+      rows are dropped) so that every call has one shape.
     - `slots`, `threads`: `fit_batch`'s ``slots`` and ``workers`` (host threads; ``None``:
       one per core this process may use).
     - `min_batch`: a bucket's last, partial batch is padded to the least of ``batch``,
       ``ceil(batch / 2)``, ``ceil(batch / 4)``, ... (not below ``min_batch``) that holds
-      it, not to ``batch``: a survey's buckets compile at most a few batch sizes each,
-      and a shard of a few hundred cutouts in three buckets does not fit three full
-      batches of padding. ``min_batch >= batch``: always pad to ``batch``.
+      it, not to ``batch``: each size is a set of programs to compile, and each padding
+      cutout costs its initialisation and outputs (not its fit). ``None``: ``ceil(batch /
+      4)`` but at least 8: at most three sizes per bucket shape. ``min_batch >= batch``: always pad to
+      ``batch`` (one size).
     - `shard`: spread each batch's cutouts over all of the process's devices
       (`fit_batch`'s ``shard``: a `NamedSharding` on a one-axis mesh); ``batch`` is then
       rounded up to a multiple of the device count.
@@ -269,7 +286,7 @@ class FitTask(AbstractSurveyTask):
     batch: int = 64
     slots: int | None = 8
     threads: int | None = None
-    min_batch: int = 8
+    min_batch: int | None = None
     shard: bool = False
     model_psf_sigma: float | None = None
     bands: tuple[str, ...] | None = None
@@ -277,7 +294,7 @@ class FitTask(AbstractSurveyTask):
     def __check_init__(self):
         if int(self.batch) < 1:
             raise ValueError(f"batch must be a positive int, got {self.batch}")
-        if int(self.min_batch) < 1:
+        if self.min_batch is not None and int(self.min_batch) < 1:
             raise ValueError(f"min_batch must be a positive int, got {self.min_batch}")
         if int(self.stamp_size) < 3 or int(self.stamp_size) % 2 == 0:
             raise ValueError(f"stamp_size must be an odd int >= 3, got {self.stamp_size}")
@@ -309,11 +326,12 @@ class FitTask(AbstractSurveyTask):
             nd = len(jax.devices())
             batch = -(-batch // nd) * nd
         bands = tuple(self.bands) if self.bands is not None else tuple(bucket.frame.bands)
+        min_batch = max(8, -(-batch // 4)) if self.min_batch is None else int(self.min_batch)
         tables = []
         for start in range(0, len(bucket.cutouts), batch):
             idx = list(range(start, min(start + batch, len(bucket.cutouts))))
             n_real = len(idx)
-            size = batch if self.shard else padded_batch(n_real, batch, int(self.min_batch))
+            size = batch if self.shard else padded_batch(n_real, batch, min_batch)
             idx += [idx[-1]] * (size - n_real)  # pad: one of a few shapes every call
             sub = Bucket(bucket.frame, bucket.n_max, [bucket.cutouts[i] for i in idx],
                          [bucket.observations[i] for i in idx])
@@ -325,8 +343,9 @@ class FitTask(AbstractSurveyTask):
                 progress=False, chunk=int(self.max_iter) or 1,
                 constraints=Constraints(monotonic=self.monotonic, symmetric=self.symmetric),
                 shard=bool(self.shard), slots=self.slots, workers=self.threads,
+                fit_mask=np.arange(size) < n_real,  # the padding is never fitted, only shaped
             )
-            flux, unit, mats = _measure_b(fitted, (obs,))
+            flux, unit, mats = measure_batch(fitted, (obs,))
             flux = np.asarray(flux, np.float64)
             err = flux_errors(flux, np.asarray(unit), np.asarray(mats), mask)
             band_idx = [list(bucket.frame.bands).index(b) for b in bands]

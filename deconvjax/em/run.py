@@ -35,6 +35,7 @@ import io
 import json
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import jax.random as jr
 import numpy as np
@@ -58,7 +59,7 @@ _LEGACY_TRAIN_IDENTITY = {"sigma_center": None, "sigma_spread": 1.2}
 #: spread over the whole SDE range, which trains faint galaxies mostly at noise far above
 #: their signal; measured in benchmarks/RESULTS.md (ninth session): half the per-lap PSNR
 #: loss of the quick EM benchmark and a network closer to its training images' flux.
-EM_TRAIN_NOISE = {"sigma_center": 1.0, "sigma_spread": 1.5}
+EM_TRAIN_NOISE = MappingProxyType({"sigma_center": 1.0, "sigma_spread": 1.5})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +251,7 @@ def run_em(
             prior, images, stats, fidelity, rounds = _mstep(jr.fold_in(lap_key, 1 << 20), samples, prior,
                                                             config, lap_dir, info, progress)
             t_m = time.perf_counter() - t0
-            record = _diagnose(prior, images, stats, fidelity, lap, lap_dir, history, rounds)
+            record = _diagnose(images, stats, fidelity, lap, lap_dir, history, rounds)
             record.update({"lap": lap, "estep_seconds": round(t_e, 2), "mstep_seconds": round(t_m, 2),
                            "mstep_rounds": rounds,
                            "estep_chi2_per_pixel": float(np.nanmean(chi2)),
@@ -388,8 +389,8 @@ def _prior_samples(key, prior: ScorePrior, config: EMConfig):
     return images, morphology_statistics(images)
 
 
-def _diagnose(prior: ScorePrior, images: np.ndarray, stats: dict, fidelity: dict, lap: int, lap_dir: Path,
-              history: list[dict], rounds: int) -> dict:
+def _diagnose(images: np.ndarray, stats: dict, fidelity: dict, lap: int, lap_dir: Path, history: list[dict],
+              rounds: int) -> dict:
     """The new prior's sample statistics, their change since the last lap, how well they
     reproduce the images the M-step trained on (a warning when not), a montage."""
     import warnings

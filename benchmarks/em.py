@@ -56,10 +56,13 @@ Targets (printed with the measured values; the JSON's ``targets_met`` says which
   cutouts (linear in the number of cutouts) plus the M-step's seconds (set by the step
   budget, not the cutouts), the mean over laps (``seconds_per_lap_measured``: as run).
 
-``--quick`` (about 10-15 minutes on a busy 2-core CPU) is smaller than the issue's
+Both modes sample with 64 DPM-Solver++(2M) steps (E-step and evaluation): under a
+network trained on the truths, 24 steps left the E-step's samples 28% too bright (chi2 per
+pixel 1.10), 32 steps 5% (benchmarks/RESULTS.md, eleventh session).
+
+``--quick`` (about 15-20 minutes on a busy 2-core CPU) is smaller than the issue's
 setting: 200 training cutouts, 50 held out, 2 laps, a tiny U-Net (channels 8, 16), 300
-M-step steps per lap, 24 sampler steps (12 break EM on real galaxies: benchmarks/RESULTS.md),
-4 posterior samples per held-out cutout, 64 prior samples, 3 Gaussian-EM laps (8 in full
+M-step steps per lap, 4 posterior samples per held-out cutout, 64 prior samples, 3 Gaussian-EM laps (8 in full
 mode: each lap of the full-covariance Gaussian EM costs about 0.3 s per cutout here), 16
 cutouts for the speedup, and **no blends**; its figures are no test of the targets, which
 are for the full mode. (With blends, the E-step samples each cutout with as many prior
@@ -122,10 +125,10 @@ MODEL_PSF_SIGMA = 0.5  # px: the E-step's model PSF (deconvjax.em.estep default)
 TARGETS = {"em_gap_closed": (">=", 0.8), "em_laps": ("<=", 8), "stat_distance_ratio_to_oracle": ("<=", 1.5),
            "estep_speedup_over_loop": (">=", 10.0), "seconds_per_lap": ("<=", 300.0)}
 
-FULL = dict(n_train=1000, n_heldout=200, laps=8, steps_per_lap=2000, channels="16,32,64", sampler_steps=32,
+FULL = dict(n_train=1000, n_heldout=200, laps=8, steps_per_lap=2000, channels="16,32,64", sampler_steps=64,
             eval_samples=4, prior_samples=200, gaussian_laps=8, blend_fraction=0.2, chunk=50,
             speedup_cutouts=32)
-QUICK = dict(n_train=200, n_heldout=50, laps=2, steps_per_lap=300, channels="8,16", sampler_steps=24,
+QUICK = dict(n_train=200, n_heldout=50, laps=2, steps_per_lap=300, channels="8,16", sampler_steps=64,
              eval_samples=4, prior_samples=64, gaussian_laps=3, blend_fraction=0.0, chunk=50,
              speedup_cutouts=16)
 

@@ -227,3 +227,40 @@ def test_mstep_rounds_until_faithful(tmp_path):
     with pytest.warns(RuntimeWarning):
         again = run_em(make_cutouts(), tmp_path / "a", config, progress=False)
     assert again.history[0]["mstep_rounds"] == 2 and (lap / "prior.eqx").read_bytes() == final
+
+
+def test_shape_statistics_follow_the_galaxy_not_faint_noise():
+    """The weighted ellipticity of an elongated Gaussian (sigmas 3 and 1.5 px) equals the
+    analytic one (the product with the weight is a Gaussian of variances 1/(1/s^2 +
+    1/w^2)), and stays there under per-pixel noise of 5% of the peak that makes the
+    positive part of the whole stamp round; a centred symmetric image has no asymmetry."""
+    from deconvjax.em.diagnostics import SHAPE_WEIGHT_SIGMA, morphology_statistics
+
+    yy, xx = np.mgrid[:33, :33] - 16.0
+    a, b, w2 = 3.0, 1.5, SHAPE_WEIGHT_SIGMA**2
+    galaxy = np.exp(-0.5 * (yy**2 / a**2 + xx**2 / b**2))
+    qa, qb = 1 / (1 / a**2 + 1 / w2), 1 / (1 / b**2 + 1 / w2)
+    expected = (qa - qb) / (qa + qb)
+    clean = morphology_statistics(galaxy[None, None])
+    assert clean["ellipticity"][0] == pytest.approx(expected, abs=2e-3)
+    assert clean["asymmetry"][0] == pytest.approx(0.0, abs=1e-12)
+    rng = np.random.default_rng(0)
+    noisy = morphology_statistics(galaxy[None, None] + rng.normal(0.0, 0.05, (200, 1, 33, 33)))
+    assert np.median(noisy["ellipticity"]) == pytest.approx(expected, abs=0.02)
+    # What the unweighted moments of the positive part (the statistic before) made of it.
+    pos = np.clip(galaxy + rng.normal(0.0, 0.05, (200, 33, 33)), 0, None)
+    qy = (pos * yy**2).sum((1, 2)) / pos.sum((1, 2))
+    qx = (pos * xx**2).sum((1, 2)) / pos.sum((1, 2))
+    assert np.median((qy - qx) / (qy + qx)) < 0.5 * expected
+
+
+def test_estep_fidelity_flags_samples_that_miss_their_data():
+    from deconvjax.em.diagnostics import ESTEP_CHI2_TOLERANCE, estep_fidelity
+
+    good = estep_fidelity(np.full(50, 1.004))
+    assert good["estep_chi2_per_pixel"] == pytest.approx(1.004) and "estep_warning" not in good
+    bad = estep_fidelity(np.r_[np.full(49, 1.09), np.nan])
+    assert bad["estep_chi2_per_pixel"] == pytest.approx(1.09)
+    assert f"1.090 > {ESTEP_CHI2_TOLERANCE}" in bad["estep_warning"] and "--sampler-steps" in bad["estep_warning"]
+    with pytest.raises(ValueError, match="tolerance"):
+        estep_fidelity(np.ones(3), tolerance=0.9)

@@ -114,7 +114,8 @@ def _read_cutouts(paths, psf, noise: dict, masks, hdu, catalog, blends: bool, ma
 @click.option("--steps-per-lap", default=2000, show_default=True, help="M-step training steps per lap.")
 @click.option("--chunk", default=64, show_default=True, help="Cutouts per E-step chunk.")
 @click.option("--n-samples", default=1, show_default=True, help="Posterior samples per cutout per lap.")
-@click.option("--sampler-steps", default=32, show_default=True, help="E-step sampler steps (DPM-Solver++(2M)).")
+@click.option("--sampler-steps", default=64, show_default=True,  # EMConfig.sampler_steps
+              help="E-step sampler steps (DPM-Solver++(2M)); fewer bias the samples of a sharp prior.")
 @click.option("--psf", type=FitsSpec(), help="PSF image for FITS cutouts without one (FILE[HDU] picks an extension).")
 @noise_options(per="one for all cutouts without noise information (a folder of stamps: a number)")
 @mask_option(per="one for all FITS cutouts, or one per cutout in order")

@@ -139,13 +139,15 @@ def test_trace_size_does_not_grow_with_sources():
 
 def test_new_data_of_same_shapes_does_not_recompile():
     frame = dj.Frame(["g", "r", "i"], (64, 64))
-    f = jax.jit(lambda s, o: jax.value_and_grad(lambda s: dj.log_likelihood(s, o))(s))
+    from deconvjax._jit import CountingJit
+
+    f = CountingJit(lambda s, o: jax.value_and_grad(lambda s: dj.log_likelihood(s, o))(s))
     for seed in range(3):
         rng = np.random.default_rng(seed)
         obs = dj.Observation(rng.normal(size=(3, 64, 64)), frame=frame, psf=dj.GaussianPSF(2.0 + 0.2 * seed),
                              weights=rng.uniform(0.5, 1.0, (3, 64, 64)))
         jax.block_until_ready(f(_scene(frame, 10, seed), obs))
-    assert f._cache_size() == 1
+    assert f.traces == 1
 
 
 def test_multi_resolution_multi_epoch_in_one_jitted_call():

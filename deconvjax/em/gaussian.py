@@ -50,7 +50,6 @@ import dataclasses
 import math
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
@@ -59,6 +58,7 @@ from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from .._checks import real_array
 from .._fft import centred_to_origin, good_fft_size
+from .._jit import CountingJit
 from ..diffusion.denoiser import GaussianDenoiser
 
 __all__ = [
@@ -218,7 +218,7 @@ def _posterior_one(mu, R, y, w, kfft, fft_shape):
     return mean, B, ll
 
 
-@eqx.filter_jit
+@CountingJit
 def _estep_chunk(mu, R, acc, y, w, kfft, valid, fft_shape):
     """Add one chunk's posterior moments (about the current ``mu``) and log-likelihoods
     to the accumulators ``(sum d, sum d d^T + Sigma_i, sum log p)``."""
@@ -230,13 +230,13 @@ def _estep_chunk(mu, R, acc, y, w, kfft, valid, fft_shape):
     return s1 + d.sum(0), s2, sl + jnp.sum(ll * v)
 
 
-@eqx.filter_jit
+@CountingJit
 def _moments_chunk(mu, R, y, w, kfft, fft_shape):
     mean, B, _ = jax.vmap(_posterior_one, in_axes=(None, None, 0, 0, 0, None))(mu, R, y, w, kfft, fft_shape)
     return mean, jnp.einsum("cnk,cmk->cnm", B, B)
 
 
-@eqx.filter_jit
+@CountingJit
 def _sample_chunk(key, idx, mu, R, y, w, kfft, n_samples, fft_shape):
     def one(i, y, w, kfft):
         mean, B, _ = _posterior_one(mu, R, y, w, kfft, fft_shape)
@@ -251,7 +251,7 @@ def _dft_matrix(h, w, dtype):
     return jnp.asarray(np.kron(fy, fx), jnp.result_type(dtype, jnp.complex64))
 
 
-@eqx.filter_jit
+@CountingJit
 def _mstep(mu, acc, n_total, kind, rank, shape, floor):
     """New ``(mu, Sigma, R, extra)`` from the accumulated moments; ``extra`` holds the
     family's own parameters (``power`` for stationary, ``(U, d)`` for low-rank)."""
@@ -285,7 +285,7 @@ def _mstep(mu, acc, n_total, kind, rank, shape, floor):
     return mu + dbar, S, R, extra
 
 
-@eqx.filter_jit
+@CountingJit
 def _root(cov):
     lam, vec = jnp.linalg.eigh(0.5 * (cov + cov.T))
     return vec * jnp.sqrt(jnp.maximum(lam, 0.0))
@@ -295,7 +295,7 @@ def compilation_count() -> int:
     """Programs compiled so far by this module's jitted functions (a test hook: it must
     not grow between chunks or laps)."""
     fns = (_estep_chunk, _moments_chunk, _sample_chunk, _mstep, _root)
-    return sum(int(f._cached._cache_size()) for f in fns)
+    return sum(f.traces for f in fns)
 
 
 # ----------------------------------------------------------------------------- API

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool
 
+from .._jit import CountingJit
 from ..frame import Frame
 from ..model import MeasuredShape, Scene, Source
 from ..observation import Observation, as_observations
@@ -253,7 +254,7 @@ class LightJit:
     """`eqx.filter_jit` of ``fn`` whose programs are compiled with
     `CPU_COMPILER_OPTIONS` on a CPU backend and with XLA's defaults on others (chosen at
     the first call, by `jax.default_backend`). Callable, with ``lower`` as a jitted
-    function has, and ``cache_size()``: the programs compiled in this process."""
+    function has, and ``cache_size()``: the programs traced (so compiled) in this process."""
 
     def __init__(self, fn):
         self.fn = fn
@@ -263,7 +264,7 @@ class LightJit:
         backend = jax.default_backend()
         if backend not in self._jits:
             opts = CPU_COMPILER_OPTIONS if backend == "cpu" else None
-            self._jits[backend] = eqx.filter_jit(self.fn, compiler_options=opts)
+            self._jits[backend] = CountingJit(self.fn, compiler_options=opts)
         return self._jits[backend]
 
     def __call__(self, *args, **kwargs):
@@ -273,7 +274,7 @@ class LightJit:
         return self._jit().lower(*args, **kwargs)
 
     def cache_size(self) -> int:
-        return sum(int(j._cached._cache_size()) for j in self._jits.values())
+        return sum(j.traces for j in self._jits.values())
 
 
 def _batched(fn, in_axes):

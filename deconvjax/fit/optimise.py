@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int
 
+from .._jit import CountingJit
 from ..model import Scene
 from ..observation import Observation, as_observations
 from .constraints import Constraints
@@ -88,15 +89,15 @@ def _run_impl(solver: AbstractFitSolver, state: SolverState, problem: FitProblem
     return state, solver.postprocess(state, problem, objective)
 
 
-_init = eqx.filter_jit(lambda solver, problem, objective: solver.init(problem, objective))
-_run = eqx.filter_jit(_run_impl)
+_init = CountingJit(lambda solver, problem, objective: solver.init(problem, objective))
+_run = CountingJit(_run_impl)
 _steps_of = eqx.filter_jit(group_step_sizes)
 
 
 def compilation_count() -> int:
     """How many times the compiled fitting loop has been compiled in this process (for
     tests: a second fit of the same shapes must not add to it)."""
-    return int(_run._cached._cache_size()) + int(_init._cached._cache_size())
+    return _run.traces + _init.traces
 
 
 def check_observations(scene: Scene, observations) -> tuple[Observation, ...]:

@@ -820,14 +820,14 @@ EM_SURVEY = [
     ("markdown", '## Run EM\n'
      '\n'
      '`EMConfig`: 2 laps after the Gaussian start (2 laps of closed-form Gaussian EM), one posterior\n'
-     'sample per cutout per lap with 8 sampler steps, and an M-step of 600 training steps per lap of a\n'
+     'sample per cutout per lap with 64 sampler steps, and an M-step of 600 training steps per lap of a\n'
      "small U-Net (two levels of 16 and 32 channels), warm-started from the last lap. The M-step trains at noise\n"
      "levels around the images' own scale (`sigma_center`), and when the new network's samples do not\n"
      "reproduce the images it trained on (`mstep_flux_ratio` outside 1/1.5-1.5) it trains another round,\n"
      "up to `mstep_rounds` (3), and warns if still off. The run's folder holds every lap's\n"
      'prior, samples and diagnostics; rerunning the same call resumes it. The seed fixes every key.'),
     ("code", "out = Path(tempfile.mkdtemp()) / 'em'\n"
-     'config = EMConfig(laps=2, chunk=64, n_samples=1, sampler_steps=8, gaussian_laps=2, n_prior_samples=16, seed=0,\n'
+     'config = EMConfig(laps=2, chunk=64, n_samples=1, sampler_steps=64, gaussian_laps=2, n_prior_samples=16, seed=0,\n'
      '                  train=TrainConfig(image_size=SIZE, bands=1, channels=(16, 32), emb_dim=16, batch_size=16, steps=600,\n'
      '                                    steps_per_call=100, checkpoint_every=300, warmup_steps=20,\n'
      '                                    sigma_center=1.0, sigma_spread=1.5))\n'
@@ -873,13 +873,14 @@ EM_SURVEY = [
      '        if k == 0:\n'
      '            axes[r, 0].set_ylabel(name)\n'
      'fig.tight_layout()'),
-    ("markdown", 'What this small run shows is the workflow, not EM\'s gain: after two laps of 600 training steps\n'
-     'a small U-Net is still a rougher prior than the Gaussian it started from (compare the PSNRs\n'
-     'above; the second lap\'s E-step chi2 above 1 says so too). EM needs more: in the quick EM\n'
-     'benchmark (200 cutouts of 32x32, a (16, 32) U-Net, 1200 steps a lap) the laps climbed above\n'
-     'their Gaussian start from the third on (`benchmarks/RESULTS.md`). `benchmarks/em.py` and\n'
-     '`benchmarks/RESULTS.md` (EM benchmark) measure it; `deconvjax em` runs it from the command line,\n'
-     'resumable lap by lap.'),
+    ("markdown", 'What this small run shows is the workflow, not EM\'s gain: after two short laps the small\n'
+     'U-Net is about level with the Gaussian it started from (the PSNRs above). The E-step needs its\n'
+     'sampler steps: with 8 instead of 64 the samples missed their cutouts and the same run\'s EM prior\n'
+     'fell 3.4 dB below the start; each lap warns when its samples fit the data worse than the\n'
+     'noise (`estep_chi2_per_pixel` above 1.03). EM needs more laps and data: in the quick EM\n'
+     'benchmark (200 cutouts of 32x32, a (16, 32) U-Net, 1200 steps a lap) the laps climb above\n'
+     'their Gaussian start. `benchmarks/em.py` and `benchmarks/RESULTS.md` (EM benchmark) measure it;\n'
+     '`deconvjax em` runs it from the command line, resumable lap by lap.'),
 ]
 
 
